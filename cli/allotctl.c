@@ -1,0 +1,741 @@
+/* allotctl - administer an allot cluster from the command line.
+ *
+ * Every command is one or a few protocol calls through proto/client (which
+ * handles failover between endpoints). Output is a readable table by default
+ * or, with -o json, exactly one JSON document on stdout. Errors are one line
+ * on stderr, `error: CODE: message`, and a non-zero exit status: 2 for a
+ * command line we could not understand, 1 for everything else. */
+#include <errno.h>
+#include <stdarg.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../proto/client.h"
+#include "../proto/quota.h"
+#include "../proto/wire.h"
+
+#define MAX_POSITIONAL 64
+
+struct cli
+{
+    const char *endpoints;
+    bool json;
+    int timeout_ms;
+    bool has_if_version;
+    uint64_t if_version;
+    bool digest;
+    const char *pos[MAX_POSITIONAL];
+    int n_pos;
+    struct allot_client *client;
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: allotctl [--endpoints HOST:PORT,...] [-o json|text] "
+            "[--timeout-ms N] COMMAND\n"
+            "\n"
+            "  cluster status [--digest]       this node's view of the "
+            "cluster\n"
+            "  cluster add ID RAFT_ADDR        add a voter\n"
+            "  cluster remove ID               remove a member\n"
+            "  cluster transfer [ID]           move leadership (to ID, or the "
+            "best voter)\n"
+            "  quota set PATH KEY=VALUE... [--if-version V]\n"
+            "  quota get PATH\n"
+            "  quota ls [PREFIX]\n"
+            "  quota rm PATH [--if-version V]\n"
+            "\n"
+            "Endpoints come from --endpoints, else ALLOT_ENDPOINTS, else %s.\n"
+            "Quota fields: kind, guaranteed.memory_mb, guaranteed.vcores, "
+            "max.memory_mb,\n"
+            "  max.vcores, max_apps (capacity); rate, burst, unit, fleet, "
+            "share, per_key,\n"
+            "  max_delay_ms (rate); on_exceed (both). --if-version 0 means "
+            "\"only if absent\".\n",
+            ALLOT_DEFAULT_ENDPOINTS);
+}
+
+static int fail(int code, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static int fail(int code, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "error: %s: ", allot_error_name(code));
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    return code == ALLOT_EINVALID ? 2 : 1;
+}
+
+/* --- msgpack to JSON and text ----------------------------------------------------- */
+
+static json_t *to_json(const msgpack_object *o)
+{
+    switch (o->type) {
+    case MSGPACK_OBJECT_NIL:
+        return json_null();
+    case MSGPACK_OBJECT_BOOLEAN:
+        return json_boolean(o->via.boolean);
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        /* JSON integers are signed 64-bit in jansson; versions and indexes
+         * stay far below 2^63. */
+        return json_integer((json_int_t)o->via.u64);
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+        return json_integer((json_int_t)o->via.i64);
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64:
+        return json_real(o->via.f64);
+    case MSGPACK_OBJECT_STR:
+        return json_stringn(o->via.str.ptr, o->via.str.size);
+    case MSGPACK_OBJECT_ARRAY: {
+        json_t *a = json_array();
+        for (uint32_t i = 0; i < o->via.array.size; i++) {
+            json_array_append_new(a, to_json(&o->via.array.ptr[i]));
+        }
+        return a;
+    }
+    case MSGPACK_OBJECT_MAP: {
+        json_t *m = json_object();
+        for (uint32_t i = 0; i < o->via.map.size; i++) {
+            const msgpack_object *k = &o->via.map.ptr[i].key;
+            if (k->type != MSGPACK_OBJECT_STR) {
+                continue;
+            }
+            char key[128];
+            snprintf(key, sizeof key, "%.*s", (int)k->via.str.size,
+                     k->via.str.ptr);
+            json_object_set_new(m, key, to_json(&o->via.map.ptr[i].val));
+        }
+        return m;
+    }
+    default:
+        return json_null();
+    }
+}
+
+static void print_json(json_t *j)
+{
+    char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    if (s != NULL) {
+        puts(s);
+        free(s);
+    }
+}
+
+/* Scalar as text into buf. */
+static void scalar_text(const msgpack_object *o, char *buf, size_t size)
+{
+    switch (o->type) {
+    case MSGPACK_OBJECT_NIL:
+        snprintf(buf, size, "-");
+        break;
+    case MSGPACK_OBJECT_BOOLEAN:
+        snprintf(buf, size, "%s", o->via.boolean ? "true" : "false");
+        break;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        snprintf(buf, size, "%llu", (unsigned long long)o->via.u64);
+        break;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+        snprintf(buf, size, "%lld", (long long)o->via.i64);
+        break;
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64:
+        snprintf(buf, size, "%.15g", o->via.f64);
+        break;
+    case MSGPACK_OBJECT_STR:
+        snprintf(buf, size, "%.*s", (int)o->via.str.size, o->via.str.ptr);
+        break;
+    case MSGPACK_OBJECT_ARRAY: {
+        size_t off = 0;
+        buf[0] = '\0';
+        for (uint32_t i = 0; i < o->via.array.size && off < size; i++) {
+            char item[128];
+            scalar_text(&o->via.array.ptr[i], item, sizeof item);
+            int n = snprintf(buf + off, size - off, "%s%s", i ? "," : "",
+                             item);
+            off += n > 0 ? (size_t)n : 0;
+        }
+        if (o->via.array.size == 0) {
+            snprintf(buf, size, "-");
+        }
+        break;
+    }
+    default:
+        snprintf(buf, size, "?");
+    }
+}
+
+/* key: value lines, nested maps flattened as group.key. */
+static void print_kv(const msgpack_object *map, const char *prefix)
+{
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object *k = &map->via.map.ptr[i].key;
+        const msgpack_object *v = &map->via.map.ptr[i].val;
+        if (k->type != MSGPACK_OBJECT_STR) {
+            continue;
+        }
+        char name[160];
+        snprintf(name, sizeof name, "%s%s%.*s", prefix, prefix[0] ? "." : "",
+                 (int)k->via.str.size, k->via.str.ptr);
+        if (v->type == MSGPACK_OBJECT_MAP) {
+            print_kv(v, name);
+            continue;
+        }
+        char val[512];
+        scalar_text(v, val, sizeof val);
+        printf("%-22s %s\n", name, val);
+    }
+}
+
+static const msgpack_object *get(const msgpack_object *m, const char *a,
+                                 const char *b)
+{
+    const msgpack_object *o = wire_map_get(m, a);
+    return b != NULL ? wire_map_get(o, b) : o;
+}
+
+static void text_of(const msgpack_object *m, const char *a, const char *b,
+                    char *buf, size_t size)
+{
+    const msgpack_object *o = get(m, a, b);
+    if (o == NULL) {
+        snprintf(buf, size, "-");
+    } else {
+        scalar_text(o, buf, size);
+    }
+}
+
+/* One line summarizing a quota's limits, for `quota ls`. */
+static void quota_summary(const msgpack_object *q, char *buf, size_t size)
+{
+    char a[32], b[32], c[32], d[32], e[32];
+    const msgpack_object *kind = wire_map_get(q, "kind");
+    if (kind != NULL && wire_str_eq(kind, "rate")) {
+        text_of(q, "rate", NULL, a, sizeof a);
+        text_of(q, "burst", NULL, b, sizeof b);
+        text_of(q, "unit", NULL, c, sizeof c);
+        text_of(q, "fleet", NULL, d, sizeof d);
+        text_of(q, "on_exceed", NULL, e, sizeof e);
+        snprintf(buf, size, "rate=%s/s burst=%s unit=%s fleet=%s %s", a, b, c,
+                 d, e);
+    } else {
+        text_of(q, "guaranteed", "memory_mb", a, sizeof a);
+        text_of(q, "guaranteed", "vcores", b, sizeof b);
+        text_of(q, "max", "memory_mb", c, sizeof c);
+        text_of(q, "max", "vcores", d, sizeof d);
+        text_of(q, "max_apps", NULL, e, sizeof e);
+        snprintf(buf, size,
+                 "guaranteed=%sMB/%svc max=%sMB/%svc max_apps=%s", a, b, c, d,
+                 e);
+    }
+}
+
+/* --- Calls ------------------------------------------------------------------------ */
+
+static int call(struct cli *cli, const char *op, allot_pack_fn pack, void *arg,
+                struct allot_reply *rep)
+{
+    int rv = allot_client_call(cli->client, op, pack, arg, rep);
+    if (rv != 0) {
+        int status = fail(rv, "%s", rep->message[0] ? rep->message
+                                                    : allot_strerror(rv));
+        allot_reply_destroy(rep);
+        return status;
+    }
+    return 0;
+}
+
+struct path_args
+{
+    const char *path;
+    struct cli *cli;
+    const struct quota_fields *patch;
+    const char *after;
+};
+
+static void pack_path(msgpack_packer *pk, void *arg)
+{
+    struct path_args *a = arg;
+    bool ifv = a->cli->has_if_version;
+    msgpack_pack_map(pk, 1u + (ifv ? 1u : 0u) + (a->patch ? 1u : 0u));
+    wire_pack_kv_str(pk, "path", a->path);
+    if (ifv) {
+        wire_pack_kv_u64(pk, "if_version", a->cli->if_version);
+    }
+    if (a->patch != NULL) {
+        wire_pack_str(pk, "fields");
+        msgpack_pack_map(pk, quota_fields_pack(NULL, a->patch, true));
+        quota_fields_pack(pk, a->patch, true);
+    }
+}
+
+static int check_path(const char *path)
+{
+    char msg[ALLOT_ERRMSG_SIZE];
+    if (quota_path_check(path, strlen(path), msg) != 0) {
+        return fail(ALLOT_EINVALID, "%s", msg);
+    }
+    return 0;
+}
+
+static int cmd_quota_set(struct cli *cli)
+{
+    if (cli->n_pos < 4) {
+        return fail(ALLOT_EINVALID,
+                    "usage: quota set PATH KEY=VALUE... [--if-version V]");
+    }
+    int rv = check_path(cli->pos[2]);
+    if (rv != 0) {
+        return rv;
+    }
+    struct quota_fields patch;
+    memset(&patch, 0, sizeof patch);
+    char msg[ALLOT_ERRMSG_SIZE];
+    for (int i = 3; i < cli->n_pos; i++) {
+        if (quota_patch_parse_kv(&patch, cli->pos[i], msg) != 0) {
+            return fail(ALLOT_EINVALID, "%s", msg);
+        }
+    }
+    if (quota_patch_check(&patch, msg) != 0) {
+        return fail(ALLOT_EINVALID, "%s", msg);
+    }
+    struct path_args a = {.path = cli->pos[2], .cli = cli, .patch = &patch};
+    struct allot_reply rep;
+    rv = call(cli, "quota.set", pack_path, &a, &rep);
+    if (rv != 0) {
+        return rv;
+    }
+    if (cli->json) {
+        json_t *j = to_json(rep.result);
+        print_json(j);
+        json_decref(j);
+    } else {
+        char v[32];
+        text_of(rep.result, "version", NULL, v, sizeof v);
+        printf("set %s version %s\n", cli->pos[2], v);
+    }
+    allot_reply_destroy(&rep);
+    return 0;
+}
+
+static int cmd_quota_get(struct cli *cli)
+{
+    if (cli->n_pos != 3) {
+        return fail(ALLOT_EINVALID, "usage: quota get PATH");
+    }
+    int rv = check_path(cli->pos[2]);
+    if (rv != 0) {
+        return rv;
+    }
+    struct path_args a = {.path = cli->pos[2], .cli = cli};
+    cli->has_if_version = false;
+    struct allot_reply rep;
+    rv = call(cli, "quota.get", pack_path, &a, &rep);
+    if (rv != 0) {
+        return rv;
+    }
+    if (cli->json) {
+        json_t *j = to_json(rep.result);
+        print_json(j);
+        json_decref(j);
+    } else {
+        print_kv(rep.result, "");
+    }
+    allot_reply_destroy(&rep);
+    return 0;
+}
+
+static int cmd_quota_rm(struct cli *cli)
+{
+    if (cli->n_pos != 3) {
+        return fail(ALLOT_EINVALID, "usage: quota rm PATH [--if-version V]");
+    }
+    int rv = check_path(cli->pos[2]);
+    if (rv != 0) {
+        return rv;
+    }
+    struct path_args a = {.path = cli->pos[2], .cli = cli};
+    struct allot_reply rep;
+    rv = call(cli, "quota.rm", pack_path, &a, &rep);
+    if (rv != 0) {
+        return rv;
+    }
+    if (cli->json) {
+        json_t *j = to_json(rep.result);
+        print_json(j);
+        json_decref(j);
+    } else {
+        char v[32];
+        text_of(rep.result, "version", NULL, v, sizeof v);
+        printf("removed %s (catalog version %s)\n", cli->pos[2], v);
+    }
+    allot_reply_destroy(&rep);
+    return 0;
+}
+
+static void pack_ls(msgpack_packer *pk, void *arg)
+{
+    struct path_args *a = arg;
+    msgpack_pack_map(pk, a->after ? 3 : 2);
+    wire_pack_kv_str(pk, "prefix", a->path);
+    wire_pack_kv_u64(pk, "limit", 1000);
+    if (a->after) {
+        wire_pack_kv_str(pk, "after", a->after);
+    }
+}
+
+static int cmd_quota_ls(struct cli *cli)
+{
+    if (cli->n_pos > 3) {
+        return fail(ALLOT_EINVALID, "usage: quota ls [PREFIX]");
+    }
+    const char *prefix = cli->n_pos == 3 ? cli->pos[2] : "";
+    if (prefix[0] != '\0') {
+        int rv = check_path(prefix);
+        if (rv != 0) {
+            return rv;
+        }
+    }
+    json_t *all = json_array();
+    uint64_t version = 0;
+    char *after = NULL;
+    unsigned count = 0;
+    if (!cli->json) {
+        printf("%-40s %-9s %-8s %s\n", "PATH", "KIND", "VERSION", "LIMITS");
+    }
+    /* Page through: the server caps a reply at 1,000 quotas. Each page is its
+     * own linearizable read; a listing that spans pages is not one snapshot
+     * (catalog_version in the JSON output is the first page's). */
+    for (;;) {
+        struct path_args a = {.path = prefix, .cli = cli, .after = after};
+        struct allot_reply rep;
+        int rv = call(cli, "quota.ls", pack_ls, &a, &rep);
+        if (rv != 0) {
+            free(after);
+            json_decref(all);
+            return rv;
+        }
+        const msgpack_object *quotas = wire_map_get(rep.result, "quotas");
+        const msgpack_object *more = wire_map_get(rep.result, "more");
+        const msgpack_object *next = wire_map_get(rep.result, "next");
+        const msgpack_object *cv = wire_map_get(rep.result, "catalog_version");
+        if (count == 0 && cv != NULL &&
+            cv->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+            version = cv->via.u64;
+        }
+        for (uint32_t i = 0;
+             quotas != NULL && quotas->type == MSGPACK_OBJECT_ARRAY &&
+             i < quotas->via.array.size;
+             i++) {
+            const msgpack_object *q = &quotas->via.array.ptr[i];
+            count++;
+            if (cli->json) {
+                json_array_append_new(all, to_json(q));
+                continue;
+            }
+            char path[QUOTA_PATH_MAX + 1], kind[16], ver[24], sum[256];
+            text_of(q, "path", NULL, path, sizeof path);
+            text_of(q, "kind", NULL, kind, sizeof kind);
+            text_of(q, "version", NULL, ver, sizeof ver);
+            quota_summary(q, sum, sizeof sum);
+            printf("%-40s %-9s %-8s %s\n", path, kind, ver, sum);
+        }
+        free(after);
+        after = NULL;
+        bool again = more != NULL && more->type == MSGPACK_OBJECT_BOOLEAN &&
+                     more->via.boolean && next != NULL &&
+                     next->type == MSGPACK_OBJECT_STR;
+        if (again) {
+            after = strndup(next->via.str.ptr, next->via.str.size);
+        }
+        allot_reply_destroy(&rep);
+        if (!again || after == NULL) {
+            break;
+        }
+    }
+    if (cli->json) {
+        json_t *doc = json_object();
+        json_object_set_new(doc, "catalog_version",
+                            json_integer((json_int_t)version));
+        json_object_set_new(doc, "quotas", all);
+        print_json(doc);
+        json_decref(doc);
+    } else {
+        json_decref(all);
+    }
+    return 0;
+}
+
+/* --- cluster ------------------------------------------------------------------------ */
+
+struct id_args
+{
+    uint64_t id;
+    const char *addr;
+    bool digest;
+};
+
+static void pack_id(msgpack_packer *pk, void *arg)
+{
+    struct id_args *a = arg;
+    msgpack_pack_map(pk, a->addr ? 2 : 1);
+    wire_pack_kv_u64(pk, "id", a->id);
+    if (a->addr) {
+        wire_pack_kv_str(pk, "raft_addr", a->addr);
+    }
+}
+
+static void pack_status(msgpack_packer *pk, void *arg)
+{
+    struct id_args *a = arg;
+    msgpack_pack_map(pk, 1);
+    wire_pack_str(pk, "digest");
+    if (a->digest) {
+        msgpack_pack_true(pk);
+    } else {
+        msgpack_pack_false(pk);
+    }
+}
+
+static int parse_id(const char *s, uint64_t *out, bool allow_zero)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (s[0] == '\0' || s[0] == '-' || *end != '\0' || errno != 0 ||
+        (v == 0 && !allow_zero)) {
+        return fail(ALLOT_EINVALID, "\"%s\" is not a node id (1 or more)", s);
+    }
+    *out = v;
+    return 0;
+}
+
+static int cmd_cluster(struct cli *cli)
+{
+    const char *sub = cli->n_pos > 1 ? cli->pos[1] : "";
+    struct id_args a = {0};
+    struct allot_reply rep;
+    int rv;
+    if (strcmp(sub, "status") == 0) {
+        if (cli->n_pos != 2) {
+            return fail(ALLOT_EINVALID, "usage: cluster status [--digest]");
+        }
+        a.digest = cli->digest;
+        rv = call(cli, "cluster.status", pack_status, &a, &rep);
+        if (rv != 0) {
+            return rv;
+        }
+        if (cli->json) {
+            json_t *j = to_json(rep.result);
+            print_json(j);
+            json_decref(j);
+            allot_reply_destroy(&rep);
+            return 0;
+        }
+        const msgpack_object *r = rep.result;
+        char id[24], state[24], leader[24], term[24], commit[24], applied[24],
+            ver[24];
+        text_of(r, "id", NULL, id, sizeof id);
+        text_of(r, "state", NULL, state, sizeof state);
+        text_of(r, "leader", NULL, leader, sizeof leader);
+        text_of(r, "term", NULL, term, sizeof term);
+        text_of(r, "commit_index", NULL, commit, sizeof commit);
+        text_of(r, "applied_index", NULL, applied, sizeof applied);
+        text_of(r, "catalog_version", NULL, ver, sizeof ver);
+        printf("node %s (%s) via %s: leader %s, term %s, commit %s, applied "
+               "%s, catalog version %s\n",
+               id, state, allot_client_endpoint(cli->client), leader, term,
+               commit, applied, ver);
+        if (cli->digest) {
+            char dg[80];
+            text_of(r, "digest", NULL, dg, sizeof dg);
+            printf("digest %s\n", dg);
+        }
+        printf("%-4s %-22s %-8s %-12s %s\n", "ID", "RAFT_ADDR", "ROLE",
+               "STATE", "CLIENT_ADDR");
+        const msgpack_object *ms = wire_map_get(r, "members");
+        for (uint32_t i = 0;
+             ms != NULL && ms->type == MSGPACK_OBJECT_ARRAY &&
+             i < ms->via.array.size;
+             i++) {
+            const msgpack_object *m = &ms->via.array.ptr[i];
+            char mid[24], addr[64], role[16], st[16], caddr[64];
+            text_of(m, "id", NULL, mid, sizeof mid);
+            text_of(m, "raft_addr", NULL, addr, sizeof addr);
+            text_of(m, "role", NULL, role, sizeof role);
+            text_of(m, "state", NULL, st, sizeof st);
+            text_of(m, "client_addr", NULL, caddr, sizeof caddr);
+            printf("%-4s %-22s %-8s %-12s %s\n", mid, addr, role, st, caddr);
+        }
+        allot_reply_destroy(&rep);
+        return 0;
+    }
+    const char *op;
+    if (strcmp(sub, "add") == 0) {
+        if (cli->n_pos != 4) {
+            return fail(ALLOT_EINVALID, "usage: cluster add ID RAFT_ADDR");
+        }
+        if ((rv = parse_id(cli->pos[2], &a.id, false)) != 0) {
+            return rv;
+        }
+        a.addr = cli->pos[3];
+        op = "cluster.add";
+    } else if (strcmp(sub, "remove") == 0) {
+        if (cli->n_pos != 3) {
+            return fail(ALLOT_EINVALID, "usage: cluster remove ID");
+        }
+        if ((rv = parse_id(cli->pos[2], &a.id, false)) != 0) {
+            return rv;
+        }
+        op = "cluster.remove";
+    } else if (strcmp(sub, "transfer") == 0) {
+        if (cli->n_pos > 3) {
+            return fail(ALLOT_EINVALID, "usage: cluster transfer [ID]");
+        }
+        if (cli->n_pos == 3 && (rv = parse_id(cli->pos[2], &a.id, false))) {
+            return rv;
+        }
+        op = "cluster.transfer";
+    } else {
+        return fail(ALLOT_EINVALID,
+                    "unknown cluster command \"%s\" (status, add, remove, "
+                    "transfer)",
+                    sub);
+    }
+    rv = call(cli, op, pack_id, &a, &rep);
+    if (rv != 0) {
+        return rv;
+    }
+    if (cli->json) {
+        json_t *j = to_json(rep.result);
+        print_json(j);
+        json_decref(j);
+    } else if (strcmp(op, "cluster.transfer") == 0) {
+        char l[24];
+        text_of(rep.result, "leader", NULL, l, sizeof l);
+        printf("leader is now %s\n", l);
+    } else {
+        printf("%s node %llu\n", strcmp(op, "cluster.add") == 0 ? "added"
+                                                               : "removed",
+               (unsigned long long)a.id);
+    }
+    allot_reply_destroy(&rep);
+    return 0;
+}
+
+/* --- main ---------------------------------------------------------------------------- */
+
+static int parse_args(struct cli *cli, int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *val = NULL;
+        bool takes = strcmp(a, "--endpoints") == 0 || strcmp(a, "-o") == 0 ||
+                     strcmp(a, "--output") == 0 ||
+                     strcmp(a, "--timeout-ms") == 0 ||
+                     strcmp(a, "--if-version") == 0 ||
+                     strcmp(a, "--identity") == 0;
+        if (takes) {
+            if (i + 1 >= argc) {
+                return fail(ALLOT_EINVALID, "%s needs a value", a);
+            }
+            val = argv[++i];
+        }
+        if (strcmp(a, "--endpoints") == 0) {
+            cli->endpoints = val;
+        } else if (strcmp(a, "-o") == 0 || strcmp(a, "--output") == 0) {
+            if (strcmp(val, "json") != 0 && strcmp(val, "text") != 0) {
+                return fail(ALLOT_EINVALID, "-o must be json or text");
+            }
+            cli->json = strcmp(val, "json") == 0;
+        } else if (strcmp(a, "--timeout-ms") == 0) {
+            char *end;
+            long t = strtol(val, &end, 10);
+            if (*end != '\0' || t < 1 || t > 3600000) {
+                return fail(ALLOT_EINVALID,
+                            "--timeout-ms must be from 1 to 3600000");
+            }
+            cli->timeout_ms = (int)t;
+        } else if (strcmp(a, "--if-version") == 0) {
+            char *end;
+            errno = 0;
+            unsigned long long v = strtoull(val, &end, 10);
+            if (val[0] == '\0' || val[0] == '-' || *end != '\0' || errno) {
+                return fail(ALLOT_EINVALID,
+                            "--if-version must be a version number (0 = "
+                            "must not exist)");
+            }
+            cli->has_if_version = true;
+            cli->if_version = v;
+        } else if (strcmp(a, "--identity") == 0) {
+            return fail(ALLOT_EINVALID,
+                        "--identity: signed requests are not available yet; "
+                        "the cluster runs --insecure");
+        } else if (strcmp(a, "--digest") == 0) {
+            cli->digest = true;
+        } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            usage(stdout);
+            exit(0);
+        } else if (a[0] == '-' && a[1] != '\0' && strchr(a, '=') == NULL) {
+            return fail(ALLOT_EINVALID, "unknown option %s (see --help)", a);
+        } else {
+            if (cli->n_pos == MAX_POSITIONAL) {
+                return fail(ALLOT_EINVALID, "too many arguments");
+            }
+            cli->pos[cli->n_pos++] = a;
+        }
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct cli cli = {.timeout_ms = 10000};
+    int rv = parse_args(&cli, argc, argv);
+    if (rv != 0) {
+        return rv;
+    }
+    if (cli.n_pos == 0) {
+        usage(stderr);
+        return 2;
+    }
+    if (cli.endpoints == NULL) {
+        cli.endpoints = getenv("ALLOT_ENDPOINTS");
+    }
+    if (cli.endpoints == NULL || cli.endpoints[0] == '\0') {
+        cli.endpoints = ALLOT_DEFAULT_ENDPOINTS;
+    }
+    char msg[ALLOT_ERRMSG_SIZE];
+    rv = allot_client_open(cli.endpoints, cli.timeout_ms, &cli.client, msg);
+    if (rv != 0) {
+        return fail(rv, "%s", msg);
+    }
+    const char *group = cli.pos[0];
+    const char *sub = cli.n_pos > 1 ? cli.pos[1] : "";
+    if (strcmp(group, "cluster") == 0) {
+        rv = cmd_cluster(&cli);
+    } else if (strcmp(group, "quota") == 0) {
+        if (strcmp(sub, "set") == 0) {
+            rv = cmd_quota_set(&cli);
+        } else if (strcmp(sub, "get") == 0) {
+            rv = cmd_quota_get(&cli);
+        } else if (strcmp(sub, "ls") == 0) {
+            rv = cmd_quota_ls(&cli);
+        } else if (strcmp(sub, "rm") == 0) {
+            rv = cmd_quota_rm(&cli);
+        } else {
+            rv = fail(ALLOT_EINVALID,
+                      "unknown quota command \"%s\" (set, get, ls, rm)", sub);
+        }
+    } else {
+        rv = fail(ALLOT_EINVALID, "unknown command \"%s\" (cluster, quota)",
+                  group);
+    }
+    allot_client_close(cli.client);
+    return rv;
+}

@@ -1,0 +1,669 @@
+/* gateway.c - client connections of allotd.
+ *
+ * Happy path: accept, read into the connection's wire_rbuf, cut frames,
+ * decode each request once into a struct node_req with its arguments
+ * checked, and route it: LOCAL operations are answered here; READ, WRITE and
+ * ADMIN go to leader.c when this node leads, else to forward.c. Replies are
+ * packed into the connection's output buffer and written once per loop turn
+ * (gateway_flush), so a client with many requests in flight gets few writes.
+ *
+ * Failure modes:
+ *   - a frame header over WIRE_FRAME_MAX: the stream cannot be trusted, close
+ *     the connection;
+ *   - a body that is not one well-formed msgpack map, an unknown op, a
+ *     missing or mistyped field: an error reply (id 0 when the id could not
+ *     be read) and nothing else happens;
+ *   - a client that sends without reading: reading pauses at
+ *     NODE_CONN_INFLIGHT_MAX requests or NODE_CONN_OUTBUF_MAX unsent bytes;
+ *   - the client disconnects with requests in flight: they are detached and
+ *     their answers dropped. */
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../lib/lib.h"
+#include "node.h"
+
+struct write_req
+{
+    uv_write_t w;
+    struct conn *conn;
+    char *data;
+    size_t len;
+};
+
+static void conn_close(struct conn *c);
+static void conn_maybe_resume(struct conn *c);
+
+/* --- Replies ------------------------------------------------------------------ */
+
+/* Offset of the frame being built in c->out. One reply is built at a time
+ * (single-threaded loop), so one slot per node would do; per connection keeps
+ * it obviously right. */
+static size_t frame_begin(struct conn *c, msgpack_packer *pk)
+{
+    static const char zero[WIRE_HEADER_LEN];
+    size_t start = c->out.size;
+    msgpack_sbuffer_write(&c->out, zero, sizeof zero);
+    msgpack_packer_init(pk, &c->out, msgpack_sbuffer_write);
+    return start;
+}
+
+static void frame_end(struct conn *c, size_t start)
+{
+    size_t body = c->out.size - start - WIRE_HEADER_LEN;
+    if (body > WIRE_FRAME_MAX) {
+        /* Cannot happen with the page limits we use; if it ever does, replace
+         * the reply rather than send a frame the client must refuse. */
+        c->out.size = start;
+        msgpack_packer pk;
+        frame_begin(c, &pk);
+        wire_pack_error(&pk, 0, ALLOT_ETOO_BIG, "reply too large");
+        body = c->out.size - start - WIRE_HEADER_LEN;
+    }
+    wire_frame_header(c->out.data + start, (uint32_t)body);
+    if (!c->dirty) {
+        c->dirty = true;
+        TAILQ_INSERT_TAIL(&c->node->dirty, c, dirty_link);
+    }
+}
+
+void node_req_free(struct node_req *r)
+{
+    struct conn *c = r->conn;
+    if (c != NULL) {
+        TAILQ_REMOVE(&c->reqs, r, conn_link);
+        c->inflight--;
+        conn_maybe_resume(c);
+    }
+    free(r);
+}
+
+msgpack_packer *node_reply_begin(struct node_req *r, msgpack_packer *pk)
+{
+    if (r->conn == NULL || r->conn->closing) {
+        return NULL;
+    }
+    r->reply_start = frame_begin(r->conn, pk);
+    wire_pack_ok_head(pk, r->id);
+    return pk;
+}
+
+void node_reply_done(struct node_req *r)
+{
+    if (r->conn != NULL && !r->conn->closing) {
+        frame_end(r->conn, r->reply_start);
+    }
+    node_req_free(r);
+}
+
+void node_reply_error(struct node_req *r, int code, const char *message)
+{
+    if (r->conn != NULL && !r->conn->closing) {
+        msgpack_packer pk;
+        size_t start = frame_begin(r->conn, &pk);
+        wire_pack_error(&pk, r->id, code, message);
+        frame_end(r->conn, start);
+    }
+    node_req_free(r);
+}
+
+/* An error that is not tied to a request we accepted (garbage frames). */
+static void conn_error(struct conn *c, uint64_t id, int code, const char *msg)
+{
+    msgpack_packer pk;
+    size_t start = frame_begin(c, &pk);
+    wire_pack_error(&pk, id, code, msg);
+    frame_end(c, start);
+}
+
+/* --- Writing ----------------------------------------------------------------- */
+
+static void write_cb(uv_write_t *w, int status)
+{
+    struct write_req *wr = w->data;
+    struct conn *c = wr->conn;
+    c->unsent -= wr->len;
+    free(wr->data);
+    free(wr);
+    if (status != 0 && !c->closing) {
+        conn_close(c);
+        return;
+    }
+    conn_maybe_resume(c);
+}
+
+void gateway_flush(struct node *n)
+{
+    struct conn *c;
+    while ((c = TAILQ_FIRST(&n->dirty)) != NULL) {
+        TAILQ_REMOVE(&n->dirty, c, dirty_link);
+        c->dirty = false;
+        if (c->closing || c->out.size == 0) {
+            continue;
+        }
+        struct write_req *wr = malloc(sizeof *wr);
+        if (wr == NULL) {
+            conn_close(c);
+            continue;
+        }
+        wr->conn = c;
+        wr->len = c->out.size;
+        wr->data = msgpack_sbuffer_release(&c->out);
+        wr->w.data = wr;
+        uv_buf_t buf = uv_buf_init(wr->data, (unsigned)wr->len);
+        c->unsent += wr->len;
+        if (uv_write(&wr->w, (uv_stream_t *)&c->tcp, &buf, 1, write_cb) != 0) {
+            c->unsent -= wr->len;
+            free(wr->data);
+            free(wr);
+            conn_close(c);
+        }
+    }
+}
+
+/* --- Reading ----------------------------------------------------------------- */
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct conn *c = h->data;
+    char *tail;
+    size_t avail;
+    (void)suggested;
+    if (wire_rbuf_reserve(&c->rbuf, 65536, &tail, &avail) != 0) {
+        *buf = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS */
+        return;
+    }
+    *buf = uv_buf_init(tail, (unsigned)(avail > UINT32_MAX ? UINT32_MAX
+                                                             : avail));
+}
+
+static void conn_pause(struct conn *c)
+{
+    if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+    }
+}
+
+static bool conn_congested(const struct conn *c)
+{
+    return c->inflight >= NODE_CONN_INFLIGHT_MAX ||
+           c->unsent + c->out.size >= NODE_CONN_OUTBUF_MAX;
+}
+
+static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static void conn_maybe_resume(struct conn *c)
+{
+    if (!c->reading && !c->closing && !c->node->stopping &&
+        c->inflight < NODE_CONN_INFLIGHT_MAX / 2 &&
+        c->unsent + c->out.size < NODE_CONN_OUTBUF_MAX / 2) {
+        c->reading = true;
+        uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+    }
+}
+
+/* --- Argument decoding -------------------------------------------------------- */
+
+static int arg_path(struct node_req *r, const msgpack_object *args,
+                    const char *key, bool required, char *msg)
+{
+    const char *p;
+    size_t len;
+    int rv = wire_get_str(args, key, required, &p, &len, msg);
+    if (rv == ALLOT_ENOT_FOUND) {
+        r->path_len = 0;
+        r->path[0] = '\0';
+        return 0;
+    }
+    if (rv != 0) {
+        return rv;
+    }
+    if (len == 0 && !required) {
+        r->path_len = 0;
+        r->path[0] = '\0';
+        return 0;
+    }
+    rv = quota_path_check(p, len, msg);
+    if (rv != 0) {
+        return rv;
+    }
+    memcpy(r->path, p, len);
+    r->path[len] = '\0';
+    r->path_len = len;
+    return 0;
+}
+
+static int arg_if_version(struct node_req *r, const msgpack_object *args,
+                          char *msg)
+{
+    int rv = wire_get_u64(args, "if_version", false, &r->cmd.if_version, msg);
+    if (rv == ALLOT_ENOT_FOUND) {
+        return 0;
+    }
+    if (rv == 0) {
+        r->cmd.has_if_version = true;
+    }
+    return rv;
+}
+
+static int decode_args(struct node_req *r, const struct wire_request *wr,
+                       char *msg)
+{
+    static const msgpack_object empty = {.type = MSGPACK_OBJECT_MAP};
+    const msgpack_object *args = wr->args != NULL ? wr->args : &empty;
+    int rv;
+    r->cmd.client = wr->client;
+    r->cmd.seq = wr->seq;
+    r->cmd.ack = wr->ack;
+    r->cmd.path = r->path;
+    switch (r->op) {
+    case WIRE_OP_QUOTA_SET: {
+        const msgpack_object *fields;
+        r->cmd.type = FSM_CMD_QUOTA_SET;
+        rv = arg_path(r, args, "path", true, msg);
+        if (rv == 0) {
+            rv = wire_get_map(args, "fields", true, &fields, msg);
+        }
+        if (rv == 0) {
+            rv = quota_patch_unpack(fields, &r->cmd.patch, msg);
+        }
+        if (rv == 0) {
+            rv = quota_patch_check(&r->cmd.patch, msg);
+        }
+        if (rv == 0) {
+            rv = arg_if_version(r, args, msg);
+        }
+        r->cmd.path_len = r->path_len;
+        return rv;
+    }
+    case WIRE_OP_QUOTA_RM:
+        r->cmd.type = FSM_CMD_QUOTA_RM;
+        rv = arg_path(r, args, "path", true, msg);
+        if (rv == 0) {
+            rv = arg_if_version(r, args, msg);
+        }
+        r->cmd.path_len = r->path_len;
+        return rv;
+    case WIRE_OP_QUOTA_GET:
+        return arg_path(r, args, "path", true, msg);
+    case WIRE_OP_QUOTA_LS: {
+        uint64_t limit = NODE_LS_LIMIT_DEFAULT;
+        rv = arg_path(r, args, "prefix", false, msg);
+        if (rv != 0) {
+            return rv;
+        }
+        const char *after;
+        size_t after_len;
+        rv = wire_get_str(args, "after", false, &after, &after_len, msg);
+        if (rv == 0) {
+            if (after_len > QUOTA_PATH_MAX) {
+                return allot_errf(msg, ALLOT_EINVALID,
+                                  "after: longer than a path can be");
+            }
+            memcpy(r->after, after, after_len);
+            r->after[after_len] = '\0';
+            r->after_len = after_len;
+            r->has_after = true;
+        } else if (rv != ALLOT_ENOT_FOUND) {
+            return rv;
+        }
+        rv = wire_get_u64(args, "limit", false, &limit, msg);
+        if (rv != 0 && rv != ALLOT_ENOT_FOUND) {
+            return rv;
+        }
+        if (limit == 0 || limit > NODE_LS_LIMIT_MAX) {
+            return allot_errf(msg, ALLOT_EINVALID,
+                              "limit must be from 1 to %d",
+                              NODE_LS_LIMIT_MAX);
+        }
+        r->limit = (unsigned)limit;
+        return 0;
+    }
+    case WIRE_OP_CLUSTER_ADD: {
+        const char *addr;
+        size_t len;
+        struct sockaddr_in sa;
+        char why[160];
+        rv = wire_get_u64(args, "id", true, &r->target_id, msg);
+        if (rv == 0 && r->target_id == 0) {
+            rv = allot_errf(msg, ALLOT_EINVALID, "id must be 1 or more");
+        }
+        if (rv == 0) {
+            rv = wire_get_str(args, "raft_addr", true, &addr, &len, msg);
+        }
+        if (rv != 0) {
+            return rv;
+        }
+        if (len >= sizeof r->target_addr) {
+            return allot_errf(msg, ALLOT_EINVALID, "raft_addr too long");
+        }
+        memcpy(r->target_addr, addr, len);
+        r->target_addr[len] = '\0';
+        if (addr_parse(r->target_addr, &sa, why, sizeof why) != 0) {
+            return allot_errf(msg, ALLOT_EINVALID, "raft_addr: %s", why);
+        }
+        return 0;
+    }
+    case WIRE_OP_CLUSTER_REMOVE:
+        rv = wire_get_u64(args, "id", true, &r->target_id, msg);
+        if (rv == 0 && r->target_id == 0) {
+            rv = allot_errf(msg, ALLOT_EINVALID, "id must be 1 or more");
+        }
+        return rv;
+    case WIRE_OP_CLUSTER_STATUS:
+        rv = wire_get_bool(args, "digest", false, &r->want_digest, msg);
+        return rv == ALLOT_ENOT_FOUND ? 0 : rv;
+    case WIRE_OP_CLUSTER_TRANSFER:
+        /* id 0 (or absent) lets raft pick the most up-to-date voter. */
+        rv = wire_get_u64(args, "id", false, &r->target_id, msg);
+        return rv == ALLOT_ENOT_FOUND ? 0 : rv;
+    default:
+        return 0;
+    }
+}
+
+/* --- Dispatch ------------------------------------------------------------------ */
+
+static void handle_ping(struct node_req *r)
+{
+    msgpack_packer pk;
+    if (node_reply_begin(r, &pk) != NULL) {
+        msgpack_pack_map(&pk, 1);
+        wire_pack_kv_u64(&pk, "id", r->node->cfg.id);
+    }
+    node_reply_done(r);
+}
+
+static void handle_frame(struct conn *c, const char *body, size_t len)
+{
+    struct node *n = c->node;
+    char msg[ALLOT_ERRMSG_SIZE] = "";
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    int rv = wire_unpack(body, len, &u, msg);
+    if (rv != 0) {
+        conn_error(c, 0, rv, msg);
+        msgpack_unpacked_destroy(&u);
+        return;
+    }
+    struct wire_request wr;
+    rv = wire_request_decode(&u.data, &wr, msg);
+    if (rv != 0) {
+        conn_error(c, wr.id, rv, msg);
+        msgpack_unpacked_destroy(&u);
+        return;
+    }
+    struct node_req *r = calloc(1, sizeof *r);
+    if (r == NULL) {
+        conn_error(c, wr.id, ALLOT_ENOMEM, "out of memory");
+        msgpack_unpacked_destroy(&u);
+        return;
+    }
+    r->node = n;
+    r->conn = c;
+    r->id = wr.id;
+    r->op = wr.op;
+    r->arrived_ns = clock_mono_ns();
+    TAILQ_INSERT_TAIL(&c->reqs, r, conn_link);
+    c->inflight++;
+
+    rv = decode_args(r, &wr, msg);
+    msgpack_unpacked_destroy(&u);
+    if (rv != 0) {
+        node_reply_error(r, rv, msg);
+        return;
+    }
+    unsigned flags = wire_op_flags(r->op);
+    if (flags & WIRE_OP_LOCAL) {
+        if (r->op == WIRE_OP_PING) {
+            handle_ping(r);
+        } else {
+            gateway_handle_status(r);
+        }
+    } else if (raft_state(&n->raft) == RAFT_LEADER) {
+        leader_submit(r);
+    } else if (wr.forwarded) {
+        /* Forward once, never twice: a stale leader view on both sides must
+         * not bounce a request around. The client retries elsewhere. */
+        node_reply_error(r, ALLOT_EUNAVAILABLE,
+                         "not the leader (forwarded request)");
+    } else {
+        forward_submit(r);
+    }
+}
+
+static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct conn *c = s->data;
+    (void)buf;
+    if (nread < 0) {
+        conn_close(c);
+        return;
+    }
+    c->rbuf.len += (size_t)nread;
+    for (;;) {
+        const char *body;
+        size_t len;
+        int rv = wire_rbuf_next(&c->rbuf, &body, &len);
+        if (rv == 0) {
+            break;
+        }
+        if (rv < 0) {
+            LOGW(NODE_COMP, "closing client: frame too large", "limit=%u",
+                 WIRE_FRAME_MAX);
+            conn_close(c);
+            return;
+        }
+        handle_frame(c, body, len);
+        if (c->closing) {
+            return;
+        }
+        if (conn_congested(c)) {
+            conn_pause(c);
+            break;
+        }
+    }
+}
+
+/* --- Connections -------------------------------------------------------------- */
+
+static void conn_free_cb(uv_handle_t *h)
+{
+    struct conn *c = h->data;
+    wire_rbuf_close(&c->rbuf);
+    msgpack_sbuffer_destroy(&c->out);
+    free(c);
+}
+
+static void conn_close(struct conn *c)
+{
+    if (c->closing) {
+        return;
+    }
+    c->closing = true;
+    struct node_req *r;
+    while ((r = TAILQ_FIRST(&c->reqs)) != NULL) {
+        TAILQ_REMOVE(&c->reqs, r, conn_link);
+        r->conn = NULL;
+    }
+    c->inflight = 0;
+    if (c->dirty) {
+        TAILQ_REMOVE(&c->node->dirty, c, dirty_link);
+        c->dirty = false;
+    }
+    TAILQ_REMOVE(&c->node->conns, c, link);
+    uv_close((uv_handle_t *)&c->tcp, conn_free_cb);
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    struct node *n = server->data;
+    if (status != 0 || n->stopping) {
+        return;
+    }
+    struct conn *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        return;
+    }
+    c->node = n;
+    wire_rbuf_init(&c->rbuf);
+    msgpack_sbuffer_init(&c->out);
+    TAILQ_INIT(&c->reqs);
+    uv_tcp_init(n->loop, &c->tcp);
+    c->tcp.data = c;
+    TAILQ_INSERT_TAIL(&n->conns, c, link);
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+        conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    c->reading = true;
+    uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+}
+
+int gateway_listen(struct node *n)
+{
+    struct sockaddr_in sa;
+    char why[160];
+    if (addr_parse(n->cfg.client_addr, &sa, why, sizeof why) != 0) {
+        LOGE(NODE_COMP, "bad --client address", "why=\"%s\"", why);
+        return -1;
+    }
+    uv_tcp_init(n->loop, &n->listener);
+    n->listener.data = n;
+    int rv = uv_tcp_bind(&n->listener, (const struct sockaddr *)&sa, 0);
+    if (rv == 0) {
+        rv = uv_listen((uv_stream_t *)&n->listener, 511, on_connection);
+    }
+    if (rv != 0) {
+        LOGE(NODE_COMP, "cannot listen for clients", "addr=%s err=\"%s\"",
+             n->cfg.client_addr, uv_strerror(rv));
+        uv_close((uv_handle_t *)&n->listener, NULL);
+        n->listener.data = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+void gateway_close_all(struct node *n)
+{
+    if (n->listener.data != NULL) {
+        uv_close((uv_handle_t *)&n->listener, NULL);
+        n->listener.data = NULL;
+    }
+    struct conn *c;
+    while ((c = TAILQ_FIRST(&n->conns)) != NULL) {
+        conn_close(c);
+    }
+}
+
+/* --- cluster.status ---------------------------------------------------------- */
+
+static const char *state_name(int state)
+{
+    switch (state) {
+    case RAFT_FOLLOWER:
+        return "follower";
+    case RAFT_CANDIDATE:
+        return "candidate";
+    case RAFT_LEADER:
+        return "leader";
+    default:
+        return "unavailable";
+    }
+}
+
+static const char *role_name(int role)
+{
+    switch (role) {
+    case RAFT_VOTER:
+        return "voter";
+    case RAFT_STANDBY:
+        return "standby";
+    default:
+        return "spare";
+    }
+}
+
+void gateway_handle_status(struct node_req *r)
+{
+    struct node *n = r->node;
+    struct raft *raft = &n->raft;
+    msgpack_packer pk;
+    if (node_reply_begin(r, &pk) == NULL) {
+        node_reply_done(r);
+        return;
+    }
+    raft_id leader_id;
+    const char *leader_addr;
+    raft_leader(raft, &leader_id, &leader_addr);
+    bool leading = raft_state(raft) == RAFT_LEADER;
+    char digest[65] = "";
+    if (r->want_digest) {
+        /* O(quotas): computed only when asked (tests, fault checks). */
+        fsm_digest(n->fsm, digest);
+    }
+
+    msgpack_pack_map(&pk, r->want_digest ? 12 : 11);
+    wire_pack_kv_u64(&pk, "id", n->cfg.id);
+    wire_pack_kv_str(&pk, "state", state_name(raft_state(raft)));
+    wire_pack_str(&pk, "leader");
+    if (leader_id != 0) {
+        msgpack_pack_uint64(&pk, leader_id);
+    } else {
+        msgpack_pack_nil(&pk);
+    }
+    wire_pack_kv_u64(&pk, "term", raft->current_term);
+    wire_pack_kv_u64(&pk, "commit_index", raft->commit_index);
+    wire_pack_kv_u64(&pk, "applied_index", raft_last_applied(raft));
+    wire_pack_kv_u64(&pk, "last_index", raft_last_index(raft));
+    wire_pack_kv_u64(&pk, "catalog_version", fsm_catalog_version(n->fsm));
+    wire_pack_kv_u64(&pk, "quotas", fsm_quota_count(n->fsm));
+    if (r->want_digest) {
+        wire_pack_kv_str(&pk, "digest", digest);
+    }
+    wire_pack_str(&pk, "ready");
+    if (leading && n->ready_term == raft->current_term) {
+        msgpack_pack_true(&pk);
+    } else {
+        msgpack_pack_false(&pk);
+    }
+    wire_pack_str(&pk, "members");
+    msgpack_pack_array(&pk, raft->configuration.n);
+    for (unsigned i = 0; i < raft->configuration.n; i++) {
+        const struct raft_server *s = &raft->configuration.servers[i];
+        const char *client = fsm_node_addr(n->fsm, s->id);
+        const char *st;
+        if (s->id == leader_id) {
+            st = "leader";
+        } else if (leading) {
+            /* Only the leader knows who answers it. */
+            st = raft->leader_state.progress[i].recent_recv ? "follower"
+                                                             : "unreachable";
+        } else {
+            st = "follower";
+        }
+        msgpack_pack_map(&pk, leading ? 6 : 5);
+        wire_pack_kv_u64(&pk, "id", s->id);
+        wire_pack_kv_str(&pk, "raft_addr", s->address);
+        wire_pack_kv_str(&pk, "role", role_name(s->role));
+        wire_pack_kv_str(&pk, "state", st);
+        wire_pack_str(&pk, "client_addr");
+        if (client != NULL) {
+            wire_pack_str(&pk, client);
+        } else {
+            msgpack_pack_nil(&pk);
+        }
+        if (leading) {
+            wire_pack_kv_u64(&pk, "match_index",
+                             s->id == n->cfg.id
+                                 ? raft->last_stored
+                                 : raft->leader_state.progress[i].match_index);
+        }
+    }
+    node_reply_done(r);
+}

@@ -1,0 +1,223 @@
+/* node.h - allotd's internals, shared by the files of node/ (private).
+ *
+ *   server.c   lifecycle: config, loop, raft + raft_uv, signals, shutdown
+ *   gateway.c  client connections: frames in, requests dispatched, replies out
+ *   leader.c   what only the leader does: batch writes into log entries,
+ *              serve reads after a barrier, its own-term readiness, membership
+ *   forward.c  what a follower does with leader work: proxy it to the leader
+ *
+ * One libuv loop runs everything. A request is decoded once on arrival into a
+ * struct node_req, which then waits in exactly one place (a leader queue, an
+ * in-flight raft request, or the forwarding table) until it is answered. The
+ * connection may close first: it then detaches its requests (req->conn =
+ * NULL) and their answers are dropped. */
+#ifndef ALLOT_NODE_H
+#define ALLOT_NODE_H
+
+#include <bsd/sys/queue.h>
+#include <raft.h>
+#include <raft/uv.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "../proto/quota.h"
+#include "../proto/wire.h"
+#include "../raft/raft_fsm.h"
+
+#define NODE_COMP "node"
+/* A request waiting longer than this anywhere inside the node is answered
+ * with `timeout` (the client retries elsewhere). */
+#define NODE_REQUEST_TIMEOUT_MS 10000
+/* Stop reading from a client with this many requests in flight or this many
+ * reply bytes unsent, until it drains (backpressure, bounded memory). */
+#define NODE_CONN_INFLIGHT_MAX 4096
+#define NODE_CONN_OUTBUF_MAX (8u << 20)
+#define NODE_LS_LIMIT_DEFAULT 1000
+#define NODE_LS_LIMIT_MAX 1000
+
+struct node_config
+{
+    uint64_t id;
+    const char *data_dir;
+    const char *raft_addr;
+    const char *client_addr;
+    const char *cluster; /* "1=HOST:PORT,..." or NULL */
+    const char *join;    /* "HOST:PORT" or NULL */
+    bool insecure;
+    unsigned snapshot_threshold;
+    unsigned snapshot_trailing;
+    unsigned election_timeout_ms;
+    unsigned heartbeat_timeout_ms;
+};
+
+struct node;
+struct conn;
+
+/* Where a request waits. */
+enum node_req_state {
+    REQ_NEW = 0,
+    REQ_QUEUED,   /* in leader.writes or leader.reads */
+    REQ_IN_RAFT,  /* part of an in-flight raft apply/barrier/change */
+    REQ_FORWARDED /* in the forwarding table */
+};
+
+struct node_req
+{
+    TAILQ_ENTRY(node_req) conn_link;  /* conn->reqs */
+    TAILQ_ENTRY(node_req) queue_link; /* the queue it waits in */
+    struct node *node;
+    struct conn *conn; /* NULL once the client went away */
+    enum node_req_state state;
+    uint64_t id; /* client's request id */
+    enum wire_op op;
+    uint64_t arrived_ns;
+    /* Decoded arguments. */
+    struct fsm_cmd cmd; /* writes; cmd.path points at path below */
+    char path[QUOTA_PATH_MAX + 2];
+    size_t path_len;
+    char after[QUOTA_PATH_MAX + 2]; /* quota.ls paging */
+    size_t after_len;
+    bool has_after;
+    unsigned limit;
+    uint64_t target_id; /* cluster.add/remove/transfer */
+    char target_addr[64];
+    bool want_digest; /* cluster.status */
+    size_t reply_start; /* offset of the reply frame being built */
+    /* Forwarding. */
+    uint64_t fwd_id;
+    struct raft_change change;
+    struct raft_transfer transfer;
+};
+
+TAILQ_HEAD(node_req_list, node_req);
+
+struct conn
+{
+    TAILQ_ENTRY(conn) link;
+    TAILQ_ENTRY(conn) dirty_link; /* in node->dirty when out has bytes */
+    struct node *node;
+    uv_tcp_t tcp;
+    struct wire_rbuf rbuf;
+    msgpack_sbuffer out; /* replies not yet handed to uv_write */
+    bool dirty;
+    bool closing;
+    bool reading;
+    unsigned inflight;
+    size_t unsent; /* bytes handed to uv_write, not yet written */
+    struct node_req_list reqs;
+};
+
+TAILQ_HEAD(conn_list, conn);
+
+/* One raft_apply of a batch of writes. */
+struct apply_batch
+{
+    struct raft_apply req;
+    struct node *node;
+    unsigned n;
+    struct node_req *reqs[]; /* n requests; NULL for the leader command */
+};
+
+/* One barrier serving the reads queued before it was issued. */
+struct read_barrier
+{
+    struct raft_barrier req;
+    struct node *node;
+    uint64_t term;
+    struct node_req_list reads;
+};
+
+/* Follower side: one connection to the leader's client port. A new leader
+ * means a new struct fwd; the old one fails what it still holds and frees
+ * itself once its handle has closed. */
+struct fwd
+{
+    struct node *node;
+    uv_tcp_t tcp;
+    uv_connect_t connect;
+    bool connected;
+    bool closing;
+    uint64_t leader_id;
+    struct wire_rbuf rbuf;
+    msgpack_sbuffer out;
+    uint64_t next_id;
+    struct node_req_list pending; /* sent or waiting to be sent */
+};
+
+struct node
+{
+    struct node_config cfg;
+    uv_loop_t *loop;
+    struct raft raft;
+    struct raft_io io;
+    struct raft_uv_transport transport;
+    struct fsm *fsm;
+    char raft_dir[512];
+
+    uv_tcp_t listener;
+    uv_prepare_t prepare;
+    uv_timer_t sweep;
+    uv_signal_t sigint;
+    uv_signal_t sigterm;
+    uv_work_t join_work;
+    bool joining;
+    int join_result;
+
+    struct conn_list conns;
+    struct conn_list dirty;
+
+    /* Leader state. */
+    uint64_t ready_term; /* term whose own entry has been applied here */
+    bool announcing;     /* the term's LEADER command is in flight */
+    uint64_t seen_term;
+    int seen_state;
+    struct node_req_list writes;
+    struct node_req_list reads;
+    unsigned n_writes;
+    bool change_busy; /* a membership change is in flight */
+
+    struct fwd *fwd; /* NULL until something is forwarded */
+
+    bool hooks_started; /* prepare, sweep and signal handles are live */
+    bool stopping;
+    bool raft_closed;
+    int exit_code;
+};
+
+/* server.c */
+int node_init(struct node *n, uv_loop_t *loop, const struct node_config *cfg);
+int node_start(struct node *n);
+void node_stop(struct node *n);
+bool node_is_ready_leader(struct node *n);
+
+/* gateway.c */
+int gateway_listen(struct node *n);
+void gateway_close_all(struct node *n);
+/* Flush every connection's pending replies (called once per loop turn). */
+void gateway_flush(struct node *n);
+void node_reply_error(struct node_req *r, int code, const char *message);
+/* Start a success reply; the caller packs exactly one result value with the
+ * returned packer, then calls node_reply_done(). Returns NULL if the client is
+ * gone (then call node_reply_done() only). */
+msgpack_packer *node_reply_begin(struct node_req *r, msgpack_packer *pk);
+void node_reply_done(struct node_req *r);
+/* Free a request that has been answered or abandoned. */
+void node_req_free(struct node_req *r);
+void gateway_handle_status(struct node_req *r);
+
+/* leader.c */
+void leader_submit(struct node_req *r); /* READ, WRITE or ADMIN on the leader */
+void leader_tick(struct node *n);       /* once per loop turn */
+void leader_fail_all(struct node *n, int code, const char *message);
+void leader_sweep(struct node *n, uint64_t now_ns);
+void leader_pack_quota(msgpack_packer *pk, const char *path,
+                       const struct fsm_result *res);
+
+/* forward.c */
+void forward_submit(struct node_req *r);
+void forward_tick(struct node *n);
+void forward_close(struct node *n);
+void forward_sweep(struct node *n, uint64_t now_ns);
+
+#endif /* ALLOT_NODE_H */

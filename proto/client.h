@@ -1,0 +1,62 @@
+/* client.h - a blocking client for allot's msgpack protocol.
+ *
+ * Used by allotctl, the tests and the fault-injection workloads. It talks to
+ * any node (nodes forward to the leader themselves); when a node is down,
+ * times out or answers `unavailable`, the client moves to the next endpoint
+ * and retries with backoff until its deadline. Writes carry a client id and
+ * a sequence number that stay the same across retries, so the cluster
+ * applies a retried write once.
+ *
+ * Not thread-safe: one client per thread. */
+#ifndef ALLOT_CLIENT_H
+#define ALLOT_CLIENT_H
+
+#include <msgpack.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "allot_error.h"
+
+/* Used when neither --endpoints nor ALLOT_ENDPOINTS is given: the local
+ * cluster that `node/local-cluster` starts. */
+#define ALLOT_DEFAULT_ENDPOINTS "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+#define ALLOT_CLIENT_ENDPOINTS_MAX 16
+
+struct allot_client;
+
+/* endpoints: "HOST:PORT,..." (1..16). timeout_ms: total time one call may
+ * take, retries included. Returns 0 or ALLOT_EINVALID/ALLOT_ENOMEM with a
+ * message. The client is the caller's; free it with allot_client_close(). */
+int allot_client_open(const char *endpoints, int timeout_ms,
+                      struct allot_client **out, char *errmsg);
+void allot_client_close(struct allot_client *c);
+
+/* Per-call deadline (ms); also bounds connect and each read. */
+void allot_client_set_timeout(struct allot_client *c, int timeout_ms);
+
+/* Endpoint the last reply came from ("127.0.0.1:7001"). */
+const char *allot_client_endpoint(const struct allot_client *c);
+
+/* A reply. `result` points into `u` and lives until allot_reply_destroy(). */
+struct allot_reply
+{
+    msgpack_unpacked u;
+    int code; /* 0 or ALLOT_E... */
+    char message[ALLOT_ERRMSG_SIZE];
+    const msgpack_object *result; /* NULL on error */
+};
+
+/* Packs the "args" value (a map) of a request. */
+typedef void (*allot_pack_fn)(msgpack_packer *pk, void *arg);
+
+/* Send op with args (pack may be NULL for no args) and wait for the reply,
+ * retrying across endpoints as described above. Returns rep->code. On
+ * return the reply must be destroyed with allot_reply_destroy(), whatever
+ * the code. A write that ran out of time returns ALLOT_ETIMEOUT: it may or
+ * may not have been applied. */
+int allot_client_call(struct allot_client *c, const char *op,
+                      allot_pack_fn pack, void *arg, struct allot_reply *rep);
+
+void allot_reply_destroy(struct allot_reply *rep);
+
+#endif /* ALLOT_CLIENT_H */

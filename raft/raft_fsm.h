@@ -1,0 +1,120 @@
+/* raft_fsm.h - allot's replicated state machine: the quota catalog.
+ *
+ * The state machine is what canonical/raft replicates: a tree of quotas keyed
+ * by path, a catalog version that grows by one on every change, client
+ * sessions that remember recent write results (so a retried write applies
+ * once), and the client address of each node that has led (so followers can
+ * forward to the leader). It never calls libuv, reads a clock or does I/O:
+ * time arrives inside each command (the leader's clock), so every replica
+ * applying the same log reaches the same state, byte for byte.
+ *
+ * A log entry carries a batch of commands (the leader groups the writes of
+ * one event-loop turn into one entry). Applying an entry yields one
+ * struct fsm_result per command; a malformed entry or command yields error
+ * results, never a failed apply (a non-zero return from apply would stall
+ * canonical/raft for good). */
+#ifndef ALLOT_RAFT_FSM_H
+#define ALLOT_RAFT_FSM_H
+
+#include <raft.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "../proto/allot_error.h"
+#include "../proto/quota.h"
+
+/* Limits on what the state machine remembers, chosen so that memory stays
+ * bounded whatever clients do (docs/architecture.md, "Exactly-once writes"). */
+#define FSM_SESSIONS_MAX 16384        /* clients remembered */
+#define FSM_SESSION_RESULTS_MAX 1024  /* unacknowledged results per client */
+#define FSM_SESSION_TTL_MS 600000     /* a client idle this long is forgotten */
+#define FSM_BATCH_MAX 1024            /* commands in one log entry */
+#define FSM_NODES_MAX 64
+
+struct fsm;
+
+enum fsm_cmd_type {
+    FSM_CMD_QUOTA_SET = 1,
+    FSM_CMD_QUOTA_RM = 2,
+    FSM_CMD_LEADER = 3, /* a new leader's first entry: id, client address */
+};
+
+/* One command, as the leader builds it. Strings are borrowed: they must stay
+ * valid until fsm_batch_encode() returns. */
+struct fsm_cmd
+{
+    enum fsm_cmd_type type;
+    uint64_t client; /* 0 = no deduplication */
+    uint64_t seq;
+    uint64_t ack;
+    const char *path;
+    size_t path_len;
+    struct quota_fields patch; /* QUOTA_SET */
+    bool has_if_version;
+    uint64_t if_version; /* 0 with has_if_version: must not exist */
+    uint64_t node_id;    /* LEADER */
+    const char *node_addr;
+};
+
+/* Encode n commands (1..FSM_BATCH_MAX) stamped with the leader's wall clock
+ * into a buffer allocated with raft_malloc(), ready for raft_apply(). On
+ * success the buffer is the caller's (raft's once raft_apply() accepts it). */
+int fsm_batch_encode(const struct fsm_cmd *cmds, unsigned n, uint64_t time_ms,
+                     struct raft_buffer *out);
+
+/* Outcome of one command. */
+struct fsm_result
+{
+    int code;      /* 0 or ALLOT_E... */
+    char *message; /* NULL, or an owned string for errors */
+    uint64_t version; /* catalog version after the change (set/rm) */
+    bool duplicate;   /* answered from the session table */
+    /* QUOTA_SET success: the quota as this command left it. */
+    uint64_t created_ms;
+    uint64_t updated_ms;
+    struct quota_fields fields;
+};
+
+/* What apply returns through raft's `result` pointer: the results of the
+ * entry just applied. Owned by the state machine, valid until the next apply,
+ * so raft_apply callbacks (which fire right after apply) read it directly. */
+struct fsm_batch_result
+{
+    unsigned n;
+    struct fsm_result *results;
+};
+
+int fsm_init(struct fsm **out);
+void fsm_close(struct fsm *f);
+
+/* The raft_fsm to hand to raft_init(); it points back at f. */
+struct raft_fsm *fsm_raft(struct fsm *f);
+
+/* --- Reads (on the state applied so far) -------------------------------- */
+
+uint64_t fsm_catalog_version(const struct fsm *f);
+uint64_t fsm_quota_count(const struct fsm *f);
+
+/* The quota at path, or NULL. Valid until the next apply or restore. */
+const struct quota *fsm_get(const struct fsm *f, const char *path,
+                            size_t path_len);
+
+/* Quotas whose path is prefix or lies under prefix/ (all when prefix_len is
+ * 0), in path order, starting after `after` (NULL: from the first). Calls
+ * cb for up to limit quotas; *more tells whether any remain. */
+typedef void (*fsm_ls_cb)(void *arg, const struct quota *q);
+void fsm_ls(const struct fsm *f, const char *prefix, size_t prefix_len,
+            const char *after, size_t after_len, unsigned limit, fsm_ls_cb cb,
+            void *arg, bool *more);
+
+/* Client address of node id as last announced, or NULL. */
+const char *fsm_node_addr(const struct fsm *f, uint64_t id);
+
+/* BLAKE2b-256 digest of the catalog (version and every quota in path order),
+ * equal on replicas that applied the same log. Hex, NUL-terminated. */
+void fsm_digest(const struct fsm *f, char hex[65]);
+
+/* Number of client sessions remembered (for metrics and tests). */
+unsigned fsm_session_count(const struct fsm *f);
+
+#endif /* ALLOT_RAFT_FSM_H */
