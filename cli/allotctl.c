@@ -6,8 +6,8 @@
  * on stderr, `error: CODE: message`, and a non-zero exit status: 2 for a
  * command line we could not understand, 1 for everything else. */
 #include <errno.h>
-#include <stdarg.h>
 #include <jansson.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,7 +72,8 @@ static int fail(int code, const char *fmt, ...)
     return code == ALLOT_EINVALID ? 2 : 1;
 }
 
-/* --- msgpack to JSON and text ----------------------------------------------------- */
+/* --- msgpack to JSON and text
+ * ----------------------------------------------------- */
 
 static json_t *to_json(const msgpack_object *o)
 {
@@ -156,8 +157,7 @@ static void scalar_text(const msgpack_object *o, char *buf, size_t size)
         for (uint32_t i = 0; i < o->via.array.size && off < size; i++) {
             char item[128];
             scalar_text(&o->via.array.ptr[i], item, sizeof item);
-            int n = snprintf(buf + off, size - off, "%s%s", i ? "," : "",
-                             item);
+            int n = snprintf(buf + off, size - off, "%s%s", i ? "," : "", item);
             off += n > 0 ? (size_t)n : 0;
         }
         if (o->via.array.size == 0) {
@@ -229,21 +229,21 @@ static void quota_summary(const msgpack_object *q, char *buf, size_t size)
         text_of(q, "max", "memory_mb", c, sizeof c);
         text_of(q, "max", "vcores", d, sizeof d);
         text_of(q, "max_apps", NULL, e, sizeof e);
-        snprintf(buf, size,
-                 "guaranteed=%sMB/%svc max=%sMB/%svc max_apps=%s", a, b, c, d,
-                 e);
+        snprintf(buf, size, "guaranteed=%sMB/%svc max=%sMB/%svc max_apps=%s", a,
+                 b, c, d, e);
     }
 }
 
-/* --- Calls ------------------------------------------------------------------------ */
+/* --- Calls
+ * ------------------------------------------------------------------------ */
 
 static int call(struct cli *cli, const char *op, allot_pack_fn pack, void *arg,
                 struct allot_reply *rep)
 {
     int rv = allot_client_call(cli->client, op, pack, arg, rep);
     if (rv != 0) {
-        int status = fail(rv, "%s", rep->message[0] ? rep->message
-                                                    : allot_strerror(rv));
+        int status =
+            fail(rv, "%s", rep->message[0] ? rep->message : allot_strerror(rv));
         allot_reply_destroy(rep);
         return status;
     }
@@ -471,7 +471,8 @@ static int cmd_quota_ls(struct cli *cli)
     return 0;
 }
 
-/* --- cluster ------------------------------------------------------------------------ */
+/* --- cluster
+ * ------------------------------------------------------------------------ */
 
 struct id_args
 {
@@ -556,12 +557,11 @@ static int cmd_cluster(struct cli *cli)
             text_of(r, "digest", NULL, dg, sizeof dg);
             printf("digest %s\n", dg);
         }
-        printf("%-4s %-22s %-8s %-12s %s\n", "ID", "RAFT_ADDR", "ROLE",
-               "STATE", "CLIENT_ADDR");
+        printf("%-4s %-22s %-8s %-12s %s\n", "ID", "RAFT_ADDR", "ROLE", "STATE",
+               "CLIENT_ADDR");
         const msgpack_object *ms = wire_map_get(r, "members");
-        for (uint32_t i = 0;
-             ms != NULL && ms->type == MSGPACK_OBJECT_ARRAY &&
-             i < ms->via.array.size;
+        for (uint32_t i = 0; ms != NULL && ms->type == MSGPACK_OBJECT_ARRAY &&
+                             i < ms->via.array.size;
              i++) {
             const msgpack_object *m = &ms->via.array.ptr[i];
             char mid[24], addr[64], role[16], st[16], caddr[64];
@@ -620,26 +620,27 @@ static int cmd_cluster(struct cli *cli)
         text_of(rep.result, "leader", NULL, l, sizeof l);
         printf("leader is now %s\n", l);
     } else {
-        printf("%s node %llu\n", strcmp(op, "cluster.add") == 0 ? "added"
-                                                               : "removed",
+        printf("%s node %llu\n",
+               strcmp(op, "cluster.add") == 0 ? "added" : "removed",
                (unsigned long long)a.id);
     }
     allot_reply_destroy(&rep);
     return 0;
 }
 
-/* --- main ---------------------------------------------------------------------------- */
+/* --- main
+ * ----------------------------------------------------------------------------
+ */
 
 static int parse_args(struct cli *cli, int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *val = NULL;
-        bool takes = strcmp(a, "--endpoints") == 0 || strcmp(a, "-o") == 0 ||
-                     strcmp(a, "--output") == 0 ||
-                     strcmp(a, "--timeout-ms") == 0 ||
-                     strcmp(a, "--if-version") == 0 ||
-                     strcmp(a, "--identity") == 0;
+        bool takes =
+            strcmp(a, "--endpoints") == 0 || strcmp(a, "-o") == 0 ||
+            strcmp(a, "--output") == 0 || strcmp(a, "--timeout-ms") == 0 ||
+            strcmp(a, "--if-version") == 0 || strcmp(a, "--identity") == 0;
         if (takes) {
             if (i + 1 >= argc) {
                 return fail(ALLOT_EINVALID, "%s needs a value", a);

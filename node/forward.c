@@ -72,8 +72,7 @@ static void relay_reply(struct fwd *f, const char *body, size_t len)
     if (wire_unpack(body, len, &u, msg) != 0 ||
         wire_reply_decode(&u.data, &rep, msg) != 0) {
         msgpack_unpacked_destroy(&u);
-        LOGW(NODE_COMP, "bad reply from leader, dropping connection", "%s",
-             "");
+        LOGW(NODE_COMP, "bad reply from leader, dropping connection", "%s", "");
         fwd_close(f, ALLOT_EUNAVAILABLE, "bad reply from the leader; retry");
         return;
     }
@@ -84,8 +83,8 @@ static void relay_reply(struct fwd *f, const char *body, size_t len)
     }
     if (rep.code != 0) {
         char m[ALLOT_ERRMSG_SIZE];
-        size_t n = rep.message_len < sizeof m - 1 ? rep.message_len
-                                                  : sizeof m - 1;
+        size_t n =
+            rep.message_len < sizeof m - 1 ? rep.message_len : sizeof m - 1;
         if (rep.message != NULL) {
             memcpy(m, rep.message, n);
         }
@@ -115,8 +114,8 @@ static void fwd_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
         *buf = uv_buf_init(NULL, 0);
         return;
     }
-    *buf = uv_buf_init(tail, (unsigned)(avail > UINT32_MAX ? UINT32_MAX
-                                                             : avail));
+    *buf =
+        uv_buf_init(tail, (unsigned)(avail > UINT32_MAX ? UINT32_MAX : avail));
 }
 
 static void fwd_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -301,8 +300,7 @@ void forward_submit(struct node_req *r)
     char msg[ALLOT_ERRMSG_SIZE];
     raft_leader(&n->raft, &leader, &raft_addr);
     if (leader == 0 || leader == n->cfg.id) {
-        node_reply_error(r, ALLOT_EUNAVAILABLE,
-                         "no leader elected yet; retry");
+        node_reply_error(r, ALLOT_EUNAVAILABLE, "no leader elected yet; retry");
         return;
     }
     const char *addr = fsm_node_addr(n->fsm, leader);

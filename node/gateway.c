@@ -37,7 +37,8 @@ struct write_req
 static void conn_close(struct conn *c);
 static void conn_maybe_resume(struct conn *c);
 
-/* --- Replies ------------------------------------------------------------------ */
+/* --- Replies
+ * ------------------------------------------------------------------ */
 
 /* Offset of the frame being built in c->out. One reply is built at a time
  * (single-threaded loop), so one slot per node would do; per connection keeps
@@ -119,7 +120,8 @@ static void conn_error(struct conn *c, uint64_t id, int code, const char *msg)
     frame_end(c, start);
 }
 
-/* --- Writing ----------------------------------------------------------------- */
+/* --- Writing -----------------------------------------------------------------
+ */
 
 static void write_cb(uv_write_t *w, int status)
 {
@@ -164,7 +166,8 @@ void gateway_flush(struct node *n)
     }
 }
 
-/* --- Reading ----------------------------------------------------------------- */
+/* --- Reading -----------------------------------------------------------------
+ */
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
@@ -176,8 +179,8 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
         *buf = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS */
         return;
     }
-    *buf = uv_buf_init(tail, (unsigned)(avail > UINT32_MAX ? UINT32_MAX
-                                                             : avail));
+    *buf =
+        uv_buf_init(tail, (unsigned)(avail > UINT32_MAX ? UINT32_MAX : avail));
 }
 
 static void conn_pause(struct conn *c)
@@ -206,7 +209,8 @@ static void conn_maybe_resume(struct conn *c)
     }
 }
 
-/* --- Argument decoding -------------------------------------------------------- */
+/* --- Argument decoding
+ * -------------------------------------------------------- */
 
 static int arg_path(struct node_req *r, const msgpack_object *args,
                     const char *key, bool required, char *msg)
@@ -316,8 +320,7 @@ static int decode_args(struct node_req *r, const struct wire_request *wr,
             return rv;
         }
         if (limit == 0 || limit > NODE_LS_LIMIT_MAX) {
-            return allot_errf(msg, ALLOT_EINVALID,
-                              "limit must be from 1 to %d",
+            return allot_errf(msg, ALLOT_EINVALID, "limit must be from 1 to %d",
                               NODE_LS_LIMIT_MAX);
         }
         r->limit = (unsigned)limit;
@@ -366,7 +369,8 @@ static int decode_args(struct node_req *r, const struct wire_request *wr,
     }
 }
 
-/* --- Dispatch ------------------------------------------------------------------ */
+/* --- Dispatch
+ * ------------------------------------------------------------------ */
 
 static void handle_ping(struct node_req *r)
 {
@@ -469,7 +473,8 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
 }
 
-/* --- Connections -------------------------------------------------------------- */
+/* --- Connections
+ * -------------------------------------------------------------- */
 
 static void conn_free_cb(uv_handle_t *h)
 {
@@ -561,7 +566,8 @@ void gateway_close_all(struct node *n)
     }
 }
 
-/* --- cluster.status ---------------------------------------------------------- */
+/* --- cluster.status ----------------------------------------------------------
+ */
 
 static const char *state_name(int state)
 {
@@ -643,7 +649,7 @@ void gateway_handle_status(struct node_req *r)
         } else if (leading) {
             /* Only the leader knows who answers it. */
             st = raft->leader_state.progress[i].recent_recv ? "follower"
-                                                             : "unreachable";
+                                                            : "unreachable";
         } else {
             st = "follower";
         }

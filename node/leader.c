@@ -80,7 +80,8 @@ void leader_pack_quota(msgpack_packer *pk, const char *path,
     quota_pack(pk, &q);
 }
 
-/* --- Writes ----------------------------------------------------------------- */
+/* --- Writes -----------------------------------------------------------------
+ */
 
 static void reply_write(struct node_req *r, const struct fsm_result *res)
 {
@@ -141,8 +142,7 @@ static void propose(struct node *n, bool announce)
     if (count > FSM_BATCH_MAX) {
         count = FSM_BATCH_MAX;
     }
-    struct apply_batch *b =
-        malloc(sizeof *b + count * sizeof b->reqs[0]);
+    struct apply_batch *b = malloc(sizeof *b + count * sizeof b->reqs[0]);
     struct fsm_cmd *cmds = malloc(count * sizeof *cmds);
     if (b == NULL || cmds == NULL) {
         free(b);
@@ -199,7 +199,8 @@ static void propose(struct node *n, bool announce)
     }
 }
 
-/* --- Reads ------------------------------------------------------------------ */
+/* --- Reads ------------------------------------------------------------------
+ */
 
 struct ls_ctx
 {
@@ -314,7 +315,8 @@ static void issue_barrier(struct node *n)
     }
 }
 
-/* --- Membership --------------------------------------------------------------- */
+/* --- Membership
+ * --------------------------------------------------------------- */
 
 static void reply_change(struct node_req *r, int status)
 {
@@ -453,8 +455,8 @@ static void run_admin(struct node *n, struct node_req *r)
             return;
         }
         if (find_server(n, r->target_id) == NULL) {
-            allot_errf(msg, ALLOT_ENOT_FOUND, "node %" PRIu64 " is not a member",
-                       r->target_id);
+            allot_errf(msg, ALLOT_ENOT_FOUND,
+                       "node %" PRIu64 " is not a member", r->target_id);
             node_reply_error(r, ALLOT_ENOT_FOUND, msg);
             return;
         }
@@ -479,7 +481,8 @@ static void run_admin(struct node *n, struct node_req *r)
     }
 }
 
-/* --- Entry points --------------------------------------------------------------- */
+/* --- Entry points
+ * --------------------------------------------------------------- */
 
 void leader_submit(struct node_req *r)
 {

@@ -46,8 +46,9 @@ static int parse_uint(const char *flag, const char *s, unsigned long long min,
     char *end;
     unsigned long long v = strtoull(s, &end, 10);
     if (s[0] == '\0' || s[0] == '-' || *end != '\0' || v < min || v > max) {
-        fprintf(stderr, "error: invalid: %s must be a whole number from %llu "
-                        "to %llu, got \"%s\"\n",
+        fprintf(stderr,
+                "error: invalid: %s must be a whole number from %llu "
+                "to %llu, got \"%s\"\n",
                 flag, min, max, s);
         return -1;
     }
@@ -169,7 +170,7 @@ int main(int argc, char **argv)
                 argv[optind]);
         return 2;
     }
-    const char *missing = cfg.id == 0              ? "--id"
+    const char *missing = cfg.id == 0               ? "--id"
                           : cfg.data_dir == NULL    ? "--data-dir"
                           : cfg.raft_addr == NULL   ? "--raft"
                           : cfg.client_addr == NULL ? "--client"

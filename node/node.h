@@ -32,9 +32,9 @@
 /* Stop reading from a client with this many requests in flight or this many
  * reply bytes unsent, until it drains (backpressure, bounded memory). */
 #define NODE_CONN_INFLIGHT_MAX 4096
-#define NODE_CONN_OUTBUF_MAX (8u << 20)
-#define NODE_LS_LIMIT_DEFAULT 1000
-#define NODE_LS_LIMIT_MAX 1000
+#define NODE_CONN_OUTBUF_MAX   (8u << 20)
+#define NODE_LS_LIMIT_DEFAULT  1000
+#define NODE_LS_LIMIT_MAX      1000
 
 struct node_config
 {
@@ -82,7 +82,7 @@ struct node_req
     unsigned limit;
     uint64_t target_id; /* cluster.add/remove/transfer */
     char target_addr[64];
-    bool want_digest; /* cluster.status */
+    bool want_digest;   /* cluster.status */
     size_t reply_start; /* offset of the reply frame being built */
     /* Forwarding. */
     uint64_t fwd_id;

@@ -62,8 +62,7 @@ static int check_node_id(const struct node_config *cfg, bool *fresh)
         fclose(f);
         if (ok != 1 || id != cfg->id) {
             LOGE(NODE_COMP, "data directory belongs to another node",
-                 "dir=%s file_id=%llu id=%" PRIu64, cfg->data_dir, id,
-                 cfg->id);
+                 "dir=%s file_id=%llu id=%" PRIu64, cfg->data_dir, id, cfg->id);
             return -1;
         }
         *fresh = false;
@@ -145,9 +144,8 @@ int node_init(struct node *n, uv_loop_t *loop, const struct node_config *cfg)
         return -1;
     }
     if (fresh && cfg->cluster == NULL && cfg->join == NULL) {
-        LOGE(NODE_COMP,
-             "a new node needs --cluster (initial voters) or --join", "%s",
-             "");
+        LOGE(NODE_COMP, "a new node needs --cluster (initial voters) or --join",
+             "%s", "");
         return -1;
     }
     snprintf(n->raft_dir, sizeof n->raft_dir, "%s/raft", cfg->data_dir);
@@ -169,8 +167,7 @@ int node_init(struct node *n, uv_loop_t *loop, const struct node_config *cfg)
         LOGE(NODE_COMP, "raft_uv init failed", "err=\"%s\"", n->io.errmsg);
         goto err_after_transport;
     }
-    rv = raft_init(&n->raft, &n->io, fsm_raft(n->fsm), cfg->id,
-                   cfg->raft_addr);
+    rv = raft_init(&n->raft, &n->io, fsm_raft(n->fsm), cfg->id, cfg->raft_addr);
     if (rv != 0) {
         LOGE(NODE_COMP, "raft init failed", "err=\"%s\"",
              raft_errmsg(&n->raft));
@@ -225,7 +222,8 @@ err_after_fsm:
     return -1;
 }
 
-/* --- Join ------------------------------------------------------------------ */
+/* --- Join ------------------------------------------------------------------
+ */
 
 static void pack_join_args(msgpack_packer *pk, void *arg)
 {
@@ -248,8 +246,8 @@ static void join_work_cb(uv_work_t *w)
      * asking for up to a minute, giving up early if we are told to stop. */
     for (int i = 0; i < 60 && !atomic_load(&join_cancel); i++) {
         struct allot_reply rep;
-        n->join_result = allot_client_call(c, "cluster.add", pack_join_args, n,
-                                           &rep);
+        n->join_result =
+            allot_client_call(c, "cluster.add", pack_join_args, n, &rep);
         if (rep.code != 0) {
             LOGW(NODE_COMP, "join attempt failed", "via=%s err=%s msg=\"%s\"",
                  n->cfg.join, allot_error_name(rep.code), rep.message);
@@ -275,7 +273,8 @@ static void join_after_cb(uv_work_t *w, int status)
     }
 }
 
-/* --- Loop hooks ------------------------------------------------------------ */
+/* --- Loop hooks ------------------------------------------------------------
+ */
 
 static void prepare_cb(uv_prepare_t *h)
 {
@@ -286,7 +285,7 @@ static void prepare_cb(uv_prepare_t *h)
     leader_tick(n);
     forward_tick(n);
     gateway_flush(n);
-    if (raft_state(&n->raft) == RAFT_UNAVAILABLE && n->seen_state != 0) {
+    if (raft_state(&n->raft) == RAFT_UNAVAILABLE) {
         /* canonical/raft shut itself down: an I/O error or a log that
          * conflicts with committed entries. Serving on would be unsafe;
          * exit non-zero so a supervisor restarts us from disk. */
@@ -322,6 +321,7 @@ int node_start(struct node *n)
         return -1;
     }
     n->seen_state = raft_state(&n->raft);
+    n->seen_term = n->raft.current_term;
     if (gateway_listen(n) != 0) {
         return -1;
     }

@@ -10,21 +10,21 @@
 #define ALLOT_ERROR_H
 
 /* X(ENUM_SUFFIX, value, wire name, default message) */
-#define ALLOT_ERROR_MAP(X)                                                     \
-    X(INVALID, -1, "invalid", "invalid argument")                              \
-    X(NOT_FOUND, -2, "not_found", "not found")                                 \
-    X(EXISTS, -3, "exists", "already exists")                                  \
-    X(CONFLICT, -4, "conflict", "version conflict")                            \
-    X(PERMISSION_DENIED, -5, "permission_denied", "permission denied")         \
-    X(UNAUTHENTICATED, -6, "unauthenticated", "unauthenticated")               \
-    X(UNAVAILABLE, -7, "unavailable", "service unavailable")                   \
-    X(VALIDATION_FAILED, -8, "validation_failed", "validation failed")         \
-    X(TIMEOUT, -9, "timeout", "timed out")                                     \
-    X(NOMEM, -10, "nomem", "out of memory")                                    \
-    X(IO, -11, "io", "input/output error")                                     \
-    X(PROTOCOL, -12, "protocol", "malformed message")                          \
-    X(TOO_BIG, -13, "too_big", "message too large")                            \
-    X(INTERNAL, -14, "internal", "internal error")                             \
+#define ALLOT_ERROR_MAP(X)                                             \
+    X(INVALID, -1, "invalid", "invalid argument")                      \
+    X(NOT_FOUND, -2, "not_found", "not found")                         \
+    X(EXISTS, -3, "exists", "already exists")                          \
+    X(CONFLICT, -4, "conflict", "version conflict")                    \
+    X(PERMISSION_DENIED, -5, "permission_denied", "permission denied") \
+    X(UNAUTHENTICATED, -6, "unauthenticated", "unauthenticated")       \
+    X(UNAVAILABLE, -7, "unavailable", "service unavailable")           \
+    X(VALIDATION_FAILED, -8, "validation_failed", "validation failed") \
+    X(TIMEOUT, -9, "timeout", "timed out")                             \
+    X(NOMEM, -10, "nomem", "out of memory")                            \
+    X(IO, -11, "io", "input/output error")                             \
+    X(PROTOCOL, -12, "protocol", "malformed message")                  \
+    X(TOO_BIG, -13, "too_big", "message too large")                    \
+    X(INTERNAL, -14, "internal", "internal error")                     \
     X(SHUTDOWN, -15, "shutdown", "shutting down")
 
 enum allot_error {

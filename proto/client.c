@@ -77,8 +77,7 @@ int allot_client_open(const char *endpoints, int timeout_ms,
         }
         if (c->n_eps == ALLOT_CLIENT_ENDPOINTS_MAX) {
             free(c);
-            return allot_errf(errmsg, ALLOT_EINVALID,
-                              "more than %d endpoints",
+            return allot_errf(errmsg, ALLOT_EINVALID, "more than %d endpoints",
                               ALLOT_CLIENT_ENDPOINTS_MAX);
         }
         struct endpoint *e = &c->eps[c->n_eps];
@@ -173,8 +172,7 @@ static int conn_open(struct allot_client *c, uint64_t deadline_ns)
         int err = 0;
         socklen_t len = sizeof err;
         if (wait_fd(fd, POLLOUT, deadline_ns) != 0 ||
-            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 ||
-            err != 0) {
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
             close(fd);
             return -1;
         }
@@ -329,8 +327,8 @@ int allot_client_call(struct allot_client *c, const char *op,
         int rv = send_all(c->fd, sb.data, sb.size, attempt_deadline);
         msgpack_sbuffer_destroy(&sb);
         if (rv != 0 || recv_reply(c, id, attempt_deadline, rep) != 0) {
-            snprintf(last_problem, sizeof last_problem,
-                     "no reply from %s", c->eps[c->cur].name);
+            snprintf(last_problem, sizeof last_problem, "no reply from %s",
+                     c->eps[c->cur].name);
             conn_close(c);
             goto next_endpoint;
         }
@@ -348,7 +346,8 @@ int allot_client_call(struct allot_client *c, const char *op,
         if (c->cur == 0 || c->n_eps == 1 || rep->code == ALLOT_EUNAVAILABLE) {
             int64_t left = ms_until(deadline);
             sleep_ms(backoff < left ? backoff : left);
-            backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+            backoff =
+                backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
         }
         rep->code = 0;
     }

@@ -19,7 +19,7 @@
 
 /* Used when neither --endpoints nor ALLOT_ENDPOINTS is given: the local
  * cluster that `node/local-cluster` starts. */
-#define ALLOT_DEFAULT_ENDPOINTS "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+#define ALLOT_DEFAULT_ENDPOINTS    "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
 #define ALLOT_CLIENT_ENDPOINTS_MAX 16
 
 struct allot_client;

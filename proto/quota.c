@@ -35,8 +35,8 @@ const struct quota_field_desc quota_field_table[QF_COUNT] = {
                      QUOTA_KINDS_CAPACITY, NULL},
     [QF_RATE] = {"rate", NULL, "rate", QFT_DOUBLE, OFF(rate), QUOTA_KINDS_RATE,
                  NULL},
-    [QF_BURST] = {"burst", NULL, "burst", QFT_U64, OFF(burst),
-                  QUOTA_KINDS_RATE, NULL},
+    [QF_BURST] = {"burst", NULL, "burst", QFT_U64, OFF(burst), QUOTA_KINDS_RATE,
+                  NULL},
     [QF_UNIT] = {"unit", NULL, "unit", QFT_ENUM, OFF(unit), QUOTA_KINDS_RATE,
                  unit_names},
     [QF_FLEET] = {"fleet", NULL, "fleet", QFT_NAME, OFF(fleet),
@@ -51,8 +51,8 @@ const struct quota_field_desc quota_field_table[QF_COUNT] = {
                          OFF(max_delay_ms), QUOTA_KINDS_RATE, NULL},
 };
 
-#define BIT(id) (1u << (id))
-#define FIELD_PTR(f, d) ((char *)(f) + (d)->offset)
+#define BIT(id)          (1u << (id))
+#define FIELD_PTR(f, d)  ((char *)(f) + (d)->offset)
 #define FIELD_CPTR(f, d) ((const char *)(f) + (d)->offset)
 
 const char *quota_kind_name(unsigned kind)
@@ -180,8 +180,8 @@ static int field_parse(const struct quota_field_desc *d, struct quota_fields *p,
         double x = strtod(tmp, &end);
         if (len == 0 || *end != '\0' || errno != 0 || !isfinite(x) || x < 0) {
             return allot_errf(errmsg, ALLOT_EINVALID,
-                              "%s: \"%s\" is not a finite number >= 0",
-                              d->name, tmp);
+                              "%s: \"%s\" is not a finite number >= 0", d->name,
+                              tmp);
         }
         memcpy(FIELD_PTR(p, d), &x, sizeof x);
         return 0;
@@ -262,8 +262,8 @@ int quota_patch_parse_kv(struct quota_fields *p, const char *kv, char *errmsg)
 {
     const char *eq = strchr(kv, '=');
     if (eq == NULL) {
-        return allot_errf(errmsg, ALLOT_EINVALID,
-                          "\"%.64s\" is not KEY=VALUE", kv);
+        return allot_errf(errmsg, ALLOT_EINVALID, "\"%.64s\" is not KEY=VALUE",
+                          kv);
     }
     const struct quota_field_desc *d = field_by_name(kv, (size_t)(eq - kv));
     if (d == NULL) {
@@ -370,7 +370,8 @@ int quota_fields_merge(struct quota_fields *q, const struct quota_fields *patch,
         return allot_errf(errmsg, ALLOT_EINVALID,
                           "cannot change kind from %s to %s: remove the quota "
                           "and create it again",
-                          quota_kind_name(q->kind), quota_kind_name((unsigned)kind));
+                          quota_kind_name(q->kind),
+                          quota_kind_name((unsigned)kind));
     }
     struct quota_fields next = *q;
     for (unsigned i = 1; i < QF_COUNT; i++) {
@@ -546,9 +547,9 @@ static const struct quota_field_desc *field_by_leaf(const char *group,
 {
     for (unsigned i = 0; i < QF_COUNT; i++) {
         const struct quota_field_desc *d = &quota_field_table[i];
-        bool same_group = group == NULL ? d->group == NULL
-                                        : (d->group != NULL &&
-                                           strcmp(d->group, group) == 0);
+        bool same_group =
+            group == NULL ? d->group == NULL
+                          : (d->group != NULL && strcmp(d->group, group) == 0);
         if (same_group && wire_str_eq(key, d->leaf)) {
             return d;
         }
@@ -604,12 +605,12 @@ static int patch_unpack_level(const msgpack_object *map, const char *group,
             }
             char names[256];
             field_names(names, sizeof names);
-            return allot_errf(errmsg, ALLOT_EINVALID,
-                              "unknown field \"%s%s%.*s\" (allowed: %s)",
-                              group ? group : "", group ? "." : "",
-                              (int)(k->via.str.size > 64 ? 64
-                                                         : k->via.str.size),
-                              k->via.str.ptr, names);
+            return allot_errf(
+                errmsg, ALLOT_EINVALID,
+                "unknown field \"%s%s%.*s\" (allowed: %s)", group ? group : "",
+                group ? "." : "",
+                (int)(k->via.str.size > 64 ? 64 : k->via.str.size),
+                k->via.str.ptr, names);
         }
         int rv = field_unpack(d, v, p, errmsg);
         if (rv != 0) {

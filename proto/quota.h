@@ -18,10 +18,10 @@
 #include <stdint.h>
 
 #define QUOTA_SEGMENT_MAX 64
-#define QUOTA_DEPTH_MAX 8
-#define QUOTA_PATH_MAX (QUOTA_DEPTH_MAX * (QUOTA_SEGMENT_MAX + 1))
-#define QUOTA_FLEET_MAX 64
-#define QUOTA_OWNERS_MAX 32
+#define QUOTA_DEPTH_MAX   8
+#define QUOTA_PATH_MAX    (QUOTA_DEPTH_MAX * (QUOTA_SEGMENT_MAX + 1))
+#define QUOTA_FLEET_MAX   64
+#define QUOTA_OWNERS_MAX  32
 
 enum quota_kind {
     QUOTA_KIND_UNSET = 0,
@@ -94,8 +94,8 @@ enum quota_field_type {
 
 /* Kinds a field applies to, as a mask of (1 << kind). */
 #define QUOTA_KINDS_CAPACITY (1u << QUOTA_KIND_CAPACITY)
-#define QUOTA_KINDS_RATE (1u << QUOTA_KIND_RATE)
-#define QUOTA_KINDS_ALL (QUOTA_KINDS_CAPACITY | QUOTA_KINDS_RATE)
+#define QUOTA_KINDS_RATE     (1u << QUOTA_KIND_RATE)
+#define QUOTA_KINDS_ALL      (QUOTA_KINDS_CAPACITY | QUOTA_KINDS_RATE)
 
 struct quota_field_desc
 {
@@ -113,7 +113,7 @@ extern const struct quota_field_desc quota_field_table[QF_COUNT];
 /* A stored quota. Owned by whoever holds it; quota_free() releases it. */
 struct quota
 {
-    char *path; /* owned, NUL-terminated */
+    char *path;          /* owned, NUL-terminated */
     uint64_t version;    /* catalog version of its last change */
     uint64_t created_ms; /* leader's clock, carried in the command */
     uint64_t updated_ms;
@@ -125,7 +125,8 @@ struct quota
 const char *quota_kind_name(unsigned kind);
 
 /* Check a path: segments of [A-Za-z0-9_-]{1,64} joined by '/', depth at most
- * QUOTA_DEPTH_MAX. 0 or ALLOT_EINVALID with a message saying what is allowed. */
+ * QUOTA_DEPTH_MAX. 0 or ALLOT_EINVALID with a message saying what is allowed.
+ */
 int quota_path_check(const char *path, size_t len, char *errmsg);
 
 /* Parse one KEY=VALUE into patch p (sets the field's bit). ALLOT_EINVALID

@@ -23,10 +23,9 @@ static const struct
 {
     const char *name;
     unsigned flags;
-} op_table[WIRE_OP_COUNT] = {
-    [WIRE_OP_UNKNOWN] = {"unknown", 0},
+} op_table[WIRE_OP_COUNT] = {[WIRE_OP_UNKNOWN] = {"unknown", 0},
 #define OP_ENTRY(name, str, flags) [WIRE_OP_##name] = {str, flags},
-    WIRE_OP_MAP(OP_ENTRY)
+                             WIRE_OP_MAP(OP_ENTRY)
 #undef OP_ENTRY
 };
 
@@ -128,8 +127,8 @@ int wire_rbuf_reserve(struct wire_rbuf *b, size_t want, char **tail,
 int wire_rbuf_next(struct wire_rbuf *b, const char **body, size_t *body_len)
 {
     size_t frame_len;
-    int rv = wire_frame_parse(b->base + b->off, b->len - b->off, body,
-                              body_len, &frame_len);
+    int rv = wire_frame_parse(b->base + b->off, b->len - b->off, body, body_len,
+                              &frame_len);
     if (rv == 1) {
         b->off += frame_len;
         if (b->off == b->len) {
@@ -189,10 +188,9 @@ void wire_pack_error(msgpack_packer *pk, uint64_t id, int code,
     wire_pack_str(pk, "ok");
     msgpack_pack_false(pk);
     wire_pack_kv_str(pk, "error", allot_error_name(code));
-    wire_pack_kv_str(pk, "message",
-                     message != NULL && message[0] != '\0'
-                         ? message
-                         : allot_strerror(code));
+    wire_pack_kv_str(
+        pk, "message",
+        message != NULL && message[0] != '\0' ? message : allot_strerror(code));
 }
 
 void wire_pack_ok_head(msgpack_packer *pk, uint64_t id)
@@ -315,8 +313,7 @@ static int scan_header(unsigned char t, size_t *fixed, size_t *len_width,
     }
 }
 
-int wire_check_prefix(const char *data, size_t len, size_t *used,
-                      char *errmsg)
+int wire_check_prefix(const char *data, size_t len, size_t *used, char *errmsg)
 {
     /* pending[d]: values still expected at depth d. */
     uint64_t pending[WIRE_MAX_DEPTH + 1];
@@ -417,7 +414,8 @@ int wire_unpack(const char *data, size_t len, msgpack_unpacked *out,
     return 0;
 }
 
-/* --- Field readers --------------------------------------------------------- */
+/* --- Field readers ---------------------------------------------------------
+ */
 
 bool wire_str_eq(const msgpack_object *o, const char *s)
 {
@@ -440,8 +438,7 @@ const msgpack_object *wire_map_get(const msgpack_object *map, const char *key)
 }
 
 static int field_lookup(const msgpack_object *map, const char *key,
-                        bool required, const msgpack_object **out,
-                        char *errmsg)
+                        bool required, const msgpack_object **out, char *errmsg)
 {
     *out = wire_map_get(map, key);
     if (*out != NULL) {
@@ -543,7 +540,8 @@ int wire_get_map(const msgpack_object *map, const char *key, bool required,
     return 0;
 }
 
-/* --- Envelopes --------------------------------------------------------------- */
+/* --- Envelopes ---------------------------------------------------------------
+ */
 
 int wire_request_decode(const msgpack_object *root, struct wire_request *req,
                         char *errmsg)

@@ -25,7 +25,7 @@
 
 /* Largest frame body a peer may send. Big enough for a page of 1,000 quotas,
  * small enough that a hostile length costs at most this much memory. */
-#define WIRE_FRAME_MAX (1u << 20)
+#define WIRE_FRAME_MAX  (1u << 20)
 #define WIRE_HEADER_LEN 4u
 /* Deepest nesting accepted in a msgpack value. */
 #define WIRE_MAX_DEPTH 16
@@ -43,15 +43,15 @@ enum wire_op_flags {
     WIRE_OP_ADMIN = 8,
 };
 
-#define WIRE_OP_MAP(X)                                                         \
-    X(PING, "ping", WIRE_OP_LOCAL)                                             \
-    X(CLUSTER_STATUS, "cluster.status", WIRE_OP_LOCAL)                         \
-    X(CLUSTER_ADD, "cluster.add", WIRE_OP_ADMIN)                               \
-    X(CLUSTER_REMOVE, "cluster.remove", WIRE_OP_ADMIN)                         \
-    X(CLUSTER_TRANSFER, "cluster.transfer", WIRE_OP_ADMIN)                     \
-    X(QUOTA_SET, "quota.set", WIRE_OP_WRITE)                                   \
-    X(QUOTA_RM, "quota.rm", WIRE_OP_WRITE)                                     \
-    X(QUOTA_GET, "quota.get", WIRE_OP_READ)                                    \
+#define WIRE_OP_MAP(X)                                     \
+    X(PING, "ping", WIRE_OP_LOCAL)                         \
+    X(CLUSTER_STATUS, "cluster.status", WIRE_OP_LOCAL)     \
+    X(CLUSTER_ADD, "cluster.add", WIRE_OP_ADMIN)           \
+    X(CLUSTER_REMOVE, "cluster.remove", WIRE_OP_ADMIN)     \
+    X(CLUSTER_TRANSFER, "cluster.transfer", WIRE_OP_ADMIN) \
+    X(QUOTA_SET, "quota.set", WIRE_OP_WRITE)               \
+    X(QUOTA_RM, "quota.rm", WIRE_OP_WRITE)                 \
+    X(QUOTA_GET, "quota.get", WIRE_OP_READ)                \
     X(QUOTA_LS, "quota.ls", WIRE_OP_READ)
 
 enum wire_op {
@@ -129,8 +129,7 @@ int wire_check(const char *data, size_t len, char *errmsg);
 
 /* Like wire_check() for the first value in data[0..len): sets *used to its
  * length and leaves what follows to the caller. */
-int wire_check_prefix(const char *data, size_t len, size_t *used,
-                      char *errmsg);
+int wire_check_prefix(const char *data, size_t len, size_t *used, char *errmsg);
 
 /* wire_check() then unpack into *out (which the caller initialized with
  * msgpack_unpacked_init and destroys with msgpack_unpacked_destroy). */
@@ -180,8 +179,8 @@ int wire_request_decode(const msgpack_object *root, struct wire_request *req,
 struct wire_reply
 {
     uint64_t id;
-    int code;                     /* 0 or ALLOT_E... */
-    const char *message;          /* not NUL-terminated */
+    int code;            /* 0 or ALLOT_E... */
+    const char *message; /* not NUL-terminated */
     size_t message_len;
     const msgpack_object *result; /* NULL on error */
 };

@@ -21,10 +21,11 @@
 /* Last: it defines __unused for the BSD tree macros. */
 #include "../lib/tree.h"
 
-#define BATCH_FORMAT 1
+#define BATCH_FORMAT    1
 #define SNAPSHOT_FORMAT 1
 
-/* --- Catalog ----------------------------------------------------------------- */
+/* --- Catalog -----------------------------------------------------------------
+ */
 
 struct cat_node
 {
@@ -40,7 +41,8 @@ static int cat_cmp(const struct cat_node *a, const struct cat_node *b)
 RB_HEAD(cat_tree, cat_node);
 RB_GENERATE_STATIC(cat_tree, cat_node, link, cat_cmp)
 
-/* --- Sessions ------------------------------------------------------------------ */
+/* --- Sessions
+ * ------------------------------------------------------------------ */
 
 struct sess_result
 {
@@ -53,8 +55,8 @@ struct session
     RB_ENTRY(session) link;
     TAILQ_ENTRY(session) lru; /* least recently used first */
     uint64_t client;
-    uint64_t ack;     /* every seq below this has been answered */
-    uint64_t last_ms; /* state-machine time of last use */
+    uint64_t ack;                /* every seq below this has been answered */
+    uint64_t last_ms;            /* state-machine time of last use */
     struct sess_result *results; /* sorted by seq */
     unsigned n;
     unsigned cap;
@@ -168,7 +170,8 @@ static void state_free(struct fsm_state *st)
     free(st);
 }
 
-/* --- Session logic --------------------------------------------------------------- */
+/* --- Session logic
+ * --------------------------------------------------------------- */
 
 static void session_drop(struct fsm_state *st, struct session *s)
 {
@@ -225,8 +228,7 @@ static void session_ack(struct session *s, uint64_t ack)
         result_clear(&s->results[keep].res);
         keep++;
     }
-    memmove(s->results, s->results + keep,
-            (s->n - keep) * sizeof *s->results);
+    memmove(s->results, s->results + keep, (s->n - keep) * sizeof *s->results);
     s->n -= keep;
 }
 
@@ -280,7 +282,8 @@ static int session_remember(struct session *s, uint64_t seq,
     return 0;
 }
 
-/* --- Commands -------------------------------------------------------------------- */
+/* --- Commands
+ * -------------------------------------------------------------------- */
 
 static struct cat_node *cat_find(const struct fsm_state *st, const char *path,
                                  size_t len)
@@ -597,9 +600,9 @@ static int fsm_apply_cb(struct raft_fsm *rf, const struct raft_buffer *buf,
     const msgpack_object *cmds = NULL;
     size_t used = 0;
     int rv = wire_check_prefix(buf->base, buf->len, &used, NULL);
-    if (rv == 0 && (buf->len - used >= 8 ||
-                    !zero_padding((const char *)buf->base + used,
-                                  buf->len - used))) {
+    if (rv == 0 &&
+        (buf->len - used >= 8 ||
+         !zero_padding((const char *)buf->base + used, buf->len - used))) {
         rv = ALLOT_EPROTOCOL;
     }
     if (rv == 0) {
@@ -704,7 +707,8 @@ int fsm_batch_encode(const struct fsm_cmd *cmds, unsigned n, uint64_t time_ms,
     return 0;
 }
 
-/* --- Snapshots -------------------------------------------------------------------- */
+/* --- Snapshots
+ * -------------------------------------------------------------------- */
 
 static void pack_result(msgpack_packer *pk, uint64_t seq,
                         const struct fsm_result *r)
@@ -960,7 +964,8 @@ static int fsm_restore_cb(struct raft_fsm *rf, struct raft_buffer *buf)
     return 0;
 }
 
-/* --- Lifecycle and reads -------------------------------------------------------- */
+/* --- Lifecycle and reads
+ * -------------------------------------------------------- */
 
 int fsm_init(struct fsm **out)
 {

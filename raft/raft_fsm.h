@@ -25,11 +25,11 @@
 
 /* Limits on what the state machine remembers, chosen so that memory stays
  * bounded whatever clients do (docs/architecture.md, "Exactly-once writes"). */
-#define FSM_SESSIONS_MAX 16384        /* clients remembered */
-#define FSM_SESSION_RESULTS_MAX 1024  /* unacknowledged results per client */
-#define FSM_SESSION_TTL_MS 600000     /* a client idle this long is forgotten */
-#define FSM_BATCH_MAX 1024            /* commands in one log entry */
-#define FSM_NODES_MAX 64
+#define FSM_SESSIONS_MAX        16384  /* clients remembered */
+#define FSM_SESSION_RESULTS_MAX 1024   /* unacknowledged results per client */
+#define FSM_SESSION_TTL_MS      600000 /* a client idle this long is forgotten */
+#define FSM_BATCH_MAX           1024   /* commands in one log entry */
+#define FSM_NODES_MAX           64
 
 struct fsm;
 
@@ -65,8 +65,8 @@ int fsm_batch_encode(const struct fsm_cmd *cmds, unsigned n, uint64_t time_ms,
 /* Outcome of one command. */
 struct fsm_result
 {
-    int code;      /* 0 or ALLOT_E... */
-    char *message; /* NULL, or an owned string for errors */
+    int code;         /* 0 or ALLOT_E... */
+    char *message;    /* NULL, or an owned string for errors */
     uint64_t version; /* catalog version after the change (set/rm) */
     bool duplicate;   /* answered from the session table */
     /* QUOTA_SET success: the quota as this command left it. */
