@@ -24,6 +24,7 @@
 #include "../proto/quota.h"
 #include "../proto/wire.h"
 #include "../raft/raft_fsm.h"
+#include "../raft/transport.h"
 
 #define NODE_COMP "node"
 /* A request waiting longer than this anywhere inside the node is answered
@@ -151,7 +152,7 @@ struct node
     uv_loop_t *loop;
     struct raft raft;
     struct raft_io io;
-    struct raft_uv_transport transport;
+    struct transport transport; /* raft_uv_tcp with TCP_NODELAY */
     struct fsm *fsm;
     char raft_dir[512];
 

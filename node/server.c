@@ -156,13 +156,13 @@ int node_init(struct node *n, uv_loop_t *loop, const struct node_config *cfg)
     if (fsm_init(&n->fsm) != 0) {
         return -1;
     }
-    int rv = raft_uv_tcp_init(&n->transport, loop);
+    int rv = transport_init(&n->transport, loop);
     if (rv != 0) {
         LOGE(NODE_COMP, "raft transport init failed", "err=\"%s\"",
              raft_strerror(rv));
         goto err_after_fsm;
     }
-    rv = raft_uv_init(&n->io, loop, n->raft_dir, &n->transport);
+    rv = raft_uv_init(&n->io, loop, n->raft_dir, &n->transport.outer);
     if (rv != 0) {
         LOGE(NODE_COMP, "raft_uv init failed", "err=\"%s\"", n->io.errmsg);
         goto err_after_transport;
@@ -207,14 +207,14 @@ err_after_raft:
     raft_close(&n->raft, NULL);
     uv_run(loop, UV_RUN_DEFAULT);
     raft_uv_close(&n->io);
-    raft_uv_tcp_close(&n->transport);
+    transport_close(&n->transport);
     fsm_close(n->fsm);
     n->fsm = NULL;
     return -1;
 err_after_io:
     raft_uv_close(&n->io);
 err_after_transport:
-    raft_uv_tcp_close(&n->transport);
+    transport_close(&n->transport);
     uv_run(loop, UV_RUN_DEFAULT);
 err_after_fsm:
     fsm_close(n->fsm);
@@ -353,7 +353,7 @@ static void on_raft_closed(struct raft *r)
 {
     struct node *n = r->data;
     raft_uv_close(&n->io);
-    raft_uv_tcp_close(&n->transport);
+    transport_close(&n->transport);
     n->raft_closed = true;
     LOGI(NODE_COMP, "raft closed", "%s", "");
 }
