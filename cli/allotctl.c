@@ -26,6 +26,7 @@ struct cli
     bool has_if_version;
     uint64_t if_version;
     bool digest;
+    bool recursive;
     const char *pos[MAX_POSITIONAL];
     int n_pos;
     struct allot_client *client;
@@ -46,7 +47,10 @@ static void usage(FILE *out)
             "  quota set PATH KEY=VALUE... [--if-version V]\n"
             "  quota get PATH\n"
             "  quota ls [PREFIX]\n"
-            "  quota rm PATH [--if-version V]\n"
+            "  quota rm PATH [--if-version V] [--recursive]\n"
+            "  capacity set [memory_mb=N] [vcores=N]   declare the cluster's "
+            "capacity\n"
+            "  capacity get\n"
             "\n"
             "Endpoints come from --endpoints, else ALLOT_ENDPOINTS, else %s.\n"
             "Quota fields: kind, guaranteed.memory_mb, guaranteed.vcores, "
@@ -262,8 +266,14 @@ static void pack_path(msgpack_packer *pk, void *arg)
 {
     struct path_args *a = arg;
     bool ifv = a->cli->has_if_version;
-    msgpack_pack_map(pk, 1u + (ifv ? 1u : 0u) + (a->patch ? 1u : 0u));
+    bool rec = a->cli->recursive;
+    msgpack_pack_map(pk, 1u + (ifv ? 1u : 0u) + (a->patch ? 1u : 0u) +
+                             (rec ? 1u : 0u));
     wire_pack_kv_str(pk, "path", a->path);
+    if (rec) {
+        wire_pack_str(pk, "recursive");
+        msgpack_pack_true(pk);
+    }
     if (ifv) {
         wire_pack_kv_u64(pk, "if_version", a->cli->if_version);
     }
@@ -353,7 +363,8 @@ static int cmd_quota_get(struct cli *cli)
 static int cmd_quota_rm(struct cli *cli)
 {
     if (cli->n_pos != 3) {
-        return fail(ALLOT_EINVALID, "usage: quota rm PATH [--if-version V]");
+        return fail(ALLOT_EINVALID,
+                    "usage: quota rm PATH [--if-version V] [--recursive]");
     }
     int rv = check_path(cli->pos[2]);
     if (rv != 0) {
@@ -372,7 +383,10 @@ static int cmd_quota_rm(struct cli *cli)
     } else {
         char v[32];
         text_of(rep.result, "version", NULL, v, sizeof v);
-        printf("removed %s (catalog version %s)\n", cli->pos[2], v);
+        char n[32];
+        text_of(rep.result, "removed", NULL, n, sizeof n);
+        printf("removed %s (%s %s, catalog version %s)\n", cli->pos[2], n,
+               strcmp(n, "1") == 0 ? "quota" : "quotas", v);
     }
     allot_reply_destroy(&rep);
     return 0;
@@ -628,6 +642,83 @@ static int cmd_cluster(struct cli *cli)
     return 0;
 }
 
+/* capacity ---------------------------------------------------------------- */
+
+struct capacity_args
+{
+    bool has[2];
+    uint64_t v[2];
+};
+
+static void pack_capacity(msgpack_packer *pk, void *arg)
+{
+    static const char *const names[2] = {"memory_mb", "vcores"};
+    struct capacity_args *a = arg;
+    msgpack_pack_map(pk, (a->has[0] ? 1u : 0u) + (a->has[1] ? 1u : 0u));
+    for (int i = 0; i < 2; i++) {
+        if (a->has[i]) {
+            wire_pack_kv_u64(pk, names[i], a->v[i]);
+        }
+    }
+}
+
+static int cmd_capacity(struct cli *cli)
+{
+    const char *sub = cli->n_pos > 1 ? cli->pos[1] : "";
+    struct allot_reply rep;
+    int rv;
+    if (strcmp(sub, "set") == 0) {
+        struct capacity_args a = {0};
+        if (cli->n_pos < 3) {
+            return fail(ALLOT_EINVALID,
+                        "usage: capacity set [memory_mb=N] [vcores=N]");
+        }
+        for (int i = 2; i < cli->n_pos; i++) {
+            const char *kv = cli->pos[i];
+            int which = strncmp(kv, "memory_mb=", 10) == 0 ? 0
+                        : strncmp(kv, "vcores=", 7) == 0   ? 1
+                                                           : -1;
+            if (which < 0) {
+                return fail(ALLOT_EINVALID,
+                            "\"%s\": expected memory_mb=N or vcores=N", kv);
+            }
+            const char *val = strchr(kv, '=') + 1;
+            char *end;
+            errno = 0;
+            unsigned long long v = strtoull(val, &end, 10);
+            if (val[0] < '0' || val[0] > '9' || *end != '\0' || errno != 0) {
+                return fail(ALLOT_EINVALID,
+                            "\"%s\": the value must be a whole number", kv);
+            }
+            a.has[which] = true;
+            a.v[which] = v;
+        }
+        rv = call(cli, "capacity.set", pack_capacity, &a, &rep);
+    } else if (strcmp(sub, "get") == 0 && cli->n_pos == 2) {
+        rv = call(cli, "capacity.get", NULL, NULL, &rep);
+    } else {
+        return fail(ALLOT_EINVALID,
+                    "usage: capacity set [memory_mb=N] [vcores=N] | capacity "
+                    "get");
+    }
+    if (rv != 0) {
+        return rv;
+    }
+    if (cli->json) {
+        json_t *j = to_json(rep.result);
+        print_json(j);
+        json_decref(j);
+    } else if (strcmp(sub, "set") == 0) {
+        char v[32];
+        text_of(rep.result, "version", NULL, v, sizeof v);
+        printf("capacity set (catalog version %s)\n", v);
+    } else {
+        print_kv(rep.result, "");
+    }
+    allot_reply_destroy(&rep);
+    return 0;
+}
+
 /* --- main
  * ----------------------------------------------------------------------------
  */
@@ -677,6 +768,8 @@ static int parse_args(struct cli *cli, int argc, char **argv)
             return fail(ALLOT_EINVALID,
                         "--identity: signed requests are not available yet; "
                         "the cluster runs --insecure");
+        } else if (strcmp(a, "--recursive") == 0 || strcmp(a, "-r") == 0) {
+            cli->recursive = true;
         } else if (strcmp(a, "--digest") == 0) {
             cli->digest = true;
         } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
@@ -733,9 +826,11 @@ int main(int argc, char **argv)
             rv = fail(ALLOT_EINVALID,
                       "unknown quota command \"%s\" (set, get, ls, rm)", sub);
         }
+    } else if (strcmp(group, "capacity") == 0) {
+        rv = cmd_capacity(&cli);
     } else {
-        rv = fail(ALLOT_EINVALID, "unknown command \"%s\" (cluster, quota)",
-                  group);
+        rv = fail(ALLOT_EINVALID,
+                  "unknown command \"%s\" (cluster, quota, capacity)", group);
     }
     allot_client_close(cli.client);
     return rv;

@@ -259,12 +259,30 @@ static void pack_request(msgpack_packer *pk, const struct node_req *r)
         }
         break;
     case WIRE_OP_QUOTA_RM:
-        msgpack_pack_map(pk, r->cmd.has_if_version ? 2 : 1);
+        msgpack_pack_map(pk, r->cmd.has_if_version ? 3 : 2);
         wire_pack_kv_str(pk, "path", r->path);
+        wire_pack_str(pk, "recursive");
+        if (r->cmd.recursive) {
+            msgpack_pack_true(pk);
+        } else {
+            msgpack_pack_false(pk);
+        }
         if (r->cmd.has_if_version) {
             wire_pack_kv_u64(pk, "if_version", r->cmd.if_version);
         }
         break;
+    case WIRE_OP_CAPACITY_SET: {
+        const struct fsm_capacity *cap = &r->cmd.capacity;
+        msgpack_pack_map(pk, (cap->has_memory_mb ? 1u : 0u) +
+                                 (cap->has_vcores ? 1u : 0u));
+        if (cap->has_memory_mb) {
+            wire_pack_kv_u64(pk, "memory_mb", cap->memory_mb);
+        }
+        if (cap->has_vcores) {
+            wire_pack_kv_u64(pk, "vcores", cap->vcores);
+        }
+        break;
+    }
     case WIRE_OP_QUOTA_GET:
         msgpack_pack_map(pk, 1);
         wire_pack_kv_str(pk, "path", r->path);

@@ -290,8 +290,32 @@ static int decode_args(struct node_req *r, const struct wire_request *wr,
         if (rv == 0) {
             rv = arg_if_version(r, args, msg);
         }
+        if (rv == 0) {
+            rv =
+                wire_get_bool(args, "recursive", false, &r->cmd.recursive, msg);
+            rv = rv == ALLOT_ENOT_FOUND ? 0 : rv;
+        }
         r->cmd.path_len = r->path_len;
         return rv;
+    case WIRE_OP_CAPACITY_SET: {
+        struct fsm_capacity *cap = &r->cmd.capacity;
+        r->cmd.type = FSM_CMD_CAPACITY_SET;
+        rv = wire_get_u64(args, "memory_mb", false, &cap->memory_mb, msg);
+        cap->has_memory_mb = rv == 0;
+        if (rv != 0 && rv != ALLOT_ENOT_FOUND) {
+            return rv;
+        }
+        rv = wire_get_u64(args, "vcores", false, &cap->vcores, msg);
+        cap->has_vcores = rv == 0;
+        if (rv != 0 && rv != ALLOT_ENOT_FOUND) {
+            return rv;
+        }
+        if (!cap->has_memory_mb && !cap->has_vcores) {
+            return allot_errf(msg, ALLOT_EINVALID,
+                              "give memory_mb, vcores or both");
+        }
+        return 0;
+    }
     case WIRE_OP_QUOTA_GET:
         return arg_path(r, args, "path", true, msg);
     case WIRE_OP_QUOTA_LS: {

@@ -93,9 +93,13 @@ static void reply_write(struct node_req *r, const struct fsm_result *res)
     if (node_reply_begin(r, &pk) != NULL) {
         if (r->op == WIRE_OP_QUOTA_SET) {
             leader_pack_quota(&pk, r->path, res);
-        } else {
-            msgpack_pack_map(&pk, 2);
+        } else if (r->op == WIRE_OP_QUOTA_RM) {
+            msgpack_pack_map(&pk, 3);
             wire_pack_kv_str(&pk, "path", r->path);
+            wire_pack_kv_u64(&pk, "version", res->version);
+            wire_pack_kv_u64(&pk, "removed", res->removed);
+        } else {
+            msgpack_pack_map(&pk, 1);
             wire_pack_kv_u64(&pk, "version", res->version);
         }
     }
@@ -222,9 +226,41 @@ static void ls_pack_cb(void *arg, const struct quota *q)
     quota_pack(ctx->pk, q);
 }
 
+static void pack_opt(msgpack_packer *pk, const char *key, bool has, uint64_t v)
+{
+    wire_pack_str(pk, key);
+    if (has) {
+        msgpack_pack_uint64(pk, v);
+    } else {
+        msgpack_pack_nil(pk);
+    }
+}
+
+static void serve_capacity(struct node *n, struct node_req *r)
+{
+    msgpack_packer pk;
+    if (node_reply_begin(r, &pk) != NULL) {
+        struct fsm_capacity cap = fsm_capacity(n->fsm);
+        uint64_t mem, vc;
+        fsm_top_guaranteed(n->fsm, &mem, &vc);
+        msgpack_pack_map(&pk, 3);
+        pack_opt(&pk, "memory_mb", cap.has_memory_mb, cap.memory_mb);
+        pack_opt(&pk, "vcores", cap.has_vcores, cap.vcores);
+        wire_pack_str(&pk, "guaranteed");
+        msgpack_pack_map(&pk, 2);
+        wire_pack_kv_u64(&pk, "memory_mb", mem);
+        wire_pack_kv_u64(&pk, "vcores", vc);
+    }
+    node_reply_done(r);
+}
+
 static void serve_read(struct node *n, struct node_req *r)
 {
     msgpack_packer pk;
+    if (r->op == WIRE_OP_CAPACITY_GET) {
+        serve_capacity(n, r);
+        return;
+    }
     if (r->op == WIRE_OP_QUOTA_GET) {
         const struct quota *q = fsm_get(n->fsm, r->path, r->path_len);
         if (q == NULL) {

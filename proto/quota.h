@@ -22,6 +22,8 @@
 #define QUOTA_PATH_MAX    (QUOTA_DEPTH_MAX * (QUOTA_SEGMENT_MAX + 1))
 #define QUOTA_FLEET_MAX   64
 #define QUOTA_OWNERS_MAX  32
+/* Largest rate a quota may have, in units per second. */
+#define QUOTA_RATE_MAX 1e12
 
 enum quota_kind {
     QUOTA_KIND_UNSET = 0,

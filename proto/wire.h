@@ -52,7 +52,9 @@ enum wire_op_flags {
     X(QUOTA_SET, "quota.set", WIRE_OP_WRITE)               \
     X(QUOTA_RM, "quota.rm", WIRE_OP_WRITE)                 \
     X(QUOTA_GET, "quota.get", WIRE_OP_READ)                \
-    X(QUOTA_LS, "quota.ls", WIRE_OP_READ)
+    X(QUOTA_LS, "quota.ls", WIRE_OP_READ)                  \
+    X(CAPACITY_SET, "capacity.set", WIRE_OP_WRITE)         \
+    X(CAPACITY_GET, "capacity.get", WIRE_OP_READ)
 
 enum wire_op {
     WIRE_OP_UNKNOWN = 0,

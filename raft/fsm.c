@@ -19,27 +19,10 @@
 
 #include "../proto/wire.h"
 /* Last: it defines __unused for the BSD tree macros. */
-#include "../lib/tree.h"
+#include "catalog.h"
 
 #define BATCH_FORMAT    1
 #define SNAPSHOT_FORMAT 1
-
-/* --- Catalog -----------------------------------------------------------------
- */
-
-struct cat_node
-{
-    RB_ENTRY(cat_node) link;
-    struct quota q;
-};
-
-static int cat_cmp(const struct cat_node *a, const struct cat_node *b)
-{
-    return strcmp(a->q.path, b->q.path);
-}
-
-RB_HEAD(cat_tree, cat_node);
-RB_GENERATE_STATIC(cat_tree, cat_node, link, cat_cmp)
 
 /* --- Sessions
  * ------------------------------------------------------------------ */
@@ -81,8 +64,7 @@ struct node_addr
  * so a snapshot that fails to decode leaves the old state untouched. */
 struct fsm_state
 {
-    struct cat_tree catalog;
-    uint64_t n_quotas;
+    struct catalog cat;
     uint64_t version;
     uint64_t now_ms; /* max leader clock seen: never goes back */
     struct sess_tree sessions;
@@ -130,7 +112,7 @@ static struct fsm_state *state_new(void)
 {
     struct fsm_state *st = calloc(1, sizeof *st);
     if (st != NULL) {
-        RB_INIT(&st->catalog);
+        catalog_init(&st->cat);
         RB_INIT(&st->sessions);
         TAILQ_INIT(&st->lru);
     }
@@ -151,13 +133,7 @@ static void state_free(struct fsm_state *st)
     if (st == NULL) {
         return;
     }
-    struct cat_node *c, *cn;
-    RB_FOREACH_SAFE(c, cat_tree, &st->catalog, cn)
-    {
-        RB_REMOVE(cat_tree, &st->catalog, c);
-        quota_free(&c->q);
-        free(c);
-    }
+    catalog_free(&st->cat);
     struct session *s, *sn;
     RB_FOREACH_SAFE(s, sess_tree, &st->sessions, sn)
     {
@@ -285,19 +261,6 @@ static int session_remember(struct session *s, uint64_t seq,
 /* --- Commands
  * -------------------------------------------------------------------- */
 
-static struct cat_node *cat_find(const struct fsm_state *st, const char *path,
-                                 size_t len)
-{
-    char buf[QUOTA_PATH_MAX + 1];
-    if (len > QUOTA_PATH_MAX) {
-        return NULL;
-    }
-    memcpy(buf, path, len);
-    buf[len] = '\0';
-    struct cat_node key = {.q = {.path = buf}};
-    return RB_FIND(cat_tree, (struct cat_tree *)&st->catalog, &key);
-}
-
 static int check_if_version(const struct cat_node *c, const char *path,
                             bool has, uint64_t want, char *msg)
 {
@@ -335,7 +298,7 @@ static void apply_set(struct fsm_state *st, const char *path, size_t path_len,
     }
     memcpy(p, path, path_len);
     p[path_len] = '\0';
-    struct cat_node *c = cat_find(st, path, path_len);
+    struct cat_node *c = catalog_find(&st->cat, path, path_len);
     rv = check_if_version(c, p, has_if, if_version, msg);
     if (rv != 0) {
         result_error(r, rv, msg);
@@ -352,25 +315,20 @@ static void apply_set(struct fsm_state *st, const char *path, size_t path_len,
         }
     }
     rv = quota_fields_merge(&next, patch, msg);
+    if (rv == 0) {
+        rv = catalog_check_set(&st->cat, path, path_len, c, &next, msg);
+    }
     if (rv != 0) {
         result_error(r, rv, msg);
         return;
     }
+    c = catalog_put(&st->cat, path, path_len, c, &next, st->version + 1,
+                    st->now_ms);
     if (c == NULL) {
-        c = calloc(1, sizeof *c);
-        if (c == NULL || (c->q.path = strdup(p)) == NULL) {
-            free(c);
-            result_error(r, ALLOT_ENOMEM, NULL);
-            return;
-        }
-        c->q.created_ms = st->now_ms;
-        RB_INSERT(cat_tree, &st->catalog, c);
-        st->n_quotas++;
+        result_error(r, ALLOT_ENOMEM, NULL);
+        return;
     }
     st->version++;
-    c->q.f = next;
-    c->q.version = st->version;
-    c->q.updated_ms = st->now_ms;
     result_clear(r);
     r->version = st->version;
     r->created_ms = c->q.created_ms;
@@ -378,8 +336,15 @@ static void apply_set(struct fsm_state *st, const char *path, size_t path_len,
     r->fields = c->q.f;
 }
 
+static void count_removed(void *arg, const struct quota *q)
+{
+    (void)q;
+    (*(uint64_t *)arg)++;
+}
+
 static void apply_rm(struct fsm_state *st, const char *path, size_t path_len,
-                     bool has_if, uint64_t if_version, struct fsm_result *r)
+                     bool has_if, uint64_t if_version, bool recursive,
+                     struct fsm_result *r)
 {
     char msg[ALLOT_ERRMSG_SIZE];
     int rv = quota_path_check(path, path_len, msg);
@@ -387,7 +352,7 @@ static void apply_rm(struct fsm_state *st, const char *path, size_t path_len,
         result_error(r, rv, msg);
         return;
     }
-    struct cat_node *c = cat_find(st, path, path_len);
+    struct cat_node *c = catalog_find(&st->cat, path, path_len);
     if (c == NULL) {
         allot_errf(msg, ALLOT_ENOT_FOUND, "no quota at %.*s", (int)path_len,
                    path);
@@ -395,14 +360,43 @@ static void apply_rm(struct fsm_state *st, const char *path, size_t path_len,
         return;
     }
     rv = check_if_version(c, c->q.path, has_if, if_version, msg);
+    if (rv == 0) {
+        rv = catalog_check_rm(&st->cat, c, recursive, msg);
+    }
     if (rv != 0) {
         result_error(r, rv, msg);
         return;
     }
-    RB_REMOVE(cat_tree, &st->catalog, c);
-    st->n_quotas--;
-    quota_free(&c->q);
-    free(c);
+    /* Each removed quota is one change: a recursive removal of n quotas
+     * advances the catalog version by n, so a watcher sees every one. */
+    uint64_t removed = 0;
+    catalog_remove(&st->cat, c, count_removed, &removed);
+    st->version += removed;
+    result_clear(r);
+    r->version = st->version;
+    r->removed = removed;
+}
+
+static void apply_capacity(struct fsm_state *st,
+                           const struct fsm_capacity *patch,
+                           struct fsm_result *r)
+{
+    char msg[ALLOT_ERRMSG_SIZE];
+    struct fsm_capacity next = st->cat.capacity;
+    if (patch->has_memory_mb) {
+        next.has_memory_mb = true;
+        next.memory_mb = patch->memory_mb;
+    }
+    if (patch->has_vcores) {
+        next.has_vcores = true;
+        next.vcores = patch->vcores;
+    }
+    int rv = catalog_check_capacity(&st->cat, &next, msg);
+    if (rv != 0) {
+        result_error(r, rv, msg);
+        return;
+    }
+    st->cat.capacity = next;
     st->version++;
     result_clear(r);
     r->version = st->version;
@@ -530,12 +524,29 @@ static void apply_cmd(struct fsm_state *st, const msgpack_object *cmd,
     }
     case FSM_CMD_QUOTA_RM: {
         bool has_if = arr_u64(cmd, 5, &if_version);
-        if (!arr_str(cmd, 4, &path, &path_len) || cmd->via.array.size != 6 ||
+        const msgpack_object *rec =
+            cmd->via.array.size == 7 ? &cmd->via.array.ptr[6] : NULL;
+        if (!arr_str(cmd, 4, &path, &path_len) || rec == NULL ||
+            rec->type != MSGPACK_OBJECT_BOOLEAN ||
             (!has_if && !arr_nil(cmd, 5))) {
             result_error(r, ALLOT_EINTERNAL, "malformed rm command in log");
             break;
         }
-        apply_rm(st, path, path_len, has_if, if_version, r);
+        apply_rm(st, path, path_len, has_if, if_version, rec->via.boolean, r);
+        break;
+    }
+    case FSM_CMD_CAPACITY_SET: {
+        struct fsm_capacity cap = {0};
+        cap.has_memory_mb = arr_u64(cmd, 4, &cap.memory_mb);
+        cap.has_vcores = arr_u64(cmd, 5, &cap.vcores);
+        if (cmd->via.array.size != 6 ||
+            (!cap.has_memory_mb && !arr_nil(cmd, 4)) ||
+            (!cap.has_vcores && !arr_nil(cmd, 5))) {
+            result_error(r, ALLOT_EINTERNAL,
+                         "malformed capacity command in log");
+            break;
+        }
+        apply_capacity(st, &cap, r);
         break;
     }
     case FSM_CMD_LEADER: {
@@ -641,6 +652,15 @@ static int fsm_apply_cb(struct raft_fsm *rf, const struct raft_buffer *buf,
     return 0;
 }
 
+static void pack_opt_u64(msgpack_packer *pk, bool has, uint64_t v)
+{
+    if (has) {
+        msgpack_pack_uint64(pk, v);
+    } else {
+        msgpack_pack_nil(pk);
+    }
+}
+
 int fsm_batch_encode(const struct fsm_cmd *cmds, unsigned n, uint64_t time_ms,
                      struct raft_buffer *out)
 {
@@ -662,7 +682,10 @@ int fsm_batch_encode(const struct fsm_cmd *cmds, unsigned n, uint64_t time_ms,
             msgpack_pack_array(&pk, 7);
             break;
         case FSM_CMD_QUOTA_RM:
+            msgpack_pack_array(&pk, 7);
+            break;
         case FSM_CMD_LEADER:
+        case FSM_CMD_CAPACITY_SET:
             msgpack_pack_array(&pk, 6);
             break;
         default:
@@ -678,15 +701,23 @@ int fsm_batch_encode(const struct fsm_cmd *cmds, unsigned n, uint64_t time_ms,
             wire_pack_str(&pk, c->node_addr);
             continue;
         }
+        if (c->type == FSM_CMD_CAPACITY_SET) {
+            pack_opt_u64(&pk, c->capacity.has_memory_mb, c->capacity.memory_mb);
+            pack_opt_u64(&pk, c->capacity.has_vcores, c->capacity.vcores);
+            continue;
+        }
         wire_pack_strn(&pk, c->path, c->path_len);
         if (c->type == FSM_CMD_QUOTA_SET) {
             msgpack_pack_map(&pk, quota_fields_pack(NULL, &c->patch, true));
             quota_fields_pack(&pk, &c->patch, true);
         }
-        if (c->has_if_version) {
-            msgpack_pack_uint64(&pk, c->if_version);
-        } else {
-            msgpack_pack_nil(&pk);
+        pack_opt_u64(&pk, c->has_if_version, c->if_version);
+        if (c->type == FSM_CMD_QUOTA_RM) {
+            if (c->recursive) {
+                msgpack_pack_true(&pk);
+            } else {
+                msgpack_pack_false(&pk);
+            }
         }
     }
     /* raft frees entry buffers with raft_free(): hand it raft memory. Its
@@ -730,15 +761,19 @@ static void pack_result(msgpack_packer *pk, uint64_t seq,
 
 static void pack_state(msgpack_packer *pk, const struct fsm_state *st)
 {
-    msgpack_pack_map(pk, 6);
+    msgpack_pack_map(pk, 7);
     wire_pack_kv_u64(pk, "format", SNAPSHOT_FORMAT);
     wire_pack_kv_u64(pk, "version", st->version);
     wire_pack_kv_u64(pk, "now_ms", st->now_ms);
+    wire_pack_str(pk, "capacity");
+    msgpack_pack_array(pk, 2);
+    pack_opt_u64(pk, st->cat.capacity.has_memory_mb,
+                 st->cat.capacity.memory_mb);
+    pack_opt_u64(pk, st->cat.capacity.has_vcores, st->cat.capacity.vcores);
     wire_pack_str(pk, "quotas");
-    msgpack_pack_array(pk, (uint32_t)st->n_quotas);
-    struct cat_node *c;
-    RB_FOREACH(c, cat_tree, (struct cat_tree *)&st->catalog)
-    {
+    msgpack_pack_array(pk, (uint32_t)st->cat.n_quotas);
+    for (struct cat_node *c = catalog_first(&st->cat); c != NULL;
+         c = catalog_next(&st->cat, c)) {
         quota_pack(pk, &c->q);
     }
     wire_pack_str(pk, "sessions");
@@ -898,26 +933,39 @@ static int unpack_state(const msgpack_object *root, struct fsm_state *st)
         nodes->via.array.size > FSM_NODES_MAX) {
         return ALLOT_EPROTOCOL;
     }
+    const msgpack_object *cap = wire_map_get(root, "capacity");
+    if (cap == NULL || cap->type != MSGPACK_OBJECT_ARRAY ||
+        cap->via.array.size != 2) {
+        return ALLOT_EPROTOCOL;
+    }
+    struct fsm_capacity *c = &st->cat.capacity;
+    c->has_memory_mb = arr_u64(cap, 0, &c->memory_mb);
+    c->has_vcores = arr_u64(cap, 1, &c->vcores);
+    if ((!c->has_memory_mb && !arr_nil(cap, 0)) ||
+        (!c->has_vcores && !arr_nil(cap, 1))) {
+        return ALLOT_EPROTOCOL;
+    }
     for (uint32_t i = 0; i < quotas->via.array.size; i++) {
-        struct cat_node *c = calloc(1, sizeof *c);
-        if (c == NULL) {
+        struct cat_node *n = calloc(1, sizeof *n);
+        if (n == NULL) {
             return ALLOT_ENOMEM;
         }
-        int rv = quota_unpack(&quotas->via.array.ptr[i], &c->q, NULL);
+        int rv = quota_unpack(&quotas->via.array.ptr[i], &n->q, NULL);
+        if (rv == 0) {
+            rv = catalog_insert_restored(&st->cat, n);
+        }
         if (rv != 0) {
-            quota_free(&c->q);
-            free(c);
+            quota_free(&n->q);
+            free(n);
             return rv;
         }
-        if (RB_INSERT(cat_tree, &st->catalog, c) != NULL) {
-            quota_free(&c->q);
-            free(c);
-            return ALLOT_EPROTOCOL; /* duplicate path */
-        }
-        st->n_quotas++;
+    }
+    int rv = catalog_rebuild(&st->cat);
+    if (rv != 0) {
+        return rv;
     }
     for (uint32_t i = 0; i < sessions->via.array.size; i++) {
-        int rv = unpack_session(st, &sessions->via.array.ptr[i]);
+        rv = unpack_session(st, &sessions->via.array.ptr[i]);
         if (rv != 0) {
             return rv;
         }
@@ -1011,7 +1059,7 @@ uint64_t fsm_catalog_version(const struct fsm *f)
 
 uint64_t fsm_quota_count(const struct fsm *f)
 {
-    return f->st->n_quotas;
+    return f->st->cat.n_quotas;
 }
 
 unsigned fsm_session_count(const struct fsm *f)
@@ -1019,45 +1067,43 @@ unsigned fsm_session_count(const struct fsm *f)
     return f->st->n_sessions;
 }
 
+struct fsm_capacity fsm_capacity(const struct fsm *f)
+{
+    return f->st->cat.capacity;
+}
+
+void fsm_top_guaranteed(const struct fsm *f, uint64_t *memory_mb,
+                        uint64_t *vcores)
+{
+    *memory_mb = f->st->cat.top.g_memory_mb;
+    *vcores = f->st->cat.top.g_vcores;
+}
+
 const struct quota *fsm_get(const struct fsm *f, const char *path,
                             size_t path_len)
 {
-    struct cat_node *c = cat_find(f->st, path, path_len);
+    struct cat_node *c = catalog_find(&f->st->cat, path, path_len);
     return c != NULL ? &c->q : NULL;
-}
-
-/* First node with path >= key (key need not be NUL-terminated). */
-static struct cat_node *cat_lower_bound(const struct fsm_state *st,
-                                        const char *key, size_t len)
-{
-    char buf[QUOTA_PATH_MAX + 2];
-    if (len > QUOTA_PATH_MAX + 1) {
-        len = QUOTA_PATH_MAX + 1;
-    }
-    memcpy(buf, key, len);
-    buf[len] = '\0';
-    struct cat_node probe = {.q = {.path = buf}};
-    return RB_NFIND(cat_tree, (struct cat_tree *)&st->catalog, &probe);
 }
 
 void fsm_ls(const struct fsm *f, const char *prefix, size_t prefix_len,
             const char *after, size_t after_len, unsigned limit, fsm_ls_cb cb,
             void *arg, bool *more)
 {
-    const struct fsm_state *st = f->st;
+    const struct catalog *cat = &f->st->cat;
     struct cat_node *c;
     *more = false;
     if (after != NULL) {
-        c = cat_lower_bound(st, after, after_len);
+        c = catalog_lower_bound(cat, after, after_len);
         if (c != NULL && strlen(c->q.path) == after_len &&
             memcmp(c->q.path, after, after_len) == 0) {
-            c = RB_NEXT(cat_tree, &st->catalog, c);
+            c = catalog_next(cat, c);
         }
     } else {
-        c = cat_lower_bound(st, prefix, prefix_len);
+        c = catalog_lower_bound(cat, prefix, prefix_len);
     }
     unsigned n = 0;
-    for (; c != NULL; c = RB_NEXT(cat_tree, &st->catalog, c)) {
+    for (; c != NULL; c = catalog_next(cat, c)) {
         const char *p = c->q.path;
         if (prefix_len > 0) {
             /* Paths sort so that prefix, then prefix-x..., then prefix/...:
@@ -1098,9 +1144,11 @@ void fsm_digest(const struct fsm *f, char hex[65])
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
     crypto_generichash_init(&h, NULL, 0, sizeof out);
     msgpack_pack_uint64(&pk, f->st->version);
-    struct cat_node *c;
-    RB_FOREACH(c, cat_tree, (struct cat_tree *)&f->st->catalog)
-    {
+    const struct fsm_capacity *cap = &f->st->cat.capacity;
+    pack_opt_u64(&pk, cap->has_memory_mb, cap->memory_mb);
+    pack_opt_u64(&pk, cap->has_vcores, cap->vcores);
+    for (struct cat_node *c = catalog_first(&f->st->cat); c != NULL;
+         c = catalog_next(&f->st->cat, c)) {
         quota_pack(&pk, &c->q);
         /* Hash in pieces so a large catalog never needs one big buffer. */
         if (sb.size > 65536) {

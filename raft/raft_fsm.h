@@ -37,6 +37,18 @@ enum fsm_cmd_type {
     FSM_CMD_QUOTA_SET = 1,
     FSM_CMD_QUOTA_RM = 2,
     FSM_CMD_LEADER = 3, /* a new leader's first entry: id, client address */
+    FSM_CMD_CAPACITY_SET = 4,
+};
+
+/* Declared cluster capacity (`allotctl capacity set`): the bound on the sum
+ * of the top-level quotas' guaranteed resources. A resource not declared is
+ * not checked. As a command, only the resources marked has_ change. */
+struct fsm_capacity
+{
+    bool has_memory_mb;
+    bool has_vcores;
+    uint64_t memory_mb;
+    uint64_t vcores;
 };
 
 /* One command, as the leader builds it. Strings are borrowed: they must stay
@@ -52,8 +64,10 @@ struct fsm_cmd
     struct quota_fields patch; /* QUOTA_SET */
     bool has_if_version;
     uint64_t if_version; /* 0 with has_if_version: must not exist */
+    bool recursive;      /* QUOTA_RM: also remove descendants */
     uint64_t node_id;    /* LEADER */
     const char *node_addr;
+    struct fsm_capacity capacity; /* CAPACITY_SET */
 };
 
 /* Encode n commands (1..FSM_BATCH_MAX) stamped with the leader's wall clock
@@ -68,6 +82,7 @@ struct fsm_result
     int code;         /* 0 or ALLOT_E... */
     char *message;    /* NULL, or an owned string for errors */
     uint64_t version; /* catalog version after the change (set/rm) */
+    uint64_t removed; /* QUOTA_RM: quotas removed (descendants included) */
     bool duplicate;   /* answered from the session table */
     /* QUOTA_SET success: the quota as this command left it. */
     uint64_t created_ms;
@@ -106,6 +121,12 @@ typedef void (*fsm_ls_cb)(void *arg, const struct quota *q);
 void fsm_ls(const struct fsm *f, const char *prefix, size_t prefix_len,
             const char *after, size_t after_len, unsigned limit, fsm_ls_cb cb,
             void *arg, bool *more);
+
+/* The declared cluster capacity, and what the top-level quotas guarantee
+ * against it. */
+struct fsm_capacity fsm_capacity(const struct fsm *f);
+void fsm_top_guaranteed(const struct fsm *f, uint64_t *memory_mb,
+                        uint64_t *vcores);
 
 /* Client address of node id as last announced, or NULL. */
 const char *fsm_node_addr(const struct fsm *f, uint64_t id);

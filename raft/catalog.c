@@ -1,0 +1,470 @@
+/* catalog.c - the quota tree and its built-in rules (see catalog.h).
+ *
+ * The rules, all decided on every replica from replicated state only:
+ *   capacity  guaranteed <= max, per resource (max 0 = no maximum here);
+ *             the children's guaranteed sums <= the parent's guaranteed;
+ *             a child's max and max_apps <= the parent's (0 = inherit);
+ *             the top level's guaranteed sums <= the declared capacity;
+ *   rate      the children's rates (same unit) summed <= the parent's rate.
+ * A parent must exist before its child; a quota with children is removed
+ * only recursively. The rules apply between a parent and children of the
+ * same kind: a rate quota under a capacity quota (a project's API limit under
+ * the project's capacity) is checked against its rate siblings only. */
+#include "catalog.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../proto/allot_error.h"
+
+static int node_cmp(const struct cat_node *a, const struct cat_node *b)
+{
+    return strcmp(a->q.path, b->q.path);
+}
+
+RB_GENERATE_STATIC(cat_tree, cat_node, link, node_cmp)
+
+/* A rate above this is refused by quota_fields_merge(); the bound keeps
+ * thousandths and their sums inside 64 bits. */
+#define RATE_MAX QUOTA_RATE_MAX
+
+uint64_t catalog_rate_milli(double rate)
+{
+    if (!(rate > 0)) {
+        return 0;
+    }
+    if (rate > RATE_MAX) {
+        rate = RATE_MAX;
+    }
+    return (uint64_t)(rate * 1000.0 + 0.5);
+}
+
+void catalog_init(struct catalog *c)
+{
+    memset(c, 0, sizeof *c);
+    RB_INIT(&c->tree);
+}
+
+void catalog_free(struct catalog *c)
+{
+    struct cat_node *n, *next;
+    RB_FOREACH_SAFE(n, cat_tree, &c->tree, next)
+    {
+        RB_REMOVE(cat_tree, &c->tree, n);
+        quota_free(&n->q);
+        free(n);
+    }
+    c->n_quotas = 0;
+}
+
+struct cat_node *catalog_lower_bound(const struct catalog *c, const char *key,
+                                     size_t len)
+{
+    char buf[QUOTA_PATH_MAX + 2];
+    if (len > QUOTA_PATH_MAX + 1) {
+        len = QUOTA_PATH_MAX + 1;
+    }
+    memcpy(buf, key, len);
+    buf[len] = '\0';
+    struct cat_node probe = {.q = {.path = buf}};
+    return RB_NFIND(cat_tree, (struct cat_tree *)&c->tree, &probe);
+}
+
+struct cat_node *catalog_find(const struct catalog *c, const char *path,
+                              size_t len)
+{
+    if (len > QUOTA_PATH_MAX) {
+        return NULL;
+    }
+    struct cat_node *n = catalog_lower_bound(c, path, len);
+    if (n != NULL && strlen(n->q.path) == len &&
+        memcmp(n->q.path, path, len) == 0) {
+        return n;
+    }
+    return NULL;
+}
+
+struct cat_node *catalog_first(const struct catalog *c)
+{
+    return RB_MIN(cat_tree, (struct cat_tree *)&c->tree);
+}
+
+struct cat_node *catalog_next(const struct catalog *c, struct cat_node *n)
+{
+    (void)c;
+    return RB_NEXT(cat_tree, (struct cat_tree *)&c->tree, n);
+}
+
+/* Length of the parent's path, or 0 for a top-level path. */
+static size_t parent_len(const char *path, size_t len)
+{
+    for (size_t i = len; i > 0; i--) {
+        if (path[i - 1] == '/') {
+            return i - 1;
+        }
+    }
+    return 0;
+}
+
+/* The aggregate a path contributes to: its parent's, or the top level's.
+ * *parent is the parent node (NULL at the top level). Returns NULL when the
+ * parent does not exist. */
+static struct cat_agg *agg_of_parent(const struct catalog *c, const char *path,
+                                     size_t len, struct cat_node **parent)
+{
+    size_t plen = parent_len(path, len);
+    *parent = NULL;
+    if (plen == 0) {
+        return (struct cat_agg *)&c->top;
+    }
+    *parent = catalog_find(c, path, plen);
+    return *parent != NULL ? &(*parent)->agg : NULL;
+}
+
+static void agg_add(struct cat_agg *a, const struct quota_fields *f)
+{
+    a->n_children++;
+    if (f->kind == QUOTA_KIND_CAPACITY) {
+        a->g_memory_mb += f->guaranteed_memory_mb;
+        a->g_vcores += f->guaranteed_vcores;
+    } else if (f->kind == QUOTA_KIND_RATE && f->unit < 2) {
+        a->rate_milli[f->unit] += catalog_rate_milli(f->rate);
+    }
+}
+
+static void agg_sub(struct cat_agg *a, const struct quota_fields *f)
+{
+    a->n_children--;
+    if (f->kind == QUOTA_KIND_CAPACITY) {
+        a->g_memory_mb -= f->guaranteed_memory_mb;
+        a->g_vcores -= f->guaranteed_vcores;
+    } else if (f->kind == QUOTA_KIND_RATE && f->unit < 2) {
+        a->rate_milli[f->unit] -= catalog_rate_milli(f->rate);
+    }
+}
+
+/* sum - old + new, saturating: an overflowing sum must fail the check, not
+ * wrap around and pass it. */
+static uint64_t resum(uint64_t sum, uint64_t old, uint64_t add)
+{
+    uint64_t base = sum - old;
+    uint64_t out;
+    return __builtin_add_overflow(base, add, &out) ? UINT64_MAX : out;
+}
+
+static void fmt_rate(uint64_t milli, char *buf, size_t size)
+{
+    snprintf(buf, size, "%.15g", (double)milli / 1000.0);
+}
+
+/* Does `child` (a direct child path of parent) exceed a max of the parent?
+ * Walks the direct children of p; only needed when p's max shrinks. */
+static int check_children_max(const struct catalog *c, const char *path,
+                              size_t len, const struct quota_fields *next,
+                              char *msg)
+{
+    char prefix[QUOTA_PATH_MAX + 2];
+    memcpy(prefix, path, len);
+    prefix[len] = '/';
+    struct cat_node *n = catalog_lower_bound(c, prefix, len + 1);
+    for (; n != NULL; n = catalog_next(c, n)) {
+        const char *p = n->q.path;
+        if (strncmp(p, prefix, len + 1) != 0) {
+            break;
+        }
+        if (strchr(p + len + 1, '/') != NULL ||
+            n->q.f.kind != QUOTA_KIND_CAPACITY) {
+            continue; /* a grandchild, or another kind */
+        }
+        const struct quota_fields *f = &n->q.f;
+        struct
+        {
+            const char *name;
+            uint64_t child, parent;
+        } rules[] = {
+            {"max.memory_mb", f->max_memory_mb, next->max_memory_mb},
+            {"max.vcores", f->max_vcores, next->max_vcores},
+            {"max_apps", f->max_apps, next->max_apps},
+        };
+        for (unsigned i = 0; i < 3; i++) {
+            if (rules[i].parent > 0 && rules[i].child > rules[i].parent) {
+                return allot_errf(msg, ALLOT_EVALIDATION_FAILED,
+                                  "child %s %s %llu > parent %.*s %llu", p,
+                                  rules[i].name,
+                                  (unsigned long long)rules[i].child, (int)len,
+                                  path, (unsigned long long)rules[i].parent);
+            }
+        }
+    }
+    return 0;
+}
+
+static int check_capacity(const struct catalog *c, const char *path, size_t len,
+                          const struct cat_node *cur,
+                          const struct cat_agg *pagg,
+                          const struct cat_node *parent,
+                          const struct quota_fields *next, char *msg)
+{
+    const char *res[2] = {"memory_mb", "vcores"};
+    uint64_t g[2] = {next->guaranteed_memory_mb, next->guaranteed_vcores};
+    uint64_t mx[2] = {next->max_memory_mb, next->max_vcores};
+    for (int i = 0; i < 2; i++) {
+        if (mx[i] > 0 && g[i] > mx[i]) {
+            return allot_errf(msg, ALLOT_EVALIDATION_FAILED,
+                              "guaranteed.%s %llu > max.%s %llu at %.*s",
+                              res[i], (unsigned long long)g[i], res[i],
+                              (unsigned long long)mx[i], (int)len, path);
+        }
+    }
+    /* Against the parent (or the declared cluster capacity). */
+    bool was_cap = cur != NULL && cur->q.f.kind == QUOTA_KIND_CAPACITY;
+    uint64_t old[2] = {was_cap ? cur->q.f.guaranteed_memory_mb : 0,
+                       was_cap ? cur->q.f.guaranteed_vcores : 0};
+    uint64_t sums[2] = {resum(pagg->g_memory_mb, old[0], g[0]),
+                        resum(pagg->g_vcores, old[1], g[1])};
+    if (parent == NULL) {
+        const struct fsm_capacity *cap = &c->capacity;
+        bool has[2] = {cap->has_memory_mb, cap->has_vcores};
+        uint64_t limit[2] = {cap->memory_mb, cap->vcores};
+        for (int i = 0; i < 2; i++) {
+            if (has[i] && sums[i] > limit[i]) {
+                return allot_errf(msg, ALLOT_EVALIDATION_FAILED,
+                                  "top-level guaranteed.%s %llu > cluster "
+                                  "capacity %llu",
+                                  res[i], (unsigned long long)sums[i],
+                                  (unsigned long long)limit[i]);
+            }
+        }
+    } else if (parent->q.f.kind == QUOTA_KIND_CAPACITY) {
+        const struct quota_fields *pf = &parent->q.f;
+        uint64_t pg[2] = {pf->guaranteed_memory_mb, pf->guaranteed_vcores};
+        uint64_t pmx[3] = {pf->max_memory_mb, pf->max_vcores, pf->max_apps};
+        uint64_t cmx[3] = {mx[0], mx[1], next->max_apps};
+        const char *mxname[3] = {"max.memory_mb", "max.vcores", "max_apps"};
+        for (int i = 0; i < 2; i++) {
+            if (sums[i] > pg[i]) {
+                return allot_errf(msg, ALLOT_EVALIDATION_FAILED,
+                                  "children guaranteed.%s %llu > parent %s "
+                                  "%llu",
+                                  res[i], (unsigned long long)sums[i],
+                                  parent->q.path, (unsigned long long)pg[i]);
+            }
+        }
+        for (int i = 0; i < 3; i++) {
+            if (pmx[i] > 0 && cmx[i] > pmx[i]) {
+                return allot_errf(msg, ALLOT_EVALIDATION_FAILED,
+                                  "%s %llu > parent %s %s %llu", mxname[i],
+                                  (unsigned long long)cmx[i], parent->q.path,
+                                  mxname[i], (unsigned long long)pmx[i]);
+            }
+        }
+    }
+    /* Against its own children. */
+    if (cur != NULL && cur->agg.n_children > 0) {
+        uint64_t ch[2] = {cur->agg.g_memory_mb, cur->agg.g_vcores};
+        for (int i = 0; i < 2; i++) {
+            if (ch[i] > g[i]) {
+                return allot_errf(msg, ALLOT_EVALIDATION_FAILED,
+                                  "children guaranteed.%s %llu > parent %.*s "
+                                  "%llu",
+                                  res[i], (unsigned long long)ch[i], (int)len,
+                                  path, (unsigned long long)g[i]);
+            }
+        }
+        return check_children_max(c, path, len, next, msg);
+    }
+    return 0;
+}
+
+static int check_rate(const char *path, size_t len, const struct cat_node *cur,
+                      const struct cat_agg *pagg, const struct cat_node *parent,
+                      const struct quota_fields *next, char *msg)
+{
+    char a[32], b[32];
+    uint64_t rate = catalog_rate_milli(next->rate);
+    unsigned unit = next->unit < 2 ? next->unit : 0;
+    if (parent != NULL && parent->q.f.kind == QUOTA_KIND_RATE &&
+        parent->q.f.unit == unit) {
+        bool same = cur != NULL && cur->q.f.kind == QUOTA_KIND_RATE &&
+                    cur->q.f.unit == unit;
+        uint64_t old = same ? catalog_rate_milli(cur->q.f.rate) : 0;
+        uint64_t sum = resum(pagg->rate_milli[unit], old, rate);
+        uint64_t limit = catalog_rate_milli(parent->q.f.rate);
+        if (sum > limit) {
+            fmt_rate(sum, a, sizeof a);
+            fmt_rate(limit, b, sizeof b);
+            return allot_errf(msg, ALLOT_EVALIDATION_FAILED,
+                              "children rate %s > parent %s %s", a,
+                              parent->q.path, b);
+        }
+    }
+    if (cur != NULL && cur->agg.rate_milli[unit] > rate) {
+        fmt_rate(cur->agg.rate_milli[unit], a, sizeof a);
+        fmt_rate(rate, b, sizeof b);
+        return allot_errf(msg, ALLOT_EVALIDATION_FAILED,
+                          "children rate %s > parent %.*s %s", a, (int)len,
+                          path, b);
+    }
+    return 0;
+}
+
+int catalog_check_set(const struct catalog *c, const char *path, size_t len,
+                      const struct cat_node *cur,
+                      const struct quota_fields *next, char *msg)
+{
+    struct cat_node *parent;
+    const struct cat_agg *pagg = agg_of_parent(c, path, len, &parent);
+    if (pagg == NULL) {
+        size_t plen = parent_len(path, len);
+        return allot_errf(msg, ALLOT_ENOT_FOUND,
+                          "parent %.*s does not exist; create it first",
+                          (int)plen, path);
+    }
+    if (next->kind == QUOTA_KIND_CAPACITY) {
+        return check_capacity(c, path, len, cur, pagg, parent, next, msg);
+    }
+    return check_rate(path, len, cur, pagg, parent, next, msg);
+}
+
+struct cat_node *catalog_put(struct catalog *c, const char *path, size_t len,
+                             struct cat_node *cur,
+                             const struct quota_fields *next, uint64_t version,
+                             uint64_t now_ms)
+{
+    struct cat_node *parent;
+    struct cat_agg *pagg = agg_of_parent(c, path, len, &parent);
+    if (pagg == NULL) {
+        return NULL; /* catalog_check_set() refuses this first */
+    }
+    if (cur == NULL) {
+        cur = calloc(1, sizeof *cur);
+        if (cur == NULL) {
+            return NULL;
+        }
+        cur->q.path = malloc(len + 1);
+        if (cur->q.path == NULL) {
+            free(cur);
+            return NULL;
+        }
+        memcpy(cur->q.path, path, len);
+        cur->q.path[len] = '\0';
+        cur->q.created_ms = now_ms;
+        RB_INSERT(cat_tree, &c->tree, cur);
+        c->n_quotas++;
+    } else {
+        agg_sub(pagg, &cur->q.f);
+    }
+    cur->q.f = *next;
+    cur->q.f.set = 0;
+    cur->q.version = version;
+    cur->q.updated_ms = now_ms;
+    agg_add(pagg, &cur->q.f);
+    return cur;
+}
+
+int catalog_check_rm(const struct catalog *c, const struct cat_node *n,
+                     bool recursive, char *msg)
+{
+    (void)c;
+    if (n->agg.n_children > 0 && !recursive) {
+        return allot_errf(msg, ALLOT_EVALIDATION_FAILED,
+                          "%s has %u %s; remove %s first or remove "
+                          "recursively (allotctl quota rm --recursive)",
+                          n->q.path, n->agg.n_children,
+                          n->agg.n_children == 1 ? "child" : "children",
+                          n->agg.n_children == 1 ? "it" : "them");
+    }
+    return 0;
+}
+
+uint64_t catalog_remove(struct catalog *c, struct cat_node *n,
+                        catalog_removed_cb cb, void *arg)
+{
+    struct cat_node *parent;
+    struct cat_agg *pagg =
+        agg_of_parent(c, n->q.path, strlen(n->q.path), &parent);
+    if (pagg != NULL) {
+        agg_sub(pagg, &n->q.f);
+    }
+    /* n, then its descendants: the range [path + "/", ...) right after it
+     * in path order (siblings like path-x sort before path/, and are
+     * skipped by the prefix test). */
+    size_t len = strlen(n->q.path);
+    char prefix[QUOTA_PATH_MAX + 2];
+    memcpy(prefix, n->q.path, len);
+    prefix[len] = '/';
+    prefix[len + 1] = '\0';
+    uint64_t removed = 0;
+    struct cat_node *d = n;
+    while (d != NULL) {
+        struct cat_node *next = catalog_lower_bound(c, prefix, len + 1);
+        if (next == d) {
+            next = catalog_next(c, d);
+        }
+        if (next != NULL && strncmp(next->q.path, prefix, len + 1) != 0) {
+            next = NULL;
+        }
+        if (cb != NULL) {
+            cb(arg, &d->q);
+        }
+        RB_REMOVE(cat_tree, &c->tree, d);
+        c->n_quotas--;
+        quota_free(&d->q);
+        free(d);
+        removed++;
+        d = next;
+    }
+    return removed;
+}
+
+int catalog_check_capacity(const struct catalog *c,
+                           const struct fsm_capacity *next, char *msg)
+{
+    if (next->has_memory_mb && c->top.g_memory_mb > next->memory_mb) {
+        return allot_errf(msg, ALLOT_EVALIDATION_FAILED,
+                          "top-level guaranteed.memory_mb %llu > cluster "
+                          "capacity %llu",
+                          (unsigned long long)c->top.g_memory_mb,
+                          (unsigned long long)next->memory_mb);
+    }
+    if (next->has_vcores && c->top.g_vcores > next->vcores) {
+        return allot_errf(msg, ALLOT_EVALIDATION_FAILED,
+                          "top-level guaranteed.vcores %llu > cluster "
+                          "capacity %llu",
+                          (unsigned long long)c->top.g_vcores,
+                          (unsigned long long)next->vcores);
+    }
+    return 0;
+}
+
+int catalog_insert_restored(struct catalog *c, struct cat_node *n)
+{
+    memset(&n->agg, 0, sizeof n->agg);
+    if (RB_INSERT(cat_tree, &c->tree, n) != NULL) {
+        return ALLOT_EPROTOCOL;
+    }
+    c->n_quotas++;
+    return 0;
+}
+
+int catalog_rebuild(struct catalog *c)
+{
+    memset(&c->top, 0, sizeof c->top);
+    struct cat_node *n;
+    RB_FOREACH(n, cat_tree, &c->tree)
+    {
+        memset(&n->agg, 0, sizeof n->agg);
+    }
+    RB_FOREACH(n, cat_tree, &c->tree)
+    {
+        struct cat_node *parent;
+        struct cat_agg *pagg =
+            agg_of_parent(c, n->q.path, strlen(n->q.path), &parent);
+        if (pagg == NULL) {
+            return ALLOT_EPROTOCOL; /* an orphan: not a state we produce */
+        }
+        agg_add(pagg, &n->q.f);
+    }
+    return 0;
+}
