@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../proto/client.h"
 #include "../proto/quota.h"
@@ -27,6 +28,8 @@ struct cli
     uint64_t if_version;
     bool digest;
     bool recursive;
+    const char *since;
+    const char *principal;
     const char *pos[MAX_POSITIONAL];
     int n_pos;
     struct allot_client *client;
@@ -51,6 +54,9 @@ static void usage(FILE *out)
             "  capacity set [memory_mb=N] [vcores=N]   declare the cluster's "
             "capacity\n"
             "  capacity get\n"
+            "  audit [PREFIX] [--since TIME] [--principal NAME]  changes, "
+            "oldest first\n"
+            "  audit-retention [max_records=N] [max_age=DURATION]\n"
             "\n"
             "Endpoints come from --endpoints, else ALLOT_ENDPOINTS, else %s.\n"
             "Quota fields: kind, guaranteed.memory_mb, guaranteed.vcores, "
@@ -58,7 +64,10 @@ static void usage(FILE *out)
             "  max.vcores, max_apps (capacity); rate, burst, unit, fleet, "
             "share, per_key,\n"
             "  max_delay_ms (rate); on_exceed (both). --if-version 0 means "
-            "\"only if absent\".\n",
+            "\"only if absent\".\n"
+            "TIME: 2026-11-23T10:00:00Z, milliseconds since the epoch, or a "
+            "duration ago\n"
+            "  (30s, 15m, 2h, 7d). DURATION: 30s, 15m, 2h, 7d.\n",
             ALLOT_DEFAULT_ENDPOINTS);
 }
 
@@ -719,6 +728,332 @@ static int cmd_capacity(struct cli *cli)
     return 0;
 }
 
+/* audit ------------------------------------------------------------------- */
+
+/* "30s", "15m", "2h", "7d" in milliseconds; -1 if malformed. */
+static long long parse_duration_ms(const char *s)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (s[0] < '0' || s[0] > '9' || errno != 0 || end[0] == '\0' ||
+        end[1] != '\0' || v > 100000000) {
+        return -1;
+    }
+    switch (end[0]) {
+    case 's':
+        return v * 1000;
+    case 'm':
+        return v * 60 * 1000;
+    case 'h':
+        return v * 3600 * 1000;
+    case 'd':
+        return v * 24 * 3600 * 1000;
+    default:
+        return -1;
+    }
+}
+
+/* --since: epoch ms, RFC 3339 UTC, or a duration ago. -1 if malformed. */
+static long long parse_time_ms(const char *s)
+{
+    size_t len = strlen(s);
+    if (len > 0 && strspn(s, "0123456789") == len) {
+        return strtoll(s, NULL, 10);
+    }
+    long long d = parse_duration_ms(s);
+    if (d >= 0) {
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        long long ms = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+        return ms > d ? ms - d : 0;
+    }
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    const char *rest = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (rest == NULL || (rest[0] != '\0' && strcmp(rest, "Z") != 0)) {
+        return -1;
+    }
+    return (long long)timegm(&tm) * 1000;
+}
+
+static void fmt_time_ms(uint64_t ms, char *buf, size_t size)
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* A value flattened to name=text pairs (nested maps as group.key). */
+struct flat
+{
+    unsigned n;
+    char name[48][64];
+    char val[48][64];
+};
+
+static void flatten(const msgpack_object *m, const char *prefix, struct flat *f)
+{
+    if (m == NULL || m->type != MSGPACK_OBJECT_MAP) {
+        return;
+    }
+    for (uint32_t i = 0; i < m->via.map.size && f->n < 48; i++) {
+        const msgpack_object *k = &m->via.map.ptr[i].key;
+        const msgpack_object *v = &m->via.map.ptr[i].val;
+        if (k->type != MSGPACK_OBJECT_STR) {
+            continue;
+        }
+        char name[64];
+        snprintf(name, sizeof name, "%s%s%.*s", prefix, prefix[0] ? "." : "",
+                 (int)k->via.str.size, k->via.str.ptr);
+        if (strcmp(name, "version") == 0 || strcmp(name, "path") == 0 ||
+            strcmp(name, "created_ms") == 0 ||
+            strcmp(name, "updated_ms") == 0) {
+            continue;
+        }
+        if (v->type == MSGPACK_OBJECT_MAP) {
+            flatten(v, name, f);
+            continue;
+        }
+        snprintf(f->name[f->n], sizeof f->name[0], "%s", name);
+        scalar_text(v, f->val[f->n], sizeof f->val[0]);
+        f->n++;
+    }
+}
+
+/* "rate 100->150, burst 100->200", or the new value's fields. */
+static void change_summary(const msgpack_object *old_v,
+                           const msgpack_object *new_v, char *buf, size_t size)
+{
+    struct flat a = {0}, b = {0};
+    flatten(old_v, "", &a);
+    flatten(new_v, "", &b);
+    size_t off = 0;
+    buf[0] = '\0';
+    if (new_v == NULL || new_v->type == MSGPACK_OBJECT_NIL) {
+        snprintf(buf, size, "removed");
+        return;
+    }
+    bool created = old_v == NULL || old_v->type == MSGPACK_OBJECT_NIL;
+    for (unsigned i = 0; i < b.n && off < size; i++) {
+        const char *before = NULL;
+        for (unsigned j = 0; j < a.n; j++) {
+            if (strcmp(a.name[j], b.name[i]) == 0) {
+                before = a.val[j];
+            }
+        }
+        if (before != NULL && strcmp(before, b.val[i]) == 0) {
+            continue;
+        }
+        if (before != NULL && strcmp(before, "-") == 0) {
+            before = NULL; /* was unset: show the new value alone */
+        }
+        int w = created || before == NULL
+                    ? snprintf(buf + off, size - off, "%s%s=%s", off ? " " : "",
+                               b.name[i], b.val[i])
+                    : snprintf(buf + off, size - off, "%s%s %s->%s",
+                               off ? ", " : "", b.name[i], before, b.val[i]);
+        off += w > 0 ? (size_t)w : 0;
+    }
+    if (buf[0] == '\0') {
+        snprintf(buf, size, "no field changed");
+    }
+}
+
+struct audit_args
+{
+    const char *prefix;
+    const char *principal;
+    long long since_ms;
+    uint64_t after;
+};
+
+static void pack_audit(msgpack_packer *pk, void *arg)
+{
+    struct audit_args *a = arg;
+    msgpack_pack_map(pk, a->principal != NULL ? 5 : 4);
+    wire_pack_kv_str(pk, "prefix", a->prefix);
+    wire_pack_kv_u64(pk, "since_ms", (uint64_t)a->since_ms);
+    wire_pack_kv_u64(pk, "after", a->after);
+    wire_pack_kv_u64(pk, "limit", 1000);
+    if (a->principal != NULL) {
+        wire_pack_kv_str(pk, "principal", a->principal);
+    }
+}
+
+static int cmd_audit(struct cli *cli)
+{
+    if (cli->n_pos > 2) {
+        return fail(ALLOT_EINVALID,
+                    "usage: audit [PREFIX] [--since TIME] [--principal NAME]");
+    }
+    struct audit_args a = {.prefix = cli->n_pos == 2 ? cli->pos[1] : "",
+                           .principal = cli->principal};
+    if (a.prefix[0] != '\0') {
+        int rv = check_path(a.prefix);
+        if (rv != 0) {
+            return rv;
+        }
+    }
+    if (cli->since != NULL) {
+        a.since_ms = parse_time_ms(cli->since);
+        if (a.since_ms < 0) {
+            return fail(ALLOT_EINVALID,
+                        "--since \"%s\": expected 2026-11-23T10:00:00Z, "
+                        "milliseconds since the epoch, or a duration ago "
+                        "such as 15m, 2h, 7d",
+                        cli->since);
+        }
+    }
+    json_t *all = json_array();
+    if (!cli->json) {
+        printf("%-8s %-20s %-16s %-13s %-28s %s\n", "VERSION", "TIME",
+               "PRINCIPAL", "OP", "PATH", "CHANGE");
+    }
+    for (;;) {
+        struct allot_reply rep;
+        int rv = call(cli, "audit.ls", pack_audit, &a, &rep);
+        if (rv != 0) {
+            json_decref(all);
+            return rv;
+        }
+        const msgpack_object *recs = wire_map_get(rep.result, "records");
+        for (uint32_t i = 0;
+             recs != NULL && recs->type == MSGPACK_OBJECT_ARRAY &&
+             i < recs->via.array.size;
+             i++) {
+            const msgpack_object *r = &recs->via.array.ptr[i];
+            if (cli->json) {
+                json_array_append_new(all, to_json(r));
+                continue;
+            }
+            char ver[24], who[66], op[24], path[QUOTA_PATH_MAX + 1], when[32],
+                change[512];
+            const msgpack_object *t = wire_map_get(r, "time_ms");
+            text_of(r, "version", NULL, ver, sizeof ver);
+            text_of(r, "principal", NULL, who, sizeof who);
+            text_of(r, "op", NULL, op, sizeof op);
+            text_of(r, "path", NULL, path, sizeof path);
+            fmt_time_ms(t != NULL && t->type == MSGPACK_OBJECT_POSITIVE_INTEGER
+                            ? t->via.u64
+                            : 0,
+                        when, sizeof when);
+            change_summary(wire_map_get(r, "old"), wire_map_get(r, "new"),
+                           change, sizeof change);
+            printf("%-8s %-20s %-16s %-13s %-28s %s\n", ver, when, who, op,
+                   path[0] ? path : "(cluster)", change);
+        }
+        const msgpack_object *next = wire_map_get(rep.result, "next");
+        bool again =
+            next != NULL && next->type == MSGPACK_OBJECT_POSITIVE_INTEGER;
+        if (again) {
+            a.after = next->via.u64;
+        }
+        allot_reply_destroy(&rep);
+        if (!again) {
+            break;
+        }
+    }
+    if (cli->json) {
+        json_t *doc = json_object();
+        json_object_set_new(doc, "records", all);
+        print_json(doc);
+        json_decref(doc);
+    } else {
+        json_decref(all);
+    }
+    return 0;
+}
+
+struct retention_args
+{
+    bool has_records, has_age;
+    uint64_t records, age_ms;
+};
+
+static void pack_retention(msgpack_packer *pk, void *arg)
+{
+    struct retention_args *a = arg;
+    msgpack_pack_map(pk, (a->has_records ? 1u : 0u) + (a->has_age ? 1u : 0u));
+    if (a->has_records) {
+        wire_pack_kv_u64(pk, "max_records", a->records);
+    }
+    if (a->has_age) {
+        wire_pack_kv_u64(pk, "max_age_ms", a->age_ms);
+    }
+}
+
+static void pack_audit_head(msgpack_packer *pk, void *arg)
+{
+    (void)arg;
+    msgpack_pack_map(pk, 2);
+    wire_pack_kv_u64(pk, "limit", 1);
+    wire_pack_kv_u64(pk, "after", UINT64_MAX);
+}
+
+static int cmd_audit_retention(struct cli *cli)
+{
+    struct retention_args a = {0};
+    for (int i = 1; i < cli->n_pos; i++) {
+        const char *kv = cli->pos[i];
+        if (strncmp(kv, "max_records=", 12) == 0) {
+            char *end;
+            errno = 0;
+            unsigned long long v = strtoull(kv + 12, &end, 10);
+            if (kv[12] < '0' || kv[12] > '9' || *end != '\0' || errno != 0 ||
+                v > 10000000) {
+                return fail(ALLOT_EINVALID,
+                            "max_records must be a whole number from 0 to "
+                            "10000000");
+            }
+            a.has_records = true;
+            a.records = v;
+        } else if (strncmp(kv, "max_age=", 8) == 0) {
+            long long ms = parse_duration_ms(kv + 8);
+            if (ms < 0) {
+                return fail(ALLOT_EINVALID,
+                            "max_age must be a duration such as 30s, 15m, "
+                            "12h, 30d");
+            }
+            a.has_age = true;
+            a.age_ms = (uint64_t)ms;
+        } else {
+            return fail(ALLOT_EINVALID,
+                        "\"%s\": expected max_records=N or max_age=DURATION",
+                        kv);
+        }
+    }
+    struct allot_reply rep;
+    bool set = a.has_records || a.has_age;
+    int rv = set ? call(cli, "audit.config", pack_retention, &a, &rep)
+                 : call(cli, "audit.ls", pack_audit_head, NULL, &rep);
+    if (rv != 0) {
+        return rv;
+    }
+    if (cli->json) {
+        json_t *j = to_json(rep.result);
+        if (!set) {
+            json_object_del(j, "records");
+            json_object_del(j, "more");
+            json_object_del(j, "next");
+        }
+        print_json(j);
+        json_decref(j);
+    } else if (set) {
+        char v[32];
+        text_of(rep.result, "version", NULL, v, sizeof v);
+        printf("audit retention set (catalog version %s)\n", v);
+    } else {
+        char r[32], age[32];
+        text_of(rep.result, "max_records", NULL, r, sizeof r);
+        text_of(rep.result, "max_age_ms", NULL, age, sizeof age);
+        printf("max_records %s\nmax_age_ms  %s\n", r, age);
+    }
+    allot_reply_destroy(&rep);
+    return 0;
+}
+
 /* --- main
  * ----------------------------------------------------------------------------
  */
@@ -731,7 +1066,8 @@ static int parse_args(struct cli *cli, int argc, char **argv)
         bool takes =
             strcmp(a, "--endpoints") == 0 || strcmp(a, "-o") == 0 ||
             strcmp(a, "--output") == 0 || strcmp(a, "--timeout-ms") == 0 ||
-            strcmp(a, "--if-version") == 0 || strcmp(a, "--identity") == 0;
+            strcmp(a, "--if-version") == 0 || strcmp(a, "--identity") == 0 ||
+            strcmp(a, "--since") == 0 || strcmp(a, "--principal") == 0;
         if (takes) {
             if (i + 1 >= argc) {
                 return fail(ALLOT_EINVALID, "%s needs a value", a);
@@ -768,6 +1104,10 @@ static int parse_args(struct cli *cli, int argc, char **argv)
             return fail(ALLOT_EINVALID,
                         "--identity: signed requests are not available yet; "
                         "the cluster runs --insecure");
+        } else if (strcmp(a, "--since") == 0) {
+            cli->since = val;
+        } else if (strcmp(a, "--principal") == 0) {
+            cli->principal = val;
         } else if (strcmp(a, "--recursive") == 0 || strcmp(a, "-r") == 0) {
             cli->recursive = true;
         } else if (strcmp(a, "--digest") == 0) {
@@ -828,9 +1168,15 @@ int main(int argc, char **argv)
         }
     } else if (strcmp(group, "capacity") == 0) {
         rv = cmd_capacity(&cli);
+    } else if (strcmp(group, "audit") == 0) {
+        rv = cmd_audit(&cli);
+    } else if (strcmp(group, "audit-retention") == 0) {
+        rv = cmd_audit_retention(&cli);
     } else {
         rv = fail(ALLOT_EINVALID,
-                  "unknown command \"%s\" (cluster, quota, capacity)", group);
+                  "unknown command \"%s\" (cluster, quota, capacity, audit, "
+                  "audit-retention)",
+                  group);
     }
     allot_client_close(cli.client);
     return rv;

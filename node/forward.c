@@ -295,6 +295,28 @@ static void pack_request(msgpack_packer *pk, const struct node_req *r)
             wire_pack_kv_str(pk, "after", r->after);
         }
         break;
+    case WIRE_OP_AUDIT_LS:
+        msgpack_pack_map(pk, r->has_principal_filter ? 5 : 4);
+        wire_pack_kv_str(pk, "prefix", r->path);
+        wire_pack_kv_u64(pk, "since_ms", r->since_ms);
+        wire_pack_kv_u64(pk, "after", r->after_version);
+        wire_pack_kv_u64(pk, "limit", r->limit);
+        if (r->has_principal_filter) {
+            wire_pack_kv_str(pk, "principal", r->principal_filter);
+        }
+        break;
+    case WIRE_OP_AUDIT_CONFIG: {
+        const struct fsm_audit_config *a = &r->cmd.audit;
+        msgpack_pack_map(pk, (a->has_max_records ? 1u : 0u) +
+                                 (a->has_max_age_ms ? 1u : 0u));
+        if (a->has_max_records) {
+            wire_pack_kv_u64(pk, "max_records", a->max_records);
+        }
+        if (a->has_max_age_ms) {
+            wire_pack_kv_u64(pk, "max_age_ms", a->max_age_ms);
+        }
+        break;
+    }
     case WIRE_OP_CLUSTER_ADD:
         msgpack_pack_map(pk, 2);
         wire_pack_kv_u64(pk, "id", r->target_id);

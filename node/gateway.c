@@ -264,6 +264,8 @@ static int decode_args(struct node_req *r, const struct wire_request *wr,
     r->cmd.seq = wr->seq;
     r->cmd.ack = wr->ack;
     r->cmd.path = r->path;
+    strcpy(r->principal, "anonymous");
+    r->cmd.principal = r->principal;
     switch (r->op) {
     case WIRE_OP_QUOTA_SET: {
         const msgpack_object *fields;
@@ -381,6 +383,68 @@ static int decode_args(struct node_req *r, const struct wire_request *wr,
             rv = allot_errf(msg, ALLOT_EINVALID, "id must be 1 or more");
         }
         return rv;
+    case WIRE_OP_AUDIT_LS: {
+        uint64_t limit = NODE_LS_LIMIT_DEFAULT;
+        const char *who;
+        size_t who_len;
+        rv = arg_path(r, args, "prefix", false, msg);
+        if (rv == 0) {
+            rv = wire_get_u64(args, "since_ms", false, &r->since_ms, msg);
+            rv = rv == ALLOT_ENOT_FOUND ? 0 : rv;
+        }
+        if (rv == 0) {
+            rv = wire_get_u64(args, "after", false, &r->after_version, msg);
+            rv = rv == ALLOT_ENOT_FOUND ? 0 : rv;
+        }
+        if (rv == 0) {
+            rv = wire_get_u64(args, "limit", false, &limit, msg);
+            rv = rv == ALLOT_ENOT_FOUND ? 0 : rv;
+        }
+        if (rv != 0) {
+            return rv;
+        }
+        if (limit == 0 || limit > NODE_LS_LIMIT_MAX) {
+            return allot_errf(msg, ALLOT_EINVALID, "limit must be from 1 to %d",
+                              NODE_LS_LIMIT_MAX);
+        }
+        r->limit = (unsigned)limit;
+        rv = wire_get_str(args, "principal", false, &who, &who_len, msg);
+        if (rv == 0) {
+            if (who_len == 0 || who_len >= sizeof r->principal_filter) {
+                return allot_errf(msg, ALLOT_EINVALID,
+                                  "principal must be 1 to 64 characters");
+            }
+            memcpy(r->principal_filter, who, who_len);
+            r->principal_filter[who_len] = '\0';
+            r->has_principal_filter = true;
+        } else if (rv != ALLOT_ENOT_FOUND) {
+            return rv;
+        }
+        return 0;
+    }
+    case WIRE_OP_AUDIT_CONFIG: {
+        struct fsm_audit_config *a = &r->cmd.audit;
+        r->cmd.type = FSM_CMD_AUDIT_CONFIG;
+        rv = wire_get_u64(args, "max_records", false, &a->max_records, msg);
+        a->has_max_records = rv == 0;
+        if (rv != 0 && rv != ALLOT_ENOT_FOUND) {
+            return rv;
+        }
+        rv = wire_get_u64(args, "max_age_ms", false, &a->max_age_ms, msg);
+        a->has_max_age_ms = rv == 0;
+        if (rv != 0 && rv != ALLOT_ENOT_FOUND) {
+            return rv;
+        }
+        if (!a->has_max_records && !a->has_max_age_ms) {
+            return allot_errf(msg, ALLOT_EINVALID,
+                              "give max_records, max_age_ms or both");
+        }
+        if (a->has_max_records && a->max_records > 10000000) {
+            return allot_errf(msg, ALLOT_EINVALID,
+                              "max_records must be at most 10000000");
+        }
+        return 0;
+    }
     case WIRE_OP_CLUSTER_STATUS:
         rv = wire_get_bool(args, "digest", false, &r->want_digest, msg);
         return rv == ALLOT_ENOT_FOUND ? 0 : rv;

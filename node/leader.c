@@ -261,6 +261,21 @@ static void serve_read(struct node *n, struct node_req *r)
         serve_capacity(n, r);
         return;
     }
+    if (r->op == WIRE_OP_AUDIT_LS) {
+        struct fsm_audit_query q = {
+            .prefix = r->path,
+            .prefix_len = r->path_len,
+            .since_ms = r->since_ms,
+            .principal = r->has_principal_filter ? r->principal_filter : NULL,
+            .after_version = r->after_version,
+            .limit = r->limit,
+        };
+        if (node_reply_begin(r, &pk) != NULL) {
+            fsm_audit_pack(n->fsm, &q, &pk);
+        }
+        node_reply_done(r);
+        return;
+    }
     if (r->op == WIRE_OP_QUOTA_GET) {
         const struct quota *q = fsm_get(n->fsm, r->path, r->path_len);
         if (q == NULL) {

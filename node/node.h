@@ -83,7 +83,14 @@ struct node_req
     unsigned limit;
     uint64_t target_id; /* cluster.add/remove/transfer */
     char target_addr[64];
-    bool want_digest;   /* cluster.status */
+    bool want_digest; /* cluster.status */
+    /* audit.ls */
+    uint64_t since_ms;
+    uint64_t after_version;
+    bool has_principal_filter;
+    char principal_filter[65];
+    /* Who sent it: "anonymous" until authentication lands. */
+    char principal[65];
     size_t reply_start; /* offset of the reply frame being built */
     /* Forwarding. */
     uint64_t fwd_id;

@@ -54,7 +54,9 @@ enum wire_op_flags {
     X(QUOTA_GET, "quota.get", WIRE_OP_READ)                \
     X(QUOTA_LS, "quota.ls", WIRE_OP_READ)                  \
     X(CAPACITY_SET, "capacity.set", WIRE_OP_WRITE)         \
-    X(CAPACITY_GET, "capacity.get", WIRE_OP_READ)
+    X(CAPACITY_GET, "capacity.get", WIRE_OP_READ)          \
+    X(AUDIT_LS, "audit.ls", WIRE_OP_READ)                  \
+    X(AUDIT_CONFIG, "audit.config", WIRE_OP_WRITE)
 
 enum wire_op {
     WIRE_OP_UNKNOWN = 0,

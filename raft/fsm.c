@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "../proto/wire.h"
+#include "audit.h"
 /* Last: it defines __unused for the BSD tree macros. */
 #include "catalog.h"
 
@@ -65,6 +66,7 @@ struct node_addr
 struct fsm_state
 {
     struct catalog cat;
+    struct audit_log audit;
     uint64_t version;
     uint64_t now_ms; /* max leader clock seen: never goes back */
     struct sess_tree sessions;
@@ -81,6 +83,28 @@ struct fsm
     struct fsm_batch_result batch; /* results of the last apply */
     unsigned batch_cap;
 };
+
+/* Copy of p[0..len) as a C string. Not str_dup(): it may read up to len
+ * bytes looking for a NUL, and p points into a msgpack buffer whose last
+ * bytes may be exactly this string. */
+static char *str_dup(const char *p, size_t len)
+{
+    char *s = malloc(len + 1);
+    if (s != NULL) {
+        memcpy(s, p, len);
+        s[len] = '\0';
+    }
+    return s;
+}
+
+static void pack_opt_u64(msgpack_packer *pk, bool has, uint64_t v)
+{
+    if (has) {
+        msgpack_pack_uint64(pk, v);
+    } else {
+        msgpack_pack_nil(pk);
+    }
+}
 
 static void result_clear(struct fsm_result *r)
 {
@@ -113,6 +137,7 @@ static struct fsm_state *state_new(void)
     struct fsm_state *st = calloc(1, sizeof *st);
     if (st != NULL) {
         catalog_init(&st->cat);
+        audit_init(&st->audit);
         RB_INIT(&st->sessions);
         TAILQ_INIT(&st->lru);
     }
@@ -134,6 +159,7 @@ static void state_free(struct fsm_state *st)
         return;
     }
     catalog_free(&st->cat);
+    audit_free(&st->audit);
     struct session *s, *sn;
     RB_FOREACH_SAFE(s, sess_tree, &st->sessions, sn)
     {
@@ -282,10 +308,63 @@ static int check_if_version(const struct cat_node *c, const char *path,
                       (unsigned long long)have, (unsigned long long)want);
 }
 
-static void apply_set(struct fsm_state *st, const char *path, size_t path_len,
-                      const struct quota_fields *patch, bool has_if,
-                      uint64_t if_version, struct fsm_result *r)
+/* Who and what a command is, for its audit records. */
+struct change
 {
+    struct fsm_state *st;
+    const char *principal;
+    uint64_t client;
+    uint64_t seq;
+    const char *op;
+};
+
+/* msgpack bytes of one quota, or NULL (out of memory: the record then shows
+ * no value rather than failing the change). */
+static char *encode_quota(const struct quota *q, size_t *len)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    quota_pack(&pk, q);
+    *len = sb.size;
+    return msgpack_sbuffer_release(&sb);
+}
+
+static char *dup_cstr(const char *s)
+{
+    return str_dup(s, strlen(s));
+}
+
+/* Append the audit record of one change at version v. Takes old/new. */
+static void record(const struct change *ch, uint64_t v, const char *path,
+                   char *old_value, size_t old_len, char *new_value,
+                   size_t new_len)
+{
+    struct fsm_state *st = ch->st;
+    struct audit_record rec = {
+        .version = v,
+        .time_ms = st->now_ms,
+        .client = ch->client,
+        .seq = ch->seq,
+        .principal = dup_cstr(ch->principal),
+        .op = dup_cstr(ch->op),
+        .path = dup_cstr(path),
+        .old_value = old_value,
+        .old_len = old_len,
+        .new_value = new_value,
+        .new_len = new_len,
+    };
+    /* A failure here loses one record, never the change: apply cannot fail
+     * without stalling raft. */
+    audit_append(&st->audit, &rec, st->now_ms);
+}
+
+static void apply_set(const struct change *ch, const char *path,
+                      size_t path_len, const struct quota_fields *patch,
+                      bool has_if, uint64_t if_version, struct fsm_result *r)
+{
+    struct fsm_state *st = ch->st;
     char msg[ALLOT_ERRMSG_SIZE];
     char p[QUOTA_PATH_MAX + 1];
     int rv = quota_path_check(path, path_len, msg);
@@ -322,13 +401,18 @@ static void apply_set(struct fsm_state *st, const char *path, size_t path_len,
         result_error(r, rv, msg);
         return;
     }
+    size_t old_len = 0, new_len = 0;
+    char *old_value = c != NULL ? encode_quota(&c->q, &old_len) : NULL;
     c = catalog_put(&st->cat, path, path_len, c, &next, st->version + 1,
                     st->now_ms);
     if (c == NULL) {
+        free(old_value);
         result_error(r, ALLOT_ENOMEM, NULL);
         return;
     }
     st->version++;
+    char *new_value = encode_quota(&c->q, &new_len);
+    record(ch, st->version, p, old_value, old_len, new_value, new_len);
     result_clear(r);
     r->version = st->version;
     r->created_ms = c->q.created_ms;
@@ -336,16 +420,21 @@ static void apply_set(struct fsm_state *st, const char *path, size_t path_len,
     r->fields = c->q.f;
 }
 
-static void count_removed(void *arg, const struct quota *q)
+/* One removed quota: its own version and audit record, in path order. */
+static void on_removed(void *arg, const struct quota *q)
 {
-    (void)q;
-    (*(uint64_t *)arg)++;
+    const struct change *ch = arg;
+    size_t len = 0;
+    char *old_value = encode_quota(q, &len);
+    ch->st->version++;
+    record(ch, ch->st->version, q->path, old_value, len, NULL, 0);
 }
 
-static void apply_rm(struct fsm_state *st, const char *path, size_t path_len,
+static void apply_rm(const struct change *ch, const char *path, size_t path_len,
                      bool has_if, uint64_t if_version, bool recursive,
                      struct fsm_result *r)
 {
+    struct fsm_state *st = ch->st;
     char msg[ALLOT_ERRMSG_SIZE];
     int rv = quota_path_check(path, path_len, msg);
     if (rv != 0) {
@@ -369,18 +458,32 @@ static void apply_rm(struct fsm_state *st, const char *path, size_t path_len,
     }
     /* Each removed quota is one change: a recursive removal of n quotas
      * advances the catalog version by n, so a watcher sees every one. */
-    uint64_t removed = 0;
-    catalog_remove(&st->cat, c, count_removed, &removed);
-    st->version += removed;
+    uint64_t removed = catalog_remove(&st->cat, c, on_removed, (void *)ch);
     result_clear(r);
     r->version = st->version;
     r->removed = removed;
 }
 
-static void apply_capacity(struct fsm_state *st,
+static char *encode_capacity(const struct fsm_capacity *c, size_t *len)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 2);
+    wire_pack_str(&pk, "memory_mb");
+    pack_opt_u64(&pk, c->has_memory_mb, c->memory_mb);
+    wire_pack_str(&pk, "vcores");
+    pack_opt_u64(&pk, c->has_vcores, c->vcores);
+    *len = sb.size;
+    return msgpack_sbuffer_release(&sb);
+}
+
+static void apply_capacity(const struct change *ch,
                            const struct fsm_capacity *patch,
                            struct fsm_result *r)
 {
+    struct fsm_state *st = ch->st;
     char msg[ALLOT_ERRMSG_SIZE];
     struct fsm_capacity next = st->cat.capacity;
     if (patch->has_memory_mb) {
@@ -396,8 +499,54 @@ static void apply_capacity(struct fsm_state *st,
         result_error(r, rv, msg);
         return;
     }
+    size_t old_len, new_len;
+    char *old_value = encode_capacity(&st->cat.capacity, &old_len);
     st->cat.capacity = next;
     st->version++;
+    char *new_value = encode_capacity(&next, &new_len);
+    record(ch, st->version, "", old_value, old_len, new_value, new_len);
+    result_clear(r);
+    r->version = st->version;
+}
+
+static char *encode_audit_config(const struct audit_log *a, size_t *len)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 2);
+    wire_pack_kv_u64(&pk, "max_records", a->max_records);
+    wire_pack_kv_u64(&pk, "max_age_ms", a->max_age_ms);
+    *len = sb.size;
+    return msgpack_sbuffer_release(&sb);
+}
+
+static void apply_audit_config(const struct change *ch, bool has_records,
+                               uint64_t max_records, bool has_age,
+                               uint64_t max_age_ms, struct fsm_result *r)
+{
+    struct fsm_state *st = ch->st;
+    if (has_records && max_records > AUDIT_MAX_RECORDS_LIMIT) {
+        char msg[ALLOT_ERRMSG_SIZE];
+        allot_errf(msg, ALLOT_EINVALID, "max_records must be at most %d",
+                   AUDIT_MAX_RECORDS_LIMIT);
+        result_error(r, ALLOT_EINVALID, msg);
+        return;
+    }
+    size_t old_len, new_len;
+    char *old_value = encode_audit_config(&st->audit, &old_len);
+    if (has_records) {
+        st->audit.max_records = max_records;
+    }
+    if (has_age) {
+        st->audit.max_age_ms = max_age_ms;
+    }
+    st->version++;
+    char *new_value = encode_audit_config(&st->audit, &new_len);
+    /* Recorded first, so a shrinking bound cannot hide its own record. */
+    record(ch, st->version, "", old_value, old_len, new_value, new_len);
+    audit_expire(&st->audit, st->now_ms);
     result_clear(r);
     r->version = st->version;
 }
@@ -408,7 +557,7 @@ static void apply_leader(struct fsm_state *st, uint64_t id, const char *addr,
     result_clear(r);
     for (unsigned i = 0; i < st->n_nodes; i++) {
         if (st->nodes[i].id == id) {
-            char *a = strndup(addr, len);
+            char *a = str_dup(addr, len);
             if (a == NULL) {
                 result_error(r, ALLOT_ENOMEM, NULL);
                 return;
@@ -425,7 +574,7 @@ static void apply_leader(struct fsm_state *st, uint64_t id, const char *addr,
                 (st->n_nodes - 1) * sizeof st->nodes[0]);
         st->n_nodes--;
     }
-    st->nodes[st->n_nodes].addr = strndup(addr, len);
+    st->nodes[st->n_nodes].addr = str_dup(addr, len);
     if (st->nodes[st->n_nodes].addr == NULL) {
         result_error(r, ALLOT_ENOMEM, NULL);
         return;
@@ -463,13 +612,19 @@ static bool arr_nil(const msgpack_object *a, uint32_t i)
            a->via.array.ptr[i].type == MSGPACK_OBJECT_NIL;
 }
 
+/* Header of every command: [type, client, seq, ack, principal, args...]. */
+#define CMD_HEADER 5
+
 static void apply_cmd(struct fsm_state *st, const msgpack_object *cmd,
                       struct fsm_result *r)
 {
     uint64_t type, client, seq, ack;
+    const char *principal;
+    size_t principal_len;
     if (cmd->type != MSGPACK_OBJECT_ARRAY || !arr_u64(cmd, 0, &type) ||
         !arr_u64(cmd, 1, &client) || !arr_u64(cmd, 2, &seq) ||
-        !arr_u64(cmd, 3, &ack)) {
+        !arr_u64(cmd, 3, &ack) ||
+        !arr_str(cmd, 4, &principal, &principal_len) || principal_len > 255) {
         result_error(r, ALLOT_EINTERNAL, "malformed command in log");
         return;
     }
@@ -501,6 +656,18 @@ static void apply_cmd(struct fsm_state *st, const msgpack_object *cmd,
         }
     }
 
+    /* The arguments, as an array of their own. */
+    msgpack_object args = {.type = MSGPACK_OBJECT_ARRAY};
+    args.via.array.size = cmd->via.array.size - CMD_HEADER;
+    args.via.array.ptr = cmd->via.array.ptr + CMD_HEADER;
+    const msgpack_object *av = &args;
+    uint32_t n_args = args.via.array.size;
+
+    char who[256];
+    memcpy(who, principal, principal_len);
+    who[principal_len] = '\0';
+    struct change ch = {
+        .st = st, .principal = who, .client = client, .seq = seq};
     const char *path;
     size_t path_len;
     uint64_t if_version = 0;
@@ -508,51 +675,66 @@ static void apply_cmd(struct fsm_state *st, const msgpack_object *cmd,
     case FSM_CMD_QUOTA_SET: {
         char msg[ALLOT_ERRMSG_SIZE];
         struct quota_fields patch;
-        bool has_if = arr_u64(cmd, 6, &if_version);
-        if (!arr_str(cmd, 4, &path, &path_len) || cmd->via.array.size != 7 ||
-            (!has_if && !arr_nil(cmd, 6))) {
+        bool has_if = arr_u64(av, 2, &if_version);
+        if (n_args != 3 || !arr_str(av, 0, &path, &path_len) ||
+            (!has_if && !arr_nil(av, 2))) {
             result_error(r, ALLOT_EINTERNAL, "malformed set command in log");
             break;
         }
-        int rv = quota_patch_unpack(&cmd->via.array.ptr[5], &patch, msg);
+        int rv = quota_patch_unpack(&av->via.array.ptr[1], &patch, msg);
         if (rv != 0) {
             result_error(r, rv, msg);
             break;
         }
-        apply_set(st, path, path_len, &patch, has_if, if_version, r);
+        ch.op = "quota.set";
+        apply_set(&ch, path, path_len, &patch, has_if, if_version, r);
         break;
     }
     case FSM_CMD_QUOTA_RM: {
-        bool has_if = arr_u64(cmd, 5, &if_version);
-        const msgpack_object *rec =
-            cmd->via.array.size == 7 ? &cmd->via.array.ptr[6] : NULL;
-        if (!arr_str(cmd, 4, &path, &path_len) || rec == NULL ||
+        bool has_if = arr_u64(av, 1, &if_version);
+        const msgpack_object *rec = n_args == 3 ? &av->via.array.ptr[2] : NULL;
+        if (!arr_str(av, 0, &path, &path_len) || rec == NULL ||
             rec->type != MSGPACK_OBJECT_BOOLEAN ||
-            (!has_if && !arr_nil(cmd, 5))) {
+            (!has_if && !arr_nil(av, 1))) {
             result_error(r, ALLOT_EINTERNAL, "malformed rm command in log");
             break;
         }
-        apply_rm(st, path, path_len, has_if, if_version, rec->via.boolean, r);
+        ch.op = "quota.rm";
+        apply_rm(&ch, path, path_len, has_if, if_version, rec->via.boolean, r);
         break;
     }
     case FSM_CMD_CAPACITY_SET: {
         struct fsm_capacity cap = {0};
-        cap.has_memory_mb = arr_u64(cmd, 4, &cap.memory_mb);
-        cap.has_vcores = arr_u64(cmd, 5, &cap.vcores);
-        if (cmd->via.array.size != 6 ||
-            (!cap.has_memory_mb && !arr_nil(cmd, 4)) ||
-            (!cap.has_vcores && !arr_nil(cmd, 5))) {
+        cap.has_memory_mb = arr_u64(av, 0, &cap.memory_mb);
+        cap.has_vcores = arr_u64(av, 1, &cap.vcores);
+        if (n_args != 2 || (!cap.has_memory_mb && !arr_nil(av, 0)) ||
+            (!cap.has_vcores && !arr_nil(av, 1))) {
             result_error(r, ALLOT_EINTERNAL,
                          "malformed capacity command in log");
             break;
         }
-        apply_capacity(st, &cap, r);
+        ch.op = "capacity.set";
+        apply_capacity(&ch, &cap, r);
+        break;
+    }
+    case FSM_CMD_AUDIT_CONFIG: {
+        uint64_t records = 0, age = 0;
+        bool has_records = arr_u64(av, 0, &records);
+        bool has_age = arr_u64(av, 1, &age);
+        if (n_args != 2 || (!has_records && !arr_nil(av, 0)) ||
+            (!has_age && !arr_nil(av, 1))) {
+            result_error(r, ALLOT_EINTERNAL,
+                         "malformed audit config command in log");
+            break;
+        }
+        ch.op = "audit.config";
+        apply_audit_config(&ch, has_records, records, has_age, age, r);
         break;
     }
     case FSM_CMD_LEADER: {
         uint64_t id;
-        if (!arr_u64(cmd, 4, &id) || !arr_str(cmd, 5, &path, &path_len) ||
-            path_len > 255) {
+        if (n_args != 2 || !arr_u64(av, 0, &id) ||
+            !arr_str(av, 1, &path, &path_len) || path_len > 255) {
             result_error(r, ALLOT_EINTERNAL, "malformed leader command");
             break;
         }
@@ -652,15 +834,6 @@ static int fsm_apply_cb(struct raft_fsm *rf, const struct raft_buffer *buf,
     return 0;
 }
 
-static void pack_opt_u64(msgpack_packer *pk, bool has, uint64_t v)
-{
-    if (has) {
-        msgpack_pack_uint64(pk, v);
-    } else {
-        msgpack_pack_nil(pk);
-    }
-}
-
 int fsm_batch_encode(const struct fsm_cmd *cmds, unsigned n, uint64_t time_ms,
                      struct raft_buffer *out)
 {
@@ -677,47 +850,55 @@ int fsm_batch_encode(const struct fsm_cmd *cmds, unsigned n, uint64_t time_ms,
     msgpack_pack_array(&pk, n);
     for (unsigned i = 0; i < n; i++) {
         const struct fsm_cmd *c = &cmds[i];
+        uint32_t n_args;
         switch (c->type) {
         case FSM_CMD_QUOTA_SET:
-            msgpack_pack_array(&pk, 7);
-            break;
         case FSM_CMD_QUOTA_RM:
-            msgpack_pack_array(&pk, 7);
+            n_args = 3;
             break;
         case FSM_CMD_LEADER:
         case FSM_CMD_CAPACITY_SET:
-            msgpack_pack_array(&pk, 6);
+        case FSM_CMD_AUDIT_CONFIG:
+            n_args = 2;
             break;
         default:
             msgpack_sbuffer_destroy(&sb);
             return ALLOT_EINVALID;
         }
+        msgpack_pack_array(&pk, CMD_HEADER + n_args);
         msgpack_pack_uint64(&pk, (uint64_t)c->type);
         msgpack_pack_uint64(&pk, c->client);
         msgpack_pack_uint64(&pk, c->seq);
         msgpack_pack_uint64(&pk, c->ack);
-        if (c->type == FSM_CMD_LEADER) {
+        wire_pack_str(&pk, c->principal != NULL ? c->principal : "");
+        switch (c->type) {
+        case FSM_CMD_LEADER:
             msgpack_pack_uint64(&pk, c->node_id);
             wire_pack_str(&pk, c->node_addr);
-            continue;
-        }
-        if (c->type == FSM_CMD_CAPACITY_SET) {
+            break;
+        case FSM_CMD_CAPACITY_SET:
             pack_opt_u64(&pk, c->capacity.has_memory_mb, c->capacity.memory_mb);
             pack_opt_u64(&pk, c->capacity.has_vcores, c->capacity.vcores);
-            continue;
-        }
-        wire_pack_strn(&pk, c->path, c->path_len);
-        if (c->type == FSM_CMD_QUOTA_SET) {
+            break;
+        case FSM_CMD_AUDIT_CONFIG:
+            pack_opt_u64(&pk, c->audit.has_max_records, c->audit.max_records);
+            pack_opt_u64(&pk, c->audit.has_max_age_ms, c->audit.max_age_ms);
+            break;
+        case FSM_CMD_QUOTA_SET:
+            wire_pack_strn(&pk, c->path, c->path_len);
             msgpack_pack_map(&pk, quota_fields_pack(NULL, &c->patch, true));
             quota_fields_pack(&pk, &c->patch, true);
-        }
-        pack_opt_u64(&pk, c->has_if_version, c->if_version);
-        if (c->type == FSM_CMD_QUOTA_RM) {
+            pack_opt_u64(&pk, c->has_if_version, c->if_version);
+            break;
+        case FSM_CMD_QUOTA_RM:
+            wire_pack_strn(&pk, c->path, c->path_len);
+            pack_opt_u64(&pk, c->has_if_version, c->if_version);
             if (c->recursive) {
                 msgpack_pack_true(&pk);
             } else {
                 msgpack_pack_false(&pk);
             }
+            break;
         }
     }
     /* raft frees entry buffers with raft_free(): hand it raft memory. Its
@@ -761,8 +942,10 @@ static void pack_result(msgpack_packer *pk, uint64_t seq,
 
 static void pack_state(msgpack_packer *pk, const struct fsm_state *st)
 {
-    msgpack_pack_map(pk, 7);
+    msgpack_pack_map(pk, 8);
     wire_pack_kv_u64(pk, "format", SNAPSHOT_FORMAT);
+    wire_pack_str(pk, "audit");
+    audit_pack(pk, &st->audit);
     wire_pack_kv_u64(pk, "version", st->version);
     wire_pack_kv_u64(pk, "now_ms", st->now_ms);
     wire_pack_str(pk, "capacity");
@@ -862,7 +1045,7 @@ static int unpack_result(const msgpack_object *a, uint64_t *seq,
     const char *msg;
     size_t len;
     if (arr_str(a, 2, &msg, &len)) {
-        r->message = strndup(msg, len);
+        r->message = str_dup(msg, len);
         if (r->message == NULL) {
             return ALLOT_ENOMEM;
         }
@@ -961,6 +1144,10 @@ static int unpack_state(const msgpack_object *root, struct fsm_state *st)
         }
     }
     int rv = catalog_rebuild(&st->cat);
+    if (rv == 0) {
+        const msgpack_object *audit = wire_map_get(root, "audit");
+        rv = audit != NULL ? audit_unpack(audit, &st->audit) : ALLOT_EPROTOCOL;
+    }
     if (rv != 0) {
         return rv;
     }
@@ -978,7 +1165,7 @@ static int unpack_state(const msgpack_object *root, struct fsm_state *st)
             !arr_u64(n, 0, &st->nodes[i].id) || !arr_str(n, 1, &addr, &len)) {
             return ALLOT_EPROTOCOL;
         }
-        st->nodes[i].addr = strndup(addr, len);
+        st->nodes[i].addr = str_dup(addr, len);
         if (st->nodes[i].addr == NULL) {
             return ALLOT_ENOMEM;
         }
@@ -1121,6 +1308,67 @@ void fsm_ls(const struct fsm *f, const char *prefix, size_t prefix_len,
         }
         cb(arg, &c->q);
         n++;
+    }
+}
+
+static bool audit_match(const struct audit_record *r,
+                        const struct fsm_audit_query *q)
+{
+    if (r->time_ms < q->since_ms) {
+        return false;
+    }
+    if (q->principal != NULL && strcmp(r->principal, q->principal) != 0) {
+        return false;
+    }
+    if (q->prefix_len > 0) {
+        if (strncmp(r->path, q->prefix, q->prefix_len) != 0) {
+            return false;
+        }
+        char c = r->path[q->prefix_len];
+        if (c != '\0' && c != '/') {
+            return false;
+        }
+    }
+    return true;
+}
+
+void fsm_audit_pack(const struct fsm *f, const struct fsm_audit_query *q,
+                    msgpack_packer *pk)
+{
+    const struct audit_log *a = &f->st->audit;
+    size_t idx[1000];
+    unsigned limit = q->limit == 0 || q->limit > 1000 ? 1000 : q->limit;
+    unsigned n = 0;
+    bool more = false;
+    for (size_t i = audit_after_version(a, q->after_version); i < a->n; i++) {
+        if (!audit_match(audit_at(a, i), q)) {
+            continue;
+        }
+        if (n == limit) {
+            more = true;
+            break;
+        }
+        idx[n++] = i;
+    }
+    msgpack_pack_map(pk, 5);
+    wire_pack_kv_u64(pk, "max_records", a->max_records);
+    wire_pack_kv_u64(pk, "max_age_ms", a->max_age_ms);
+    wire_pack_str(pk, "more");
+    if (more) {
+        msgpack_pack_true(pk);
+    } else {
+        msgpack_pack_false(pk);
+    }
+    wire_pack_str(pk, "next");
+    if (more) {
+        msgpack_pack_uint64(pk, audit_at(a, idx[n - 1])->version);
+    } else {
+        msgpack_pack_nil(pk);
+    }
+    wire_pack_str(pk, "records");
+    msgpack_pack_array(pk, n);
+    for (unsigned i = 0; i < n; i++) {
+        audit_pack_record(pk, audit_at(a, idx[i]));
     }
 }
 

@@ -38,6 +38,7 @@ enum fsm_cmd_type {
     FSM_CMD_QUOTA_RM = 2,
     FSM_CMD_LEADER = 3, /* a new leader's first entry: id, client address */
     FSM_CMD_CAPACITY_SET = 4,
+    FSM_CMD_AUDIT_CONFIG = 5,
 };
 
 /* Declared cluster capacity (`allotctl capacity set`): the bound on the sum
@@ -53,12 +54,22 @@ struct fsm_capacity
 
 /* One command, as the leader builds it. Strings are borrowed: they must stay
  * valid until fsm_batch_encode() returns. */
+/* Audit retention (audit.config); only the has_ bounds change. */
+struct fsm_audit_config
+{
+    bool has_max_records;
+    bool has_max_age_ms;
+    uint64_t max_records;
+    uint64_t max_age_ms;
+};
+
 struct fsm_cmd
 {
     enum fsm_cmd_type type;
     uint64_t client; /* 0 = no deduplication */
     uint64_t seq;
     uint64_t ack;
+    const char *principal; /* who asked, for the audit trail; NULL = "" */
     const char *path;
     size_t path_len;
     struct quota_fields patch; /* QUOTA_SET */
@@ -67,7 +78,8 @@ struct fsm_cmd
     bool recursive;      /* QUOTA_RM: also remove descendants */
     uint64_t node_id;    /* LEADER */
     const char *node_addr;
-    struct fsm_capacity capacity; /* CAPACITY_SET */
+    struct fsm_capacity capacity;  /* CAPACITY_SET */
+    struct fsm_audit_config audit; /* AUDIT_CONFIG */
 };
 
 /* Encode n commands (1..FSM_BATCH_MAX) stamped with the leader's wall clock
@@ -127,6 +139,26 @@ void fsm_ls(const struct fsm *f, const char *prefix, size_t prefix_len,
 struct fsm_capacity fsm_capacity(const struct fsm *f);
 void fsm_top_guaranteed(const struct fsm *f, uint64_t *memory_mb,
                         uint64_t *vcores);
+
+/* Audit query: records with version > after_version, whose path is prefix
+ * or under prefix/ (prefix_len 0: every record, cluster-wide ones too),
+ * with time >= since_ms and, if principal is not NULL, that principal; at
+ * most limit (1..1000) of them, oldest first. */
+struct fsm_audit_query
+{
+    const char *prefix;
+    size_t prefix_len;
+    uint64_t since_ms;
+    const char *principal;
+    uint64_t after_version;
+    unsigned limit;
+};
+
+/* Pack the answer as one map: {"records": [...], "more": bool, "next":
+ * version to pass as after_version for the next page | nil, "max_records",
+ * "max_age_ms"}. */
+void fsm_audit_pack(const struct fsm *f, const struct fsm_audit_query *q,
+                    msgpack_packer *pk);
 
 /* Client address of node id as last announced, or NULL. */
 const char *fsm_node_addr(const struct fsm *f, uint64_t id);
