@@ -100,6 +100,19 @@ struct fsm
     unsigned batch_cap;
 };
 
+/* Copy of the msgpack string p[0..len) (not NUL-terminated). Not strndup():
+ * the sanitizers' strict_string_checks treat its argument as a C string and
+ * read past the end of a buffer whose last bytes are this string. */
+static char *str_dup(const char *p, size_t len)
+{
+    char *s = malloc(len + 1);
+    if (s != NULL) {
+        memcpy(s, p, len);
+        s[len] = '\0';
+    }
+    return s;
+}
+
 static void result_clear(struct fsm_result *r)
 {
     free(r->message);
@@ -227,6 +240,9 @@ static void session_ack(struct session *s, uint64_t ack)
     while (keep < s->n && s->results[keep].seq < ack) {
         result_clear(&s->results[keep].res);
         keep++;
+    }
+    if (keep == 0) {
+        return; /* nothing dropped; results may still be NULL */
     }
     memmove(s->results, s->results + keep, (s->n - keep) * sizeof *s->results);
     s->n -= keep;
@@ -414,7 +430,7 @@ static void apply_leader(struct fsm_state *st, uint64_t id, const char *addr,
     result_clear(r);
     for (unsigned i = 0; i < st->n_nodes; i++) {
         if (st->nodes[i].id == id) {
-            char *a = strndup(addr, len);
+            char *a = str_dup(addr, len);
             if (a == NULL) {
                 result_error(r, ALLOT_ENOMEM, NULL);
                 return;
@@ -431,7 +447,7 @@ static void apply_leader(struct fsm_state *st, uint64_t id, const char *addr,
                 (st->n_nodes - 1) * sizeof st->nodes[0]);
         st->n_nodes--;
     }
-    st->nodes[st->n_nodes].addr = strndup(addr, len);
+    st->nodes[st->n_nodes].addr = str_dup(addr, len);
     if (st->nodes[st->n_nodes].addr == NULL) {
         result_error(r, ALLOT_ENOMEM, NULL);
         return;
@@ -827,7 +843,7 @@ static int unpack_result(const msgpack_object *a, uint64_t *seq,
     const char *msg;
     size_t len;
     if (arr_str(a, 2, &msg, &len)) {
-        r->message = strndup(msg, len);
+        r->message = str_dup(msg, len);
         if (r->message == NULL) {
             return ALLOT_ENOMEM;
         }
@@ -842,6 +858,15 @@ static int unpack_result(const msgpack_object *a, uint64_t *seq,
     if (quota_patch_unpack(&a->via.array.ptr[6], &r->fields, NULL) != 0) {
         result_clear(r);
         return ALLOT_EPROTOCOL;
+    }
+    /* Exactly the fields pack_result() writes for this kind. */
+    for (unsigned i = 0; i < QF_COUNT; i++) {
+        bool applies =
+            quota_field_applies(&quota_field_table[i], r->fields.kind);
+        if (applies != ((r->fields.set & (1u << i)) != 0)) {
+            result_clear(r);
+            return ALLOT_EPROTOCOL;
+        }
     }
     r->fields.set = 0;
     return 0;
@@ -930,7 +955,7 @@ static int unpack_state(const msgpack_object *root, struct fsm_state *st)
             !arr_u64(n, 0, &st->nodes[i].id) || !arr_str(n, 1, &addr, &len)) {
             return ALLOT_EPROTOCOL;
         }
-        st->nodes[i].addr = strndup(addr, len);
+        st->nodes[i].addr = str_dup(addr, len);
         if (st->nodes[i].addr == NULL) {
             return ALLOT_ENOMEM;
         }
@@ -1047,7 +1072,10 @@ void fsm_ls(const struct fsm *f, const char *prefix, size_t prefix_len,
     const struct fsm_state *st = f->st;
     struct cat_node *c;
     *more = false;
-    if (after != NULL) {
+    /* An `after` that sorts before the prefix starts at the prefix. */
+    size_t common = after_len < prefix_len ? after_len : prefix_len;
+    int cmp = after != NULL && common > 0 ? memcmp(after, prefix, common) : 0;
+    if (after != NULL && (cmp > 0 || (cmp == 0 && after_len >= prefix_len))) {
         c = cat_lower_bound(st, after, after_len);
         if (c != NULL && strlen(c->q.path) == after_len &&
             memcmp(c->q.path, after, after_len) == 0) {
