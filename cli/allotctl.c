@@ -255,10 +255,11 @@ static int call(struct cli *cli, const char *op, allot_pack_fn pack, void *arg,
 {
     int rv = allot_client_call(cli->client, op, pack, arg, rep);
     if (rv != 0) {
-        int status =
-            fail(rv, "%s", rep->message[0] ? rep->message : allot_strerror(rv));
+        /* The cluster refused: exit 1, whatever the code. Exit 2 is kept for
+         * command lines allotctl itself could not understand. */
+        fail(rv, "%s", rep->message[0] ? rep->message : allot_strerror(rv));
         allot_reply_destroy(rep);
-        return status;
+        return 1;
     }
     return 0;
 }
@@ -474,7 +475,12 @@ static int cmd_quota_ls(struct cli *cli)
                      more->via.boolean && next != NULL &&
                      next->type == MSGPACK_OBJECT_STR;
         if (again) {
-            after = strndup(next->via.str.ptr, next->via.str.size);
+            /* Not strndup(): the string is not NUL-terminated. */
+            after = malloc(next->via.str.size + 1);
+            if (after != NULL) {
+                memcpy(after, next->via.str.ptr, next->via.str.size);
+                after[next->via.str.size] = '\0';
+            }
         }
         allot_reply_destroy(&rep);
         if (!again || after == NULL) {

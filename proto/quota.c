@@ -689,6 +689,14 @@ int quota_unpack(const msgpack_object *map, struct quota *q, char *errmsg)
     if (!(q->f.set & BIT(QF_KIND)) || q->f.kind == QUOTA_KIND_UNSET) {
         return allot_errf(errmsg, ALLOT_EINVALID, "quota without a kind");
     }
+    for (unsigned i = 0; i < QF_COUNT; i++) {
+        if (quota_field_applies(&quota_field_table[i], q->f.kind) &&
+            !(q->f.set & BIT(i))) {
+            return allot_errf(
+                errmsg, ALLOT_EINVALID, "%s quota without field %s",
+                quota_kind_name(q->f.kind), quota_field_table[i].name);
+        }
+    }
     q->f.set = 0;
     const msgpack_object *owners = wire_map_get(map, "owners");
     if (owners != NULL) {

@@ -127,6 +127,9 @@ int wire_rbuf_reserve(struct wire_rbuf *b, size_t want, char **tail,
 int wire_rbuf_next(struct wire_rbuf *b, const char **body, size_t *body_len)
 {
     size_t frame_len;
+    if (b->len - b->off < WIRE_HEADER_LEN) {
+        return 0; /* also: base may still be NULL */
+    }
     int rv = wire_frame_parse(b->base + b->off, b->len - b->off, body, body_len,
                               &frame_len);
     if (rv == 1) {

@@ -84,9 +84,9 @@ struct fsm
     unsigned batch_cap;
 };
 
-/* Copy of p[0..len) as a C string. Not str_dup(): it may read up to len
- * bytes looking for a NUL, and p points into a msgpack buffer whose last
- * bytes may be exactly this string. */
+/* Copy of the msgpack string p[0..len) (not NUL-terminated). Not strndup():
+ * the sanitizers' strict_string_checks treat its argument as a C string and
+ * read past the end of a buffer whose last bytes are this string. */
 static char *str_dup(const char *p, size_t len)
 {
     char *s = malloc(len + 1);
@@ -229,6 +229,9 @@ static void session_ack(struct session *s, uint64_t ack)
     while (keep < s->n && s->results[keep].seq < ack) {
         result_clear(&s->results[keep].res);
         keep++;
+    }
+    if (keep == 0) {
+        return; /* nothing dropped; results may still be NULL */
     }
     memmove(s->results, s->results + keep, (s->n - keep) * sizeof *s->results);
     s->n -= keep;
@@ -1061,6 +1064,15 @@ static int unpack_result(const msgpack_object *a, uint64_t *seq,
         result_clear(r);
         return ALLOT_EPROTOCOL;
     }
+    /* Exactly the fields pack_result() writes for this kind. */
+    for (unsigned i = 0; i < QF_COUNT; i++) {
+        bool applies =
+            quota_field_applies(&quota_field_table[i], r->fields.kind);
+        if (applies != ((r->fields.set & (1u << i)) != 0)) {
+            result_clear(r);
+            return ALLOT_EPROTOCOL;
+        }
+    }
     r->fields.set = 0;
     return 0;
 }
@@ -1280,7 +1292,10 @@ void fsm_ls(const struct fsm *f, const char *prefix, size_t prefix_len,
     const struct catalog *cat = &f->st->cat;
     struct cat_node *c;
     *more = false;
-    if (after != NULL) {
+    /* An `after` that sorts before the prefix starts at the prefix. */
+    size_t common = after_len < prefix_len ? after_len : prefix_len;
+    int cmp = after != NULL && common > 0 ? memcmp(after, prefix, common) : 0;
+    if (after != NULL && (cmp > 0 || (cmp == 0 && after_len >= prefix_len))) {
         c = catalog_lower_bound(cat, after, after_len);
         if (c != NULL && strlen(c->q.path) == after_len &&
             memcmp(c->q.path, after, after_len) == 0) {
