@@ -7,12 +7,14 @@
  * command line we could not understand, 1 for everything else. */
 #include <errno.h>
 #include <jansson.h>
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "../proto/auth.h"
 #include "../proto/client.h"
 #include "../proto/quota.h"
 #include "../proto/wire.h"
@@ -30,6 +32,16 @@ struct cli
     bool recursive;
     const char *since;
     const char *principal;
+    const char *identity; /* --identity FILE or ALLOT_IDENTITY */
+    const char *out;      /* identity new --out FILE */
+    const char *pubkey;   /* principal add --pubkey HEX */
+    bool admin;           /* principal add --admin */
+    const char *owners_add[QUOTA_OWNERS_MAX];
+    uint32_t n_owners_add;
+    const char *owners_rm[QUOTA_OWNERS_MAX];
+    uint32_t n_owners_rm;
+    const char *members[256];
+    uint32_t n_members;
     const char *pos[MAX_POSITIONAL];
     int n_pos;
     struct allot_client *client;
@@ -57,6 +69,14 @@ static void usage(FILE *out)
             "  audit [PREFIX] [--since TIME] [--principal NAME]  changes, "
             "oldest first\n"
             "  audit-retention [max_records=N] [max_age=DURATION]\n"
+            "  identity new NAME --out FILE | identity pubkey FILE\n"
+            "  principal add NAME --pubkey HEX [--admin] | principal rm NAME "
+            "| principal ls\n"
+            "  group add GROUP --member NAME... | group rm GROUP | group ls\n"
+            "Signing: --identity FILE (or ALLOT_IDENTITY) signs every request."
+            "\n"
+            "quota set also takes --owner user:NAME|group:NAME and "
+            "--remove-owner.\n"
             "\n"
             "Endpoints come from --endpoints, else ALLOT_ENDPOINTS, else %s.\n"
             "Quota fields: kind, guaranteed.memory_mb, guaranteed.vcores, "
@@ -277,9 +297,23 @@ static void pack_path(msgpack_packer *pk, void *arg)
     struct path_args *a = arg;
     bool ifv = a->cli->has_if_version;
     bool rec = a->cli->recursive;
+    bool own =
+        a->patch != NULL && a->cli->n_owners_add + a->cli->n_owners_rm > 0;
     msgpack_pack_map(pk, 1u + (ifv ? 1u : 0u) + (a->patch ? 1u : 0u) +
-                             (rec ? 1u : 0u));
+                             (rec ? 1u : 0u) + (own ? 2u : 0u));
     wire_pack_kv_str(pk, "path", a->path);
+    if (own) {
+        const char *const *lists[2] = {a->cli->owners_add, a->cli->owners_rm};
+        uint32_t counts[2] = {a->cli->n_owners_add, a->cli->n_owners_rm};
+        const char *keys[2] = {"owners_add", "owners_rm"};
+        for (int l = 0; l < 2; l++) {
+            wire_pack_str(pk, keys[l]);
+            msgpack_pack_array(pk, counts[l]);
+            for (uint32_t i = 0; i < counts[l]; i++) {
+                wire_pack_str(pk, lists[l][i]);
+            }
+        }
+    }
     if (rec) {
         wire_pack_str(pk, "recursive");
         msgpack_pack_true(pk);
@@ -305,9 +339,11 @@ static int check_path(const char *path)
 
 static int cmd_quota_set(struct cli *cli)
 {
-    if (cli->n_pos < 4) {
+    bool owners = cli->n_owners_add + cli->n_owners_rm > 0;
+    if (cli->n_pos < (owners ? 3 : 4)) {
         return fail(ALLOT_EINVALID,
-                    "usage: quota set PATH KEY=VALUE... [--if-version V]");
+                    "usage: quota set PATH KEY=VALUE... [--if-version V] "
+                    "[--owner user:NAME|group:NAME]... [--remove-owner ...]");
     }
     int rv = check_path(cli->pos[2]);
     if (rv != 0) {
@@ -321,7 +357,7 @@ static int cmd_quota_set(struct cli *cli)
             return fail(ALLOT_EINVALID, "%s", msg);
         }
     }
-    if (quota_patch_check(&patch, msg) != 0) {
+    if ((patch.set != 0 || !owners) && quota_patch_check(&patch, msg) != 0) {
         return fail(ALLOT_EINVALID, "%s", msg);
     }
     struct path_args a = {.path = cli->pos[2], .cli = cli, .patch = &patch};
@@ -1060,6 +1096,172 @@ static int cmd_audit_retention(struct cli *cli)
     return 0;
 }
 
+/* identity, principal, group ---------------------------------------------- */
+
+static int cmd_identity(struct cli *cli)
+{
+    const char *sub = cli->n_pos > 1 ? cli->pos[1] : "";
+    char msg[ALLOT_ERRMSG_SIZE];
+    struct auth_identity id;
+    if (strcmp(sub, "new") == 0 && cli->n_pos == 3) {
+        if (cli->out == NULL) {
+            return fail(ALLOT_EINVALID, "usage: identity new NAME --out FILE");
+        }
+        int rv = auth_identity_new(cli->pos[2], &id, msg);
+        if (rv == 0) {
+            rv = auth_identity_save(&id, cli->out, msg);
+        }
+        char hex[65];
+        auth_pubkey_hex(id.pk, hex);
+        sodium_memzero(&id, sizeof id);
+        if (rv != 0) {
+            return fail(rv, "%s", msg);
+        }
+        if (cli->json) {
+            printf("{\"name\": \"%s\", \"pubkey\": \"%s\", \"file\": \"%s\"}\n",
+                   cli->pos[2], hex, cli->out);
+        } else {
+            printf("identity %s written to %s (mode 0600)\npublic key %s\n",
+                   cli->pos[2], cli->out, hex);
+        }
+        return 0;
+    }
+    if (strcmp(sub, "pubkey") == 0 && cli->n_pos == 3) {
+        int rv = auth_identity_load(cli->pos[2], &id, msg);
+        if (rv != 0) {
+            return fail(rv, "%s", msg);
+        }
+        char hex[65];
+        auth_pubkey_hex(id.pk, hex);
+        sodium_memzero(&id, sizeof id);
+        puts(hex);
+        return 0;
+    }
+    return fail(ALLOT_EINVALID,
+                "usage: identity new NAME --out FILE | identity pubkey FILE");
+}
+
+struct name_args
+{
+    struct cli *cli;
+    const char *name;
+    unsigned char pk[AUTH_PUBKEY_LEN];
+    bool with_key;
+    bool with_members;
+};
+
+static void pack_name(msgpack_packer *pk, void *arg)
+{
+    struct name_args *a = arg;
+    msgpack_pack_map(pk, 1u + (a->with_key ? 2u : 0u) +
+                             (a->with_members ? 1u : 0u));
+    wire_pack_kv_str(pk, "name", a->name);
+    if (a->with_key) {
+        char hex[65];
+        auth_pubkey_hex(a->pk, hex);
+        wire_pack_kv_str(pk, "pubkey", hex);
+        wire_pack_str(pk, "admin");
+        if (a->cli->admin) {
+            msgpack_pack_true(pk);
+        } else {
+            msgpack_pack_false(pk);
+        }
+    }
+    if (a->with_members) {
+        wire_pack_str(pk, "members");
+        msgpack_pack_array(pk, a->cli->n_members);
+        for (uint32_t i = 0; i < a->cli->n_members; i++) {
+            wire_pack_str(pk, a->cli->members[i]);
+        }
+    }
+}
+
+/* principal add|rm|ls and group add|rm|ls. */
+static int cmd_access(struct cli *cli, bool group)
+{
+    const char *what = group ? "group" : "principal";
+    const char *sub = cli->n_pos > 1 ? cli->pos[1] : "";
+    struct name_args a = {.cli = cli};
+    struct allot_reply rep;
+    char op[32];
+    char msg[ALLOT_ERRMSG_SIZE];
+    int rv;
+    if (strcmp(sub, "ls") == 0 && cli->n_pos == 2) {
+        snprintf(op, sizeof op, "%s.ls", what);
+        rv = call(cli, op, NULL, NULL, &rep);
+        if (rv != 0) {
+            return rv;
+        }
+        if (cli->json) {
+            json_t *j = to_json(rep.result);
+            print_json(j);
+            json_decref(j);
+        } else {
+            printf(group ? "%-24s %s\n" : "%-24s %-6s %s\n", "NAME",
+                   group ? "MEMBERS" : "ADMIN", group ? "" : "PUBKEY");
+            for (uint32_t i = 0; rep.result != NULL &&
+                                 rep.result->type == MSGPACK_OBJECT_ARRAY &&
+                                 i < rep.result->via.array.size;
+                 i++) {
+                const msgpack_object *m = &rep.result->via.array.ptr[i];
+                char name[80], b[80], c[520];
+                text_of(m, "name", NULL, name, sizeof name);
+                if (group) {
+                    text_of(m, "members", NULL, c, sizeof c);
+                    printf("%-24s %s\n", name, c);
+                } else {
+                    text_of(m, "admin", NULL, b, sizeof b);
+                    text_of(m, "pubkey", NULL, c, sizeof c);
+                    printf("%-24s %-6s %s\n", name, b, c);
+                }
+            }
+        }
+        allot_reply_destroy(&rep);
+        return 0;
+    }
+    if (cli->n_pos != 3 ||
+        (strcmp(sub, "add") != 0 && strcmp(sub, "rm") != 0)) {
+        return fail(ALLOT_EINVALID,
+                    group ? "usage: group add GROUP --member NAME... | group "
+                            "rm GROUP | group ls"
+                          : "usage: principal add NAME --pubkey HEX [--admin] "
+                            "| principal rm NAME | principal ls");
+    }
+    a.name = cli->pos[2];
+    if (strcmp(sub, "add") == 0 && !group) {
+        if (cli->pubkey == NULL) {
+            return fail(ALLOT_EINVALID, "principal add needs --pubkey HEX");
+        }
+        if (auth_pubkey_parse(cli->pubkey, a.pk, msg) != 0) {
+            return fail(ALLOT_EINVALID, "%s", msg);
+        }
+        a.with_key = true;
+    }
+    if (strcmp(sub, "add") == 0 && group) {
+        if (cli->n_members == 0) {
+            return fail(ALLOT_EINVALID, "group add needs --member NAME");
+        }
+        a.with_members = true;
+    }
+    snprintf(op, sizeof op, "%s.%s", what, sub);
+    rv = call(cli, op, pack_name, &a, &rep);
+    if (rv != 0) {
+        return rv;
+    }
+    if (cli->json) {
+        json_t *j = to_json(rep.result);
+        print_json(j);
+        json_decref(j);
+    } else {
+        char v[32];
+        text_of(rep.result, "version", NULL, v, sizeof v);
+        printf("%s %s %s (catalog version %s)\n",
+               strcmp(sub, "add") == 0 ? "added" : "removed", what, a.name, v);
+    }
+    allot_reply_destroy(&rep);
+    return 0;
+}
+
 /* --- main
  * ----------------------------------------------------------------------------
  */
@@ -1073,7 +1275,10 @@ static int parse_args(struct cli *cli, int argc, char **argv)
             strcmp(a, "--endpoints") == 0 || strcmp(a, "-o") == 0 ||
             strcmp(a, "--output") == 0 || strcmp(a, "--timeout-ms") == 0 ||
             strcmp(a, "--if-version") == 0 || strcmp(a, "--identity") == 0 ||
-            strcmp(a, "--since") == 0 || strcmp(a, "--principal") == 0;
+            strcmp(a, "--since") == 0 || strcmp(a, "--principal") == 0 ||
+            strcmp(a, "--out") == 0 || strcmp(a, "--pubkey") == 0 ||
+            strcmp(a, "--owner") == 0 || strcmp(a, "--remove-owner") == 0 ||
+            strcmp(a, "--member") == 0;
         if (takes) {
             if (i + 1 >= argc) {
                 return fail(ALLOT_EINVALID, "%s needs a value", a);
@@ -1107,9 +1312,32 @@ static int parse_args(struct cli *cli, int argc, char **argv)
             cli->has_if_version = true;
             cli->if_version = v;
         } else if (strcmp(a, "--identity") == 0) {
-            return fail(ALLOT_EINVALID,
-                        "--identity: signed requests are not available yet; "
-                        "the cluster runs --insecure");
+            cli->identity = val;
+        } else if (strcmp(a, "--out") == 0) {
+            cli->out = val;
+        } else if (strcmp(a, "--pubkey") == 0) {
+            cli->pubkey = val;
+        } else if (strcmp(a, "--admin") == 0) {
+            cli->admin = true;
+        } else if (strcmp(a, "--owner") == 0 ||
+                   strcmp(a, "--remove-owner") == 0) {
+            bool add = strcmp(a, "--owner") == 0;
+            if (!quota_owner_valid(val, strlen(val))) {
+                return fail(ALLOT_EINVALID,
+                            "%s \"%s\": an owner is user:NAME or group:NAME", a,
+                            val);
+            }
+            uint32_t *n = add ? &cli->n_owners_add : &cli->n_owners_rm;
+            if (*n == QUOTA_OWNERS_MAX) {
+                return fail(ALLOT_EINVALID, "at most %d %s", QUOTA_OWNERS_MAX,
+                            a);
+            }
+            (add ? cli->owners_add : cli->owners_rm)[(*n)++] = val;
+        } else if (strcmp(a, "--member") == 0) {
+            if (cli->n_members == 256) {
+                return fail(ALLOT_EINVALID, "at most 256 --member");
+            }
+            cli->members[cli->n_members++] = val;
         } else if (strcmp(a, "--since") == 0) {
             cli->since = val;
         } else if (strcmp(a, "--principal") == 0) {
@@ -1150,12 +1378,28 @@ int main(int argc, char **argv)
     if (cli.endpoints == NULL || cli.endpoints[0] == '\0') {
         cli.endpoints = ALLOT_DEFAULT_ENDPOINTS;
     }
+    const char *group = cli.pos[0];
+    if (strcmp(group, "identity") == 0) {
+        return cmd_identity(&cli); /* local: no cluster involved */
+    }
     char msg[ALLOT_ERRMSG_SIZE];
     rv = allot_client_open(cli.endpoints, cli.timeout_ms, &cli.client, msg);
     if (rv != 0) {
         return fail(rv, "%s", msg);
     }
-    const char *group = cli.pos[0];
+    if (cli.identity == NULL) {
+        cli.identity = getenv("ALLOT_IDENTITY");
+    }
+    if (cli.identity != NULL && cli.identity[0] != '\0') {
+        struct auth_identity id;
+        rv = auth_identity_load(cli.identity, &id, msg);
+        if (rv != 0) {
+            allot_client_close(cli.client);
+            return fail(rv, "%s", msg);
+        }
+        allot_client_set_identity(cli.client, &id);
+        sodium_memzero(&id, sizeof id);
+    }
     const char *sub = cli.n_pos > 1 ? cli.pos[1] : "";
     if (strcmp(group, "cluster") == 0) {
         rv = cmd_cluster(&cli);
@@ -1176,12 +1420,16 @@ int main(int argc, char **argv)
         rv = cmd_capacity(&cli);
     } else if (strcmp(group, "audit") == 0) {
         rv = cmd_audit(&cli);
+    } else if (strcmp(group, "principal") == 0) {
+        rv = cmd_access(&cli, false);
+    } else if (strcmp(group, "group") == 0) {
+        rv = cmd_access(&cli, true);
     } else if (strcmp(group, "audit-retention") == 0) {
         rv = cmd_audit_retention(&cli);
     } else {
         rv = fail(ALLOT_EINVALID,
                   "unknown command \"%s\" (cluster, quota, capacity, audit, "
-                  "audit-retention)",
+                  "audit-retention, identity, principal, group)",
                   group);
     }
     allot_client_close(cli.client);

@@ -233,8 +233,44 @@ static struct fwd *fwd_open(struct node *n, uint64_t leader_id,
 
 /* Re-encode what we decoded: the leader sees the same request, with our id
  * and the mark that it was forwarded. */
+static void pack_strv(msgpack_packer *pk, const char *key, char *const *v,
+                      uint32_t n)
+{
+    wire_pack_str(pk, key);
+    msgpack_pack_array(pk, n);
+    for (uint32_t i = 0; i < n; i++) {
+        wire_pack_str(pk, v[i]);
+    }
+}
+
+/* A signed request travels as it came: its body and claim, which the
+ * leader verifies; only the id is ours. */
+static void pack_signed(msgpack_packer *pk, const struct node_req *r)
+{
+    bool write = (wire_op_flags(r->op) & WIRE_OP_WRITE) != 0;
+    msgpack_pack_map(pk, write ? 8 : 5);
+    wire_pack_kv_u64(pk, "id", r->fwd_id);
+    wire_pack_kv_str(pk, "op", wire_op_name(r->op));
+    wire_pack_str(pk, "fwd");
+    msgpack_pack_true(pk);
+    if (write) {
+        wire_pack_kv_u64(pk, "client", r->cmd.client);
+        wire_pack_kv_u64(pk, "seq", r->cmd.seq);
+        wire_pack_kv_u64(pk, "ack", r->cmd.ack);
+    }
+    wire_pack_str(pk, "body");
+    msgpack_pack_bin(pk, r->body_len);
+    msgpack_pack_bin_body(pk, r->body, r->body_len);
+    wire_pack_str(pk, "auth");
+    auth_pack_claim(pk, &r->claim);
+}
+
 static void pack_request(msgpack_packer *pk, const struct node_req *r)
 {
+    if (r->is_signed) {
+        pack_signed(pk, r);
+        return;
+    }
     bool write = (wire_op_flags(r->op) & WIRE_OP_WRITE) != 0;
     msgpack_pack_map(pk, write ? 7 : 4);
     wire_pack_kv_u64(pk, "id", r->fwd_id);
@@ -249,14 +285,40 @@ static void pack_request(msgpack_packer *pk, const struct node_req *r)
     wire_pack_str(pk, "args");
     switch (r->op) {
     case WIRE_OP_QUOTA_SET:
-        msgpack_pack_map(pk, r->cmd.has_if_version ? 3 : 2);
+        msgpack_pack_map(pk, r->cmd.has_if_version ? 5 : 4);
         wire_pack_kv_str(pk, "path", r->path);
         wire_pack_str(pk, "fields");
         msgpack_pack_map(pk, quota_fields_pack(NULL, &r->cmd.patch, true));
         quota_fields_pack(pk, &r->cmd.patch, true);
+        pack_strv(pk, "owners_add", r->owners_add, r->n_owners_add);
+        pack_strv(pk, "owners_rm", r->owners_rm, r->n_owners_rm);
         if (r->cmd.has_if_version) {
             wire_pack_kv_u64(pk, "if_version", r->cmd.if_version);
         }
+        break;
+    case WIRE_OP_PRINCIPAL_ADD: {
+        char hex[65];
+        auth_pubkey_hex(r->cmd.pubkey, hex);
+        msgpack_pack_map(pk, 3);
+        wire_pack_kv_str(pk, "name", r->subject);
+        wire_pack_kv_str(pk, "pubkey", hex);
+        wire_pack_str(pk, "admin");
+        if (r->cmd.admin) {
+            msgpack_pack_true(pk);
+        } else {
+            msgpack_pack_false(pk);
+        }
+        break;
+    }
+    case WIRE_OP_PRINCIPAL_RM:
+    case WIRE_OP_GROUP_RM:
+        msgpack_pack_map(pk, 1);
+        wire_pack_kv_str(pk, "name", r->subject);
+        break;
+    case WIRE_OP_GROUP_ADD:
+        msgpack_pack_map(pk, 2);
+        wire_pack_kv_str(pk, "name", r->subject);
+        pack_strv(pk, "members", r->members, r->n_members);
         break;
     case WIRE_OP_QUOTA_RM:
         msgpack_pack_map(pk, r->cmd.has_if_version ? 3 : 2);

@@ -71,6 +71,14 @@ static void frame_end(struct conn *c, size_t start)
     }
 }
 
+static void strv_free(char **v, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        free(v[i]);
+    }
+    free(v);
+}
+
 void node_req_free(struct node_req *r)
 {
     struct conn *c = r->conn;
@@ -79,6 +87,10 @@ void node_req_free(struct node_req *r)
         c->inflight--;
         conn_maybe_resume(c);
     }
+    free(r->body);
+    strv_free(r->owners_add, r->n_owners_add);
+    strv_free(r->owners_rm, r->n_owners_rm);
+    strv_free(r->members, r->n_members);
     free(r);
 }
 
@@ -254,6 +266,74 @@ static int arg_if_version(struct node_req *r, const msgpack_object *args,
     return rv;
 }
 
+/* "name": a principal or group name, into r->subject (and cmd.subject). */
+static int arg_name(struct node_req *r, const msgpack_object *args, char *msg)
+{
+    const char *name;
+    size_t len;
+    int rv = wire_get_str(args, "name", true, &name, &len, msg);
+    if (rv != 0) {
+        return rv;
+    }
+    if (!auth_name_valid(name, len)) {
+        return allot_errf(msg, ALLOT_EINVALID,
+                          "name must be 1 to 64 of [A-Za-z0-9_.@-]");
+    }
+    memcpy(r->subject, name, len);
+    r->subject[len] = '\0';
+    r->cmd.subject = r->subject;
+    return 0;
+}
+
+/* An optional array of at most max strings: owners (user:NAME, group:NAME)
+ * or principal names. Copies them (owned by the request). */
+static int arg_strv(const msgpack_object *args, const char *key, uint32_t max,
+                    bool owners, char ***out, uint32_t *n, char *msg)
+{
+    const msgpack_object *a = wire_map_get(args, key);
+    *out = NULL;
+    *n = 0;
+    if (a == NULL) {
+        return 0;
+    }
+    if (a->type != MSGPACK_OBJECT_ARRAY || a->via.array.size > max) {
+        return allot_errf(msg, ALLOT_EINVALID,
+                          "%s must be an array of at most %u strings", key,
+                          max);
+    }
+    if (a->via.array.size == 0) {
+        return 0;
+    }
+    char **v = calloc(a->via.array.size, sizeof *v);
+    if (v == NULL) {
+        return allot_errf(msg, ALLOT_ENOMEM, "out of memory");
+    }
+    for (uint32_t i = 0; i < a->via.array.size; i++) {
+        const msgpack_object *o = &a->via.array.ptr[i];
+        bool ok = o->type == MSGPACK_OBJECT_STR &&
+                  (owners ? quota_owner_valid(o->via.str.ptr, o->via.str.size)
+                          : auth_name_valid(o->via.str.ptr, o->via.str.size));
+        if (ok) {
+            v[i] = malloc(o->via.str.size + 1);
+        }
+        if (!ok || v[i] == NULL) {
+            strv_free(v, i + (ok ? 0 : 0));
+            return allot_errf(msg, ALLOT_EINVALID,
+                              owners
+                                  ? "%s: an owner is user:NAME or "
+                                    "group:NAME (NAME: [A-Za-z0-9_.@-]{1,64})"
+                                  : "%s: names are 1 to 64 of "
+                                    "[A-Za-z0-9_.@-]",
+                              key);
+        }
+        memcpy(v[i], o->via.str.ptr, o->via.str.size);
+        v[i][o->via.str.size] = '\0';
+    }
+    *out = v;
+    *n = a->via.array.size;
+    return 0;
+}
+
 static int decode_args(struct node_req *r, const struct wire_request *wr,
                        char *msg)
 {
@@ -264,28 +344,84 @@ static int decode_args(struct node_req *r, const struct wire_request *wr,
     r->cmd.seq = wr->seq;
     r->cmd.ack = wr->ack;
     r->cmd.path = r->path;
-    strcpy(r->principal, "anonymous");
+    r->principal[0] = '\0'; /* set by node_verify() for signed requests */
     r->cmd.principal = r->principal;
     switch (r->op) {
     case WIRE_OP_QUOTA_SET: {
-        const msgpack_object *fields;
+        const msgpack_object *fields = NULL;
         r->cmd.type = FSM_CMD_QUOTA_SET;
         rv = arg_path(r, args, "path", true, msg);
         if (rv == 0) {
-            rv = wire_get_map(args, "fields", true, &fields, msg);
+            rv = arg_strv(args, "owners_add", QUOTA_OWNERS_MAX, true,
+                          &r->owners_add, &r->n_owners_add, msg);
         }
         if (rv == 0) {
+            rv = arg_strv(args, "owners_rm", QUOTA_OWNERS_MAX, true,
+                          &r->owners_rm, &r->n_owners_rm, msg);
+        }
+        bool owners_only = r->n_owners_add + r->n_owners_rm > 0;
+        if (rv == 0) {
+            /* Only owners may change without fields. */
+            rv = wire_get_map(args, "fields", !owners_only, &fields, msg);
+            rv = rv == ALLOT_ENOT_FOUND ? 0 : rv;
+        }
+        if (rv == 0 && fields != NULL) {
             rv = quota_patch_unpack(fields, &r->cmd.patch, msg);
         }
-        if (rv == 0) {
+        if (rv == 0 && (r->cmd.patch.set != 0 || !owners_only)) {
             rv = quota_patch_check(&r->cmd.patch, msg);
         }
         if (rv == 0) {
             rv = arg_if_version(r, args, msg);
         }
         r->cmd.path_len = r->path_len;
+        r->cmd.owners_add = (const char *const *)r->owners_add;
+        r->cmd.n_owners_add = r->n_owners_add;
+        r->cmd.owners_rm = (const char *const *)r->owners_rm;
+        r->cmd.n_owners_rm = r->n_owners_rm;
         return rv;
     }
+    case WIRE_OP_PRINCIPAL_ADD: {
+        const char *hex;
+        size_t hex_len;
+        char hexz[65];
+        r->cmd.type = FSM_CMD_PRINCIPAL_ADD;
+        rv = arg_name(r, args, msg);
+        if (rv == 0) {
+            rv = wire_get_str(args, "pubkey", true, &hex, &hex_len, msg);
+        }
+        if (rv == 0 && hex_len != 64) {
+            rv = allot_errf(msg, ALLOT_EINVALID,
+                            "pubkey is 64 hex digits (allotctl identity "
+                            "pubkey FILE)");
+        }
+        if (rv == 0) {
+            memcpy(hexz, hex, 64);
+            hexz[64] = '\0';
+            rv = auth_pubkey_parse(hexz, r->cmd.pubkey, msg);
+        }
+        if (rv == 0) {
+            rv = wire_get_bool(args, "admin", false, &r->cmd.admin, msg);
+            rv = rv == ALLOT_ENOT_FOUND ? 0 : rv;
+        }
+        return rv;
+    }
+    case WIRE_OP_PRINCIPAL_RM:
+        r->cmd.type = FSM_CMD_PRINCIPAL_RM;
+        return arg_name(r, args, msg);
+    case WIRE_OP_GROUP_ADD:
+        r->cmd.type = FSM_CMD_GROUP_ADD;
+        rv = arg_name(r, args, msg);
+        if (rv == 0) {
+            rv = arg_strv(args, "members", 1024, false, &r->members,
+                          &r->n_members, msg);
+        }
+        r->cmd.members = (const char *const *)r->members;
+        r->cmd.n_members = r->n_members;
+        return rv;
+    case WIRE_OP_GROUP_RM:
+        r->cmd.type = FSM_CMD_GROUP_RM;
+        return arg_name(r, args, msg);
     case WIRE_OP_QUOTA_RM:
         r->cmd.type = FSM_CMD_QUOTA_RM;
         rv = arg_path(r, args, "path", true, msg);
@@ -460,6 +596,41 @@ static int decode_args(struct node_req *r, const struct wire_request *wr,
 /* --- Dispatch
  * ------------------------------------------------------------------ */
 
+int node_verify(struct node *n, struct node_req *r, char *msg)
+{
+    const struct auth_claim *cl = &r->claim;
+    unsigned char pk[AUTH_PUBKEY_LEN];
+    bool admin;
+    if (!fsm_principal(n->fsm, cl->principal, pk, &admin)) {
+        return allot_errf(msg, ALLOT_EUNAUTHENTICATED,
+                          "unknown principal %s (an admin adds it with "
+                          "allotctl principal add)",
+                          cl->principal);
+    }
+    uint64_t now = clock_wall_ms();
+    uint64_t skew = now > cl->ts_ms ? now - cl->ts_ms : cl->ts_ms - now;
+    if (skew > AUTH_CLOCK_SKEW_MS) {
+        return allot_errf(msg, ALLOT_EUNAUTHENTICATED,
+                          "request timestamp is %llu s from this server's "
+                          "clock (allowed: %u s); check the client's clock",
+                          (unsigned long long)(skew / 1000),
+                          AUTH_CLOCK_SKEW_MS / 1000);
+    }
+    const char *body = r->body != NULL ? r->body : "";
+    int rv = auth_verify(pk, cl, wire_op_name(r->op), r->cmd.client, r->cmd.seq,
+                         r->cmd.ack, body, r->body_len, msg);
+    if (rv != 0) {
+        return rv;
+    }
+    /* Only after the signature holds: junk must not fill the cache. */
+    if (nonce_cache_check(n->nonces, cl->nonce, now) != 0) {
+        return allot_errf(msg, ALLOT_EUNAUTHENTICATED,
+                          "replayed request: this nonce was seen before");
+    }
+    strcpy(r->principal, cl->principal);
+    return 0;
+}
+
 static void handle_ping(struct node_req *r)
 {
     msgpack_packer pk;
@@ -503,20 +674,60 @@ static void handle_frame(struct conn *c, const char *body, size_t len)
     TAILQ_INSERT_TAIL(&c->reqs, r, conn_link);
     c->inflight++;
 
-    rv = decode_args(r, &wr, msg);
+    /* A signed request carries its args as bytes: keep them (a follower
+     * forwards them unchanged) and decode them. */
+    msgpack_unpacked ub;
+    msgpack_unpacked_init(&ub);
+    if (wr.body != NULL) {
+        r->body_len = wr.body->via.bin.size;
+        r->body = malloc(r->body_len + 1);
+        if (r->body == NULL) {
+            rv = allot_errf(msg, ALLOT_ENOMEM, "out of memory");
+        } else {
+            memcpy(r->body, wr.body->via.bin.ptr, r->body_len);
+            rv = wire_unpack(r->body, r->body_len, &ub, msg);
+        }
+        if (rv == 0 && ub.data.type != MSGPACK_OBJECT_MAP) {
+            rv = allot_errf(msg, ALLOT_EINVALID, "body must hold a map");
+        }
+        wr.args = rv == 0 ? &ub.data : NULL;
+        if (rv == 0) {
+            rv = auth_unpack_claim(wr.auth, &r->claim, msg);
+            r->is_signed = rv == 0;
+        }
+    }
+    if (rv == 0) {
+        rv = decode_args(r, &wr, msg);
+    }
+    msgpack_unpacked_destroy(&ub);
     msgpack_unpacked_destroy(&u);
     if (rv != 0) {
         node_reply_error(r, rv, msg);
         return;
     }
     unsigned flags = wire_op_flags(r->op);
+    bool leading = raft_state(&n->raft) == RAFT_LEADER;
+    if (r->is_signed && (leading || (flags & WIRE_OP_LOCAL))) {
+        /* Verified where the principals are authoritative (the leader),
+         * or here for what this node answers itself. A follower forwards
+         * signed requests untouched for the leader to verify. */
+        rv = node_verify(n, r, msg);
+    } else if (!r->is_signed && !n->cfg.insecure && r->op != WIRE_OP_PING) {
+        rv = allot_errf(msg, ALLOT_EUNAUTHENTICATED,
+                        "this cluster accepts signed requests only: use "
+                        "allotctl --identity FILE (allotctl identity new)");
+    }
+    if (rv != 0) {
+        node_reply_error(r, rv, msg);
+        return;
+    }
     if (flags & WIRE_OP_LOCAL) {
         if (r->op == WIRE_OP_PING) {
             handle_ping(r);
         } else {
             gateway_handle_status(r);
         }
-    } else if (raft_state(&n->raft) == RAFT_LEADER) {
+    } else if (leading) {
         leader_submit(r);
     } else if (wr.forwarded) {
         /* Forward once, never twice: a stale leader view on both sides must

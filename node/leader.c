@@ -76,6 +76,8 @@ void leader_pack_quota(msgpack_packer *pk, const char *path,
         .created_ms = res->created_ms,
         .updated_ms = res->updated_ms,
         .f = res->fields,
+        .owners = res->owners,
+        .n_owners = res->n_owners,
     };
     quota_pack(pk, &q);
 }
@@ -161,6 +163,8 @@ static void propose(struct node *n, bool announce)
         cmds[0].type = FSM_CMD_LEADER;
         cmds[0].node_id = n->cfg.id;
         cmds[0].node_addr = n->cfg.client_addr;
+        cmds[0].admins = n->cfg.admins;
+        cmds[0].n_admins = n->cfg.n_admins;
         b->reqs[0] = NULL;
     } else {
         struct node_req *r = TAILQ_FIRST(&n->writes);
@@ -259,6 +263,17 @@ static void serve_read(struct node *n, struct node_req *r)
     msgpack_packer pk;
     if (r->op == WIRE_OP_CAPACITY_GET) {
         serve_capacity(n, r);
+        return;
+    }
+    if (r->op == WIRE_OP_PRINCIPAL_LS || r->op == WIRE_OP_GROUP_LS) {
+        if (node_reply_begin(r, &pk) != NULL) {
+            if (r->op == WIRE_OP_PRINCIPAL_LS) {
+                fsm_pack_principals(n->fsm, &pk);
+            } else {
+                fsm_pack_groups(n->fsm, &pk);
+            }
+        }
+        node_reply_done(r);
         return;
     }
     if (r->op == WIRE_OP_AUDIT_LS) {
@@ -467,6 +482,17 @@ static void run_admin(struct node *n, struct node_req *r)
 {
     int rv;
     char msg[ALLOT_ERRMSG_SIZE];
+    unsigned char pk[AUTH_PUBKEY_LEN];
+    bool admin = false;
+    if (r->principal[0] != '\0' &&
+        (!fsm_principal(n->fsm, r->principal, pk, &admin) || !admin)) {
+        allot_errf(msg, ALLOT_EPERMISSION_DENIED,
+                   "principal %s may not change cluster membership: admins "
+                   "only",
+                   r->principal);
+        node_reply_error(r, ALLOT_EPERMISSION_DENIED, msg);
+        return;
+    }
     if (n->change_busy) {
         node_reply_error(r, ALLOT_EUNAVAILABLE,
                          "another membership change is in progress; retry");

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../lib/lib.h"
+#include "../proto/auth.h"
 #include "node.h"
 
 static void usage(FILE *out)
@@ -15,7 +16,9 @@ static void usage(FILE *out)
             "--client HOST:PORT\n"
             "              [--cluster 1=HOST:PORT,2=HOST:PORT,... | --join "
             "HOST:PORT]\n"
-            "              [--insecure] [--snapshot-threshold N] "
+            "              [--insecure] [--admin NAME=PUBKEY_HEX]... "
+            "[--identity FILE]\n"
+            "              [--snapshot-threshold N] "
             "[--snapshot-trailing N]\n"
             "              [--election-timeout-ms N] "
             "[--heartbeat-timeout-ms N] [--log-level LEVEL]\n"
@@ -30,9 +33,12 @@ static void usage(FILE *out)
             "used on first start only\n"
             "  --join HOST:PORT       ask a running node to add this one "
             "(first start only)\n"
-            "  --insecure             accept unauthenticated requests "
-            "(the only mode until\n"
-            "                         authentication lands)\n"
+            "  --insecure             accept unsigned requests, with no "
+            "access control\n"
+            "  --admin NAME=PUBKEY    first admin of a new cluster "
+            "(repeatable)\n"
+            "  --identity FILE        admin identity that signs --join's "
+            "request\n"
             "  --snapshot-threshold N entries between snapshots (default "
             "8192)\n"
             "  --snapshot-trailing N  entries kept after a snapshot (default "
@@ -77,6 +83,8 @@ int main(int argc, char **argv)
         OPT_ELECTION,
         OPT_HEARTBEAT,
         OPT_LOG,
+        OPT_ADMIN,
+        OPT_IDENTITY,
         OPT_HELP,
     };
     static const struct option opts[] = {
@@ -92,6 +100,8 @@ int main(int argc, char **argv)
         {"election-timeout-ms", required_argument, NULL, OPT_ELECTION},
         {"heartbeat-timeout-ms", required_argument, NULL, OPT_HEARTBEAT},
         {"log-level", required_argument, NULL, OPT_LOG},
+        {"admin", required_argument, NULL, OPT_ADMIN},
+        {"identity", required_argument, NULL, OPT_IDENTITY},
         {"help", no_argument, NULL, OPT_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -157,6 +167,33 @@ int main(int argc, char **argv)
             log_set_level((enum log_level)level);
             break;
         }
+        case OPT_ADMIN: {
+            const char *eq = strchr(optarg, '=');
+            char msg[ALLOT_ERRMSG_SIZE];
+            struct fsm_admin *a = &cfg.admins[cfg.n_admins];
+            if (cfg.n_admins == NODE_ADMINS_MAX) {
+                fprintf(stderr, "error: invalid: at most %d --admin\n",
+                        NODE_ADMINS_MAX);
+                return 2;
+            }
+            if (eq == NULL || !auth_name_valid(optarg, (size_t)(eq - optarg))) {
+                fprintf(stderr, "error: invalid: --admin NAME=PUBKEY_HEX, "
+                                "NAME of [A-Za-z0-9_.@-]{1,64}\n");
+                return 2;
+            }
+            if (auth_pubkey_parse(eq + 1, a->pk, msg) != 0) {
+                fprintf(stderr, "error: invalid: --admin %.*s: %s\n",
+                        (int)(eq - optarg), optarg, msg);
+                return 2;
+            }
+            memcpy(a->name, optarg, (size_t)(eq - optarg));
+            a->name[eq - optarg] = '\0';
+            cfg.n_admins++;
+            break;
+        }
+        case OPT_IDENTITY:
+            cfg.identity = optarg;
+            break;
         case OPT_HELP:
             usage(stdout);
             return 0;
@@ -189,11 +226,10 @@ int main(int argc, char **argv)
                         "--snapshot-threshold\n");
         return 2;
     }
-    if (!cfg.insecure) {
-        /* Signed requests arrive with the lifecycle work; until then the
-         * only honest mode is an explicit --insecure. */
-        fprintf(stderr, "error: invalid: authentication is not available yet; "
-                        "start with --insecure\n");
+    if (!cfg.insecure && cfg.n_admins == 0 && cfg.cluster != NULL) {
+        /* A new secure cluster nobody could administer. */
+        fprintf(stderr, "error: invalid: a new cluster without --insecure "
+                        "needs at least one --admin NAME=PUBKEY_HEX\n");
         return 2;
     }
     /* A client that vanishes mid-write must not kill the server. */
@@ -209,6 +245,7 @@ int main(int argc, char **argv)
             node_stop(n);
             uv_run(&loop, UV_RUN_DEFAULT);
             fsm_close(n->fsm);
+            nonce_cache_free(n->nonces);
         }
         free(n);
         uv_loop_close(&loop);
@@ -217,6 +254,7 @@ int main(int argc, char **argv)
     uv_run(&loop, UV_RUN_DEFAULT);
     int code = n->exit_code;
     fsm_close(n->fsm);
+    nonce_cache_free(n->nonces);
     free(n);
     int rv = uv_loop_close(&loop);
     if (rv != 0) {

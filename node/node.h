@@ -21,6 +21,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "../proto/auth.h"
 #include "../proto/quota.h"
 #include "../proto/wire.h"
 #include "../raft/raft_fsm.h"
@@ -37,6 +38,10 @@
 #define NODE_LS_LIMIT_DEFAULT  1000
 #define NODE_LS_LIMIT_MAX      1000
 
+#define NODE_ADMINS_MAX 8
+/* Signed requests: nonces remembered to refuse replays, bounded. */
+#define NODE_NONCES_MAX 262144
+
 struct node_config
 {
     uint64_t id;
@@ -46,6 +51,10 @@ struct node_config
     const char *cluster; /* "1=HOST:PORT,..." or NULL */
     const char *join;    /* "HOST:PORT" or NULL */
     bool insecure;
+    /* --admin NAME=PUBKEY_HEX: the first admins of a new cluster. */
+    struct fsm_admin admins[NODE_ADMINS_MAX];
+    unsigned n_admins;
+    const char *identity; /* --identity FILE: signs --join's request */
     unsigned snapshot_threshold;
     unsigned snapshot_trailing;
     unsigned election_timeout_ms;
@@ -89,8 +98,23 @@ struct node_req
     uint64_t after_version;
     bool has_principal_filter;
     char principal_filter[65];
-    /* Who sent it: "anonymous" until authentication lands. */
-    char principal[65];
+    /* Who sent it: the verified principal, or "" on an --insecure cluster
+     * for an unsigned request. */
+    char principal[AUTH_NAME_MAX + 1];
+    /* A signed request keeps its exact body and claim, so a follower can
+     * forward them for the leader to verify. */
+    bool is_signed;
+    struct auth_claim claim;
+    char *body; /* owned */
+    size_t body_len;
+    /* quota.set owners, group.add members, principal.add: owned strings. */
+    char **owners_add;
+    uint32_t n_owners_add;
+    char **owners_rm;
+    uint32_t n_owners_rm;
+    char **members;
+    uint32_t n_members;
+    char subject[AUTH_NAME_MAX + 1];
     size_t reply_start; /* offset of the reply frame being built */
     /* Forwarding. */
     uint64_t fwd_id;
@@ -187,6 +211,8 @@ struct node
 
     struct fwd *fwd; /* NULL until something is forwarded */
 
+    struct nonce_cache *nonces;
+
     bool hooks_started; /* prepare, sweep and signal handles are live */
     bool stopping;
     bool raft_closed;
@@ -221,6 +247,17 @@ void leader_fail_all(struct node *n, int code, const char *message);
 void leader_sweep(struct node *n, uint64_t now_ns);
 void leader_pack_quota(msgpack_packer *pk, const char *path,
                        const struct fsm_result *res);
+
+/* auth (gateway.c): verify a signed request's claim against this node's
+ * replicated principals, its clock and its nonce cache. */
+int node_verify(struct node *n, struct node_req *r, char *msg);
+
+/* nonce.c: remembered nonces of signed requests. */
+struct nonce_cache *nonce_cache_new(void);
+void nonce_cache_free(struct nonce_cache *c);
+/* 1 if the nonce was seen (a replay), 0 if new (now remembered). */
+int nonce_cache_check(struct nonce_cache *c, const unsigned char *nonce,
+                      uint64_t now_ms);
 
 /* forward.c */
 void forward_submit(struct node_req *r);

@@ -23,6 +23,7 @@
 #include "../lib/lib.h"
 #include "../proto/client.h"
 #include "node.h"
+#include <sodium.h>
 
 static atomic_bool join_cancel;
 
@@ -153,7 +154,14 @@ int node_init(struct node *n, uv_loop_t *loop, const struct node_config *cfg)
         LOGE(NODE_COMP, "cannot create raft directory", "dir=%s", n->raft_dir);
         return -1;
     }
-    if (fsm_init(&n->fsm) != 0) {
+    if (auth_init() != 0) {
+        LOGE(NODE_COMP, "libsodium init failed", "%s", "");
+        return -1;
+    }
+    n->nonces = nonce_cache_new();
+    if (n->nonces == NULL || fsm_init(&n->fsm) != 0) {
+        nonce_cache_free(n->nonces);
+        n->nonces = NULL;
         return -1;
     }
     int rv = transport_init(&n->transport, loop);
@@ -210,6 +218,8 @@ err_after_raft:
     transport_close(&n->transport);
     fsm_close(n->fsm);
     n->fsm = NULL;
+    nonce_cache_free(n->nonces);
+    n->nonces = NULL;
     return -1;
 err_after_io:
     raft_uv_close(&n->io);
@@ -219,6 +229,8 @@ err_after_transport:
 err_after_fsm:
     fsm_close(n->fsm);
     n->fsm = NULL;
+    nonce_cache_free(n->nonces);
+    n->nonces = NULL;
     return -1;
 }
 
@@ -241,6 +253,20 @@ static void join_work_cb(uv_work_t *w)
     n->join_result = allot_client_open(n->cfg.join, 5000, &c, msg);
     if (n->join_result != 0) {
         return;
+    }
+    if (n->cfg.identity != NULL) {
+        /* A secure cluster adds members for admins only. */
+        struct auth_identity id;
+        n->join_result = auth_identity_load(n->cfg.identity, &id, msg);
+        if (n->join_result == 0) {
+            allot_client_set_identity(c, &id);
+        }
+        sodium_memzero(&id, sizeof id);
+        if (n->join_result != 0) {
+            LOGE(NODE_COMP, "cannot load --identity", "msg=\"%s\"", msg);
+            allot_client_close(c);
+            return;
+        }
     }
     /* The leader may be busy with another change or not elected yet; keep
      * asking for up to a minute, giving up early if we are told to stop. */

@@ -17,6 +17,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "lib.h"
 #include "wire.h"
 
@@ -48,6 +50,8 @@ struct allot_client
     uint64_t client_id;
     uint64_t next_seq;
     struct wire_rbuf rbuf;
+    bool has_identity;
+    struct auth_identity id;
 };
 
 int allot_client_open(const char *endpoints, int timeout_ms,
@@ -118,7 +122,15 @@ void allot_client_close(struct allot_client *c)
         return;
     }
     conn_close(c);
+    sodium_memzero(&c->id, sizeof c->id);
     free(c);
+}
+
+void allot_client_set_identity(struct allot_client *c,
+                               const struct auth_identity *id)
+{
+    c->id = *id;
+    c->has_identity = true;
 }
 
 void allot_client_set_timeout(struct allot_client *c, int timeout_ms)
@@ -301,21 +313,41 @@ int allot_client_call(struct allot_client *c, const char *op,
         msgpack_sbuffer sb;
         msgpack_packer pk;
         msgpack_sbuffer_init(&sb);
+        /* The args, encoded on their own: a signed request carries these
+         * exact bytes as its body. */
+        msgpack_sbuffer args;
+        msgpack_packer apk;
+        msgpack_sbuffer_init(&args);
+        msgpack_packer_init(&apk, &args, msgpack_sbuffer_write);
+        if (pack != NULL) {
+            pack(&apk, arg);
+        } else {
+            msgpack_pack_map(&apk, 0);
+        }
+        /* Synchronous client: every earlier seq has its answer. */
+        uint64_t client = write ? c->client_id : 0, ack = write ? seq : 0;
         wire_frame_start(&sb, &pk);
-        msgpack_pack_map(&pk, write ? 6 : 3);
+        msgpack_pack_map(&pk, (write ? 6u : 3u) + (c->has_identity ? 1u : 0u));
         wire_pack_kv_u64(&pk, "id", id);
         wire_pack_kv_str(&pk, "op", op);
-        wire_pack_str(&pk, "args");
-        if (pack != NULL) {
-            pack(&pk, arg);
+        if (c->has_identity) {
+            struct auth_claim claim;
+            auth_sign(&c->id, clock_wall_ms(), op, client, write ? seq : 0, ack,
+                      args.data, args.size, &claim);
+            wire_pack_str(&pk, "body");
+            msgpack_pack_bin(&pk, args.size);
+            msgpack_pack_bin_body(&pk, args.data, args.size);
+            wire_pack_str(&pk, "auth");
+            auth_pack_claim(&pk, &claim);
         } else {
-            msgpack_pack_map(&pk, 0);
+            wire_pack_str(&pk, "args");
+            msgpack_sbuffer_write(&sb, args.data, args.size);
         }
+        msgpack_sbuffer_destroy(&args);
         if (write) {
-            wire_pack_kv_u64(&pk, "client", c->client_id);
+            wire_pack_kv_u64(&pk, "client", client);
             wire_pack_kv_u64(&pk, "seq", seq);
-            /* Synchronous client: every earlier seq has its answer. */
-            wire_pack_kv_u64(&pk, "ack", seq);
+            wire_pack_kv_u64(&pk, "ack", ack);
         }
         if (wire_frame_finish(&sb) != 0) {
             msgpack_sbuffer_destroy(&sb);

@@ -31,6 +31,12 @@ int allot_client_open(const char *endpoints, int timeout_ms,
                       struct allot_client **out, char *errmsg);
 void allot_client_close(struct allot_client *c);
 
+struct auth_identity;
+/* Sign every request from now on with id (copied; the caller may wipe its
+ * own copy). Each attempt is signed afresh: a retry carries a new nonce. */
+void allot_client_set_identity(struct allot_client *c,
+                               const struct auth_identity *id);
+
 /* Per-call deadline (ms); also bounds connect and each read. */
 void allot_client_set_timeout(struct allot_client *c, int timeout_ms);
 

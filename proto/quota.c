@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "allot_error.h"
+#include "auth.h"
 #include "wire.h"
 
 static const char *const kind_names[] = {"unset", "capacity", "rate", NULL};
@@ -58,6 +59,17 @@ const struct quota_field_desc quota_field_table[QF_COUNT] = {
 const char *quota_kind_name(unsigned kind)
 {
     return kind <= QUOTA_KIND_RATE ? kind_names[kind] : "unknown";
+}
+
+bool quota_owner_valid(const char *owner, size_t len)
+{
+    if (len > 5 && memcmp(owner, "user:", 5) == 0) {
+        return auth_name_valid(owner + 5, len - 5);
+    }
+    if (len > 6 && memcmp(owner, "group:", 6) == 0) {
+        return auth_name_valid(owner + 6, len - 6);
+    }
+    return false;
 }
 
 bool quota_field_applies(const struct quota_field_desc *d, unsigned kind)
@@ -707,9 +719,11 @@ int quota_unpack(const msgpack_object *map, struct quota *q, char *errmsg)
                               QUOTA_OWNERS_MAX);
         }
         for (uint32_t i = 0; i < owners->via.array.size; i++) {
-            if (owners->via.array.ptr[i].type != MSGPACK_OBJECT_STR) {
+            const msgpack_object *o = &owners->via.array.ptr[i];
+            if (o->type != MSGPACK_OBJECT_STR ||
+                !quota_owner_valid(o->via.str.ptr, o->via.str.size)) {
                 return allot_errf(errmsg, ALLOT_EINVALID,
-                                  "owners must be strings");
+                                  "owners are user:NAME or group:NAME");
             }
         }
     }

@@ -173,6 +173,10 @@ void quota_free(struct quota *q);
 void quota_field_format(const struct quota_field_desc *d,
                         const struct quota_fields *f, char *buf, size_t size);
 
+/* An owner entry: "user:NAME" or "group:NAME", NAME of [A-Za-z0-9_.@-]
+ * {1,64} (auth_name_valid). */
+bool quota_owner_valid(const char *owner, size_t len);
+
 /* Does field d apply to a quota of this kind? */
 bool quota_field_applies(const struct quota_field_desc *d, unsigned kind);
 

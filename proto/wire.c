@@ -573,6 +573,20 @@ int wire_request_decode(const msgpack_object *root, struct wire_request *req,
     if (rv != 0 && rv != ALLOT_ENOT_FOUND) {
         return rv;
     }
+    req->body = wire_map_get(root, "body");
+    req->auth = wire_map_get(root, "auth");
+    if (req->body != NULL && req->body->type != MSGPACK_OBJECT_BIN) {
+        return allot_errf(errmsg, ALLOT_EINVALID,
+                          "field body must be binary (the encoded args)");
+    }
+    if (req->body != NULL && req->args != NULL) {
+        return allot_errf(errmsg, ALLOT_EINVALID,
+                          "give args or body, not both");
+    }
+    if ((req->auth != NULL) != (req->body != NULL)) {
+        return allot_errf(errmsg, ALLOT_EINVALID,
+                          "a signed request has both body and auth");
+    }
     const char *names[] = {"client", "seq", "ack"};
     uint64_t *dst[] = {&req->client, &req->seq, &req->ack};
     for (int i = 0; i < 3; i++) {

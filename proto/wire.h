@@ -5,6 +5,8 @@
  *
  *   request: {"id": u64, "op": str, "args": map,
  *             "client": u64, "seq": u64, "ack": u64}   (last three: writes)
+ *   signed:  the same with "body": bin (the args map, encoded) instead of
+ *            "args", and "auth": {"principal","ts","nonce","sig"} (auth.h)
  *   reply:   {"id": u64, "ok": true,  "result": value}
  *            {"id": u64, "ok": false, "error": code name, "message": str}
  *
@@ -56,7 +58,13 @@ enum wire_op_flags {
     X(CAPACITY_SET, "capacity.set", WIRE_OP_WRITE)         \
     X(CAPACITY_GET, "capacity.get", WIRE_OP_READ)          \
     X(AUDIT_LS, "audit.ls", WIRE_OP_READ)                  \
-    X(AUDIT_CONFIG, "audit.config", WIRE_OP_WRITE)
+    X(AUDIT_CONFIG, "audit.config", WIRE_OP_WRITE)         \
+    X(PRINCIPAL_ADD, "principal.add", WIRE_OP_WRITE)       \
+    X(PRINCIPAL_RM, "principal.rm", WIRE_OP_WRITE)         \
+    X(PRINCIPAL_LS, "principal.ls", WIRE_OP_READ)          \
+    X(GROUP_ADD, "group.add", WIRE_OP_WRITE)               \
+    X(GROUP_RM, "group.rm", WIRE_OP_WRITE)                 \
+    X(GROUP_LS, "group.ls", WIRE_OP_READ)
 
 enum wire_op {
     WIRE_OP_UNKNOWN = 0,
@@ -168,6 +176,8 @@ struct wire_request
     uint64_t id;
     enum wire_op op;
     const msgpack_object *args; /* a map, or NULL when absent */
+    const msgpack_object *body; /* signed requests: bin holding the args */
+    const msgpack_object *auth; /* signed requests: the claim map */
     uint64_t client;            /* 0: no dedup information */
     uint64_t seq;
     uint64_t ack;

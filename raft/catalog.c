@@ -329,7 +329,8 @@ int catalog_check_set(const struct catalog *c, const char *path, size_t len,
 
 struct cat_node *catalog_put(struct catalog *c, const char *path, size_t len,
                              struct cat_node *cur,
-                             const struct quota_fields *next, uint64_t version,
+                             const struct quota_fields *next, char **owners,
+                             uint32_t n_owners, uint64_t version,
                              uint64_t now_ms)
 {
     struct cat_node *parent;
@@ -357,6 +358,12 @@ struct cat_node *catalog_put(struct catalog *c, const char *path, size_t len,
     }
     cur->q.f = *next;
     cur->q.f.set = 0;
+    for (uint32_t i = 0; i < cur->q.n_owners; i++) {
+        free(cur->q.owners[i]);
+    }
+    free(cur->q.owners);
+    cur->q.owners = owners;
+    cur->q.n_owners = n_owners;
     cur->q.version = version;
     cur->q.updated_ms = now_ms;
     agg_add(pagg, &cur->q.f);

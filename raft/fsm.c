@@ -19,7 +19,8 @@
 
 #include "../proto/wire.h"
 #include "audit.h"
-/* Last: it defines __unused for the BSD tree macros. */
+/* Last: they define __unused for the BSD tree macros. */
+#include "access.h"
 #include "catalog.h"
 
 #define BATCH_FORMAT    1
@@ -66,6 +67,7 @@ struct node_addr
 struct fsm_state
 {
     struct catalog cat;
+    struct access acc;
     struct audit_log audit;
     uint64_t version;
     uint64_t now_ms; /* max leader clock seen: never goes back */
@@ -106,9 +108,35 @@ static void pack_opt_u64(msgpack_packer *pk, bool has, uint64_t v)
     }
 }
 
+static void strv_free(char **v, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        free(v[i]);
+    }
+    free(v);
+}
+
+/* Deep copy of n strings; NULL with n > 0 means out of memory. */
+static char **strv_dup(char *const *v, uint32_t n)
+{
+    if (n == 0) {
+        return NULL;
+    }
+    char **out = calloc(n, sizeof *out);
+    for (uint32_t i = 0; out != NULL && i < n; i++) {
+        out[i] = strdup(v[i]);
+        if (out[i] == NULL) {
+            strv_free(out, i);
+            return NULL;
+        }
+    }
+    return out;
+}
+
 static void result_clear(struct fsm_result *r)
 {
     free(r->message);
+    strv_free(r->owners, r->n_owners);
     memset(r, 0, sizeof *r);
 }
 
@@ -116,11 +144,20 @@ static int result_copy(struct fsm_result *dst, const struct fsm_result *src)
 {
     *dst = *src;
     dst->message = NULL;
+    dst->owners = NULL;
+    dst->n_owners = 0;
     if (src->message != NULL) {
         dst->message = strdup(src->message);
         if (dst->message == NULL) {
             return ALLOT_ENOMEM;
         }
+    }
+    if (src->n_owners > 0) {
+        dst->owners = strv_dup(src->owners, src->n_owners);
+        if (dst->owners == NULL) {
+            return ALLOT_ENOMEM;
+        }
+        dst->n_owners = src->n_owners;
     }
     return 0;
 }
@@ -137,6 +174,7 @@ static struct fsm_state *state_new(void)
     struct fsm_state *st = calloc(1, sizeof *st);
     if (st != NULL) {
         catalog_init(&st->cat);
+        access_init(&st->acc);
         audit_init(&st->audit);
         RB_INIT(&st->sessions);
         TAILQ_INIT(&st->lru);
@@ -159,6 +197,7 @@ static void state_free(struct fsm_state *st)
         return;
     }
     catalog_free(&st->cat);
+    access_free(&st->acc);
     audit_free(&st->audit);
     struct session *s, *sn;
     RB_FOREACH_SAFE(s, sess_tree, &st->sessions, sn)
@@ -315,7 +354,8 @@ static int check_if_version(const struct cat_node *c, const char *path,
 struct change
 {
     struct fsm_state *st;
-    const char *principal;
+    const char *principal; /* "" on an --insecure cluster */
+    const char *actor;     /* for the audit: principal, or what acted */
     uint64_t client;
     uint64_t seq;
     const char *op;
@@ -350,7 +390,9 @@ static void record(const struct change *ch, uint64_t v, const char *path,
         .time_ms = st->now_ms,
         .client = ch->client,
         .seq = ch->seq,
-        .principal = dup_cstr(ch->principal),
+        .principal = dup_cstr(ch->actor != NULL          ? ch->actor
+                              : ch->principal[0] != '\0' ? ch->principal
+                                                         : "anonymous"),
         .op = dup_cstr(ch->op),
         .path = dup_cstr(path),
         .old_value = old_value,
@@ -363,15 +405,128 @@ static void record(const struct change *ch, uint64_t v, const char *path,
     audit_append(&st->audit, &rec, st->now_ms);
 }
 
+/* Owner edits of one quota.set, as decoded from the command. */
+struct owner_edit
+{
+    const msgpack_object *add; /* array of str, or NULL */
+    const msgpack_object *rm;
+};
+
+#define OWNER_MAX_LEN (AUTH_NAME_MAX + 6) /* "group:" + name */
+
+/* Copy a command's owner list into buf as C strings; -1 if malformed. */
+static int owner_list(const msgpack_object *a, char (*buf)[OWNER_MAX_LEN + 1],
+                      uint32_t *n)
+{
+    *n = 0;
+    if (a == NULL) {
+        return 0;
+    }
+    if (a->type != MSGPACK_OBJECT_ARRAY ||
+        a->via.array.size > QUOTA_OWNERS_MAX) {
+        return -1;
+    }
+    for (uint32_t i = 0; i < a->via.array.size; i++) {
+        const msgpack_object *o = &a->via.array.ptr[i];
+        if (o->type != MSGPACK_OBJECT_STR ||
+            !quota_owner_valid(o->via.str.ptr, o->via.str.size)) {
+            return -1;
+        }
+        memcpy(buf[i], o->via.str.ptr, o->via.str.size);
+        buf[i][o->via.str.size] = '\0';
+    }
+    *n = a->via.array.size;
+    return 0;
+}
+
+static bool list_has(char (*v)[OWNER_MAX_LEN + 1], uint32_t n, const char *s)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        if (strcmp(v[i], s) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The owners a set leaves: the current ones (for a new quota, its creator),
+ * plus the added, minus the removed, in that order. On success *rv is 0 and
+ * the result (NULL when empty) is the caller's. */
+static char **owners_after(const struct change *ch, const struct cat_node *c,
+                           const struct owner_edit *e, uint32_t *n, int *rv,
+                           char *msg)
+{
+    char add[QUOTA_OWNERS_MAX][OWNER_MAX_LEN + 1];
+    char rm[QUOTA_OWNERS_MAX][OWNER_MAX_LEN + 1];
+    char next[2 * QUOTA_OWNERS_MAX + 1][OWNER_MAX_LEN + 1];
+    uint32_t n_add, n_rm, k = 0;
+    *n = 0;
+    if (owner_list(e->add, add, &n_add) != 0 ||
+        owner_list(e->rm, rm, &n_rm) != 0) {
+        *rv = allot_errf(msg, ALLOT_EINVALID,
+                         "owners are user:NAME or group:NAME, at most %d",
+                         QUOTA_OWNERS_MAX);
+        return NULL;
+    }
+    if (c != NULL) {
+        for (uint32_t i = 0; i < c->q.n_owners && k < QUOTA_OWNERS_MAX; i++) {
+            snprintf(next[k++], sizeof next[0], "%.*s", OWNER_MAX_LEN,
+                     c->q.owners[i]);
+        }
+    } else if (ch->principal[0] != '\0') {
+        snprintf(next[k++], sizeof next[0], "user:%.*s", AUTH_NAME_MAX,
+                 ch->principal);
+    }
+    for (uint32_t i = 0; i < n_add; i++) {
+        if (!list_has(next, k, add[i])) {
+            memcpy(next[k++], add[i], sizeof next[0]);
+        }
+    }
+    char **out = calloc(k + 1, sizeof *out);
+    uint32_t m = 0;
+    for (uint32_t i = 0; out != NULL && i < k; i++) {
+        if (list_has(rm, n_rm, next[i])) {
+            continue;
+        }
+        out[m] = strdup(next[i]);
+        if (out[m] == NULL) {
+            strv_free(out, m);
+            out = NULL;
+            break;
+        }
+        m++;
+    }
+    if (out == NULL) {
+        *rv = ALLOT_ENOMEM;
+        return NULL;
+    }
+    if (m > QUOTA_OWNERS_MAX) {
+        strv_free(out, m);
+        *rv = allot_errf(msg, ALLOT_EINVALID, "a quota has at most %d owners",
+                         QUOTA_OWNERS_MAX);
+        return NULL;
+    }
+    if (m == 0) {
+        free(out);
+        out = NULL;
+    }
+    *rv = 0;
+    *n = m;
+    return out;
+}
+
 static void apply_set(const struct change *ch, const char *path,
                       size_t path_len, const struct quota_fields *patch,
-                      bool has_if, uint64_t if_version, struct fsm_result *r)
+                      const struct owner_edit *owners, bool has_if,
+                      uint64_t if_version, struct fsm_result *r)
 {
     struct fsm_state *st = ch->st;
     char msg[ALLOT_ERRMSG_SIZE];
     char p[QUOTA_PATH_MAX + 1];
+    bool edits_owners = (owners->add != NULL && owners->add->via.array.size) ||
+                        (owners->rm != NULL && owners->rm->via.array.size);
     int rv = quota_path_check(path, path_len, msg);
-    if (rv == 0) {
+    if (rv == 0 && (patch->set != 0 || !edits_owners)) {
         rv = quota_patch_check(patch, msg);
     }
     if (rv != 0) {
@@ -381,7 +536,11 @@ static void apply_set(const struct change *ch, const char *path,
     memcpy(p, path, path_len);
     p[path_len] = '\0';
     struct cat_node *c = catalog_find(&st->cat, path, path_len);
-    rv = check_if_version(c, p, has_if, if_version, msg);
+    rv = access_may_change(&st->acc, &st->cat, ch->principal, path, path_len,
+                           msg);
+    if (rv == 0) {
+        rv = check_if_version(c, p, has_if, if_version, msg);
+    }
     if (rv != 0) {
         result_error(r, rv, msg);
         return;
@@ -400,19 +559,27 @@ static void apply_set(const struct change *ch, const char *path,
     if (rv == 0) {
         rv = catalog_check_set(&st->cat, path, path_len, c, &next, msg);
     }
+    uint32_t n_owners = 0;
+    char **new_owners = NULL;
+    if (rv == 0) {
+        new_owners = owners_after(ch, c, owners, &n_owners, &rv, msg);
+    }
     if (rv != 0) {
         result_error(r, rv, msg);
         return;
     }
     size_t old_len = 0, new_len = 0;
     char *old_value = c != NULL ? encode_quota(&c->q, &old_len) : NULL;
-    c = catalog_put(&st->cat, path, path_len, c, &next, st->version + 1,
-                    st->now_ms);
-    if (c == NULL) {
+    struct cat_node *put =
+        catalog_put(&st->cat, path, path_len, c, &next, new_owners, n_owners,
+                    st->version + 1, st->now_ms);
+    if (put == NULL) {
+        strv_free(new_owners, n_owners);
         free(old_value);
         result_error(r, ALLOT_ENOMEM, NULL);
         return;
     }
+    c = put;
     st->version++;
     char *new_value = encode_quota(&c->q, &new_len);
     record(ch, st->version, p, old_value, old_len, new_value, new_len);
@@ -421,6 +588,8 @@ static void apply_set(const struct change *ch, const char *path,
     r->created_ms = c->q.created_ms;
     r->updated_ms = c->q.updated_ms;
     r->fields = c->q.f;
+    r->owners = strv_dup(c->q.owners, c->q.n_owners);
+    r->n_owners = r->owners != NULL ? c->q.n_owners : 0;
 }
 
 /* One removed quota: its own version and audit record, in path order. */
@@ -451,7 +620,11 @@ static void apply_rm(const struct change *ch, const char *path, size_t path_len,
         result_error(r, ALLOT_ENOT_FOUND, msg);
         return;
     }
-    rv = check_if_version(c, c->q.path, has_if, if_version, msg);
+    rv = access_may_change(&st->acc, &st->cat, ch->principal, path, path_len,
+                           msg);
+    if (rv == 0) {
+        rv = check_if_version(c, c->q.path, has_if, if_version, msg);
+    }
     if (rv == 0) {
         rv = catalog_check_rm(&st->cat, c, recursive, msg);
     }
@@ -489,6 +662,12 @@ static void apply_capacity(const struct change *ch,
     struct fsm_state *st = ch->st;
     char msg[ALLOT_ERRMSG_SIZE];
     struct fsm_capacity next = st->cat.capacity;
+    int allowed = access_may_admin(&st->acc, ch->principal,
+                                   "declare the cluster capacity", msg);
+    if (allowed != 0) {
+        result_error(r, allowed, msg);
+        return;
+    }
     if (patch->has_memory_mb) {
         next.has_memory_mb = true;
         next.memory_mb = patch->memory_mb;
@@ -530,8 +709,14 @@ static void apply_audit_config(const struct change *ch, bool has_records,
                                uint64_t max_age_ms, struct fsm_result *r)
 {
     struct fsm_state *st = ch->st;
+    char msg[ALLOT_ERRMSG_SIZE];
+    int allowed = access_may_admin(&st->acc, ch->principal,
+                                   "change the audit retention", msg);
+    if (allowed != 0) {
+        result_error(r, allowed, msg);
+        return;
+    }
     if (has_records && max_records > AUDIT_MAX_RECORDS_LIMIT) {
-        char msg[ALLOT_ERRMSG_SIZE];
         allot_errf(msg, ALLOT_EINVALID, "max_records must be at most %d",
                    AUDIT_MAX_RECORDS_LIMIT);
         result_error(r, ALLOT_EINVALID, msg);
@@ -615,6 +800,161 @@ static bool arr_nil(const msgpack_object *a, uint32_t i)
            a->via.array.ptr[i].type == MSGPACK_OBJECT_NIL;
 }
 
+static char *encode_principal(const struct principal *p, size_t *len)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    char hex[65];
+    auth_pubkey_hex(p->pk, hex);
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 3);
+    wire_pack_kv_str(&pk, "name", p->name);
+    wire_pack_kv_str(&pk, "pubkey", hex);
+    wire_pack_str(&pk, "admin");
+    if (p->admin) {
+        msgpack_pack_true(&pk);
+    } else {
+        msgpack_pack_false(&pk);
+    }
+    *len = sb.size;
+    return msgpack_sbuffer_release(&sb);
+}
+
+static void apply_principal_add(const struct change *ch, const char *name,
+                                const unsigned char pk[32], bool admin,
+                                struct fsm_result *r)
+{
+    struct fsm_state *st = ch->st;
+    char msg[ALLOT_ERRMSG_SIZE];
+    int rv = access_may_admin(&st->acc, ch->principal, "add principals", msg);
+    if (rv == 0) {
+        rv = access_add_principal(&st->acc, name, pk, admin, msg);
+    }
+    if (rv != 0) {
+        result_error(r, rv, msg);
+        return;
+    }
+    size_t len;
+    char *value = encode_principal(access_principal(&st->acc, name), &len);
+    st->version++;
+    record(ch, st->version, "", NULL, 0, value, len);
+    result_clear(r);
+    r->version = st->version;
+}
+
+static void apply_principal_rm(const struct change *ch, const char *name,
+                               struct fsm_result *r)
+{
+    struct fsm_state *st = ch->st;
+    char msg[ALLOT_ERRMSG_SIZE];
+    int rv =
+        access_may_admin(&st->acc, ch->principal, "remove principals", msg);
+    const struct principal *p = access_principal(&st->acc, name);
+    size_t len = 0;
+    char *value = NULL;
+    if (rv == 0 && p == NULL) {
+        rv = allot_errf(msg, ALLOT_ENOT_FOUND, "no principal %s", name);
+    }
+    if (rv == 0) {
+        value = encode_principal(p, &len);
+        rv = access_rm_principal(&st->acc, name, msg);
+    }
+    if (rv != 0) {
+        free(value);
+        result_error(r, rv, msg);
+        return;
+    }
+    st->version++;
+    record(ch, st->version, "", value, len, NULL, 0);
+    result_clear(r);
+    r->version = st->version;
+}
+
+static char *encode_group(const char *name, char *const *members, uint32_t n,
+                          size_t *len)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 2);
+    wire_pack_kv_str(&pk, "group", name);
+    wire_pack_str(&pk, "members");
+    msgpack_pack_array(&pk, n);
+    for (uint32_t i = 0; i < n; i++) {
+        wire_pack_str(&pk, members[i]);
+    }
+    *len = sb.size;
+    return msgpack_sbuffer_release(&sb);
+}
+
+static void apply_group(const struct change *ch, bool add, const char *name,
+                        const char *const *members, uint32_t n,
+                        struct fsm_result *r)
+{
+    struct fsm_state *st = ch->st;
+    char msg[ALLOT_ERRMSG_SIZE];
+    int rv = access_may_admin(&st->acc, ch->principal, "manage groups", msg);
+    if (rv == 0) {
+        rv = add ? access_group_add(&st->acc, name, members, n, msg)
+                 : access_group_rm(&st->acc, name, msg);
+    }
+    if (rv != 0) {
+        result_error(r, rv, msg);
+        return;
+    }
+    size_t len;
+    char *value = encode_group(name, (char *const *)members, n, &len);
+    st->version++;
+    record(ch, st->version, "", add ? NULL : value, add ? 0 : len,
+           add ? value : NULL, add ? len : 0);
+    result_clear(r);
+    r->version = st->version;
+}
+
+/* A name argument as a C string in buf (AUTH_NAME_MAX + 1). */
+static bool arr_name(const msgpack_object *a, uint32_t i, char *buf)
+{
+    const char *s;
+    size_t len;
+    if (!arr_str(a, i, &s, &len) || !auth_name_valid(s, len)) {
+        return false;
+    }
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    return true;
+}
+
+/* A new leader's --admin list: applied only while the cluster has no
+ * principal at all, so the first leader of a new cluster creates its first
+ * admins and every later LEADER entry changes nothing. */
+static void bootstrap_admins(const struct change *ch, const msgpack_object *a)
+{
+    struct fsm_state *st = ch->st;
+    if (st->acc.n_principals > 0) {
+        return;
+    }
+    for (uint32_t i = 0; i < a->via.array.size; i++) {
+        const msgpack_object *e = &a->via.array.ptr[i];
+        char name[AUTH_NAME_MAX + 1];
+        if (e->type != MSGPACK_OBJECT_ARRAY || e->via.array.size != 2 ||
+            !arr_name(e, 0, name) ||
+            e->via.array.ptr[1].type != MSGPACK_OBJECT_BIN ||
+            e->via.array.ptr[1].via.bin.size != 32) {
+            continue;
+        }
+        struct fsm_result ignored = {0};
+        struct change boot = *ch;
+        boot.principal = ""; /* the cluster itself */
+        boot.actor = "bootstrap";
+        apply_principal_add(
+            &boot, name, (const unsigned char *)e->via.array.ptr[1].via.bin.ptr,
+            true, &ignored);
+        result_clear(&ignored);
+    }
+}
+
 /* Header of every command: [type, client, seq, ack, principal, args...]. */
 #define CMD_HEADER 5
 
@@ -679,8 +1019,10 @@ static void apply_cmd(struct fsm_state *st, const msgpack_object *cmd,
         char msg[ALLOT_ERRMSG_SIZE];
         struct quota_fields patch;
         bool has_if = arr_u64(av, 2, &if_version);
-        if (n_args != 3 || !arr_str(av, 0, &path, &path_len) ||
-            (!has_if && !arr_nil(av, 2))) {
+        if (n_args != 5 || !arr_str(av, 0, &path, &path_len) ||
+            (!has_if && !arr_nil(av, 2)) ||
+            av->via.array.ptr[3].type != MSGPACK_OBJECT_ARRAY ||
+            av->via.array.ptr[4].type != MSGPACK_OBJECT_ARRAY) {
             result_error(r, ALLOT_EINTERNAL, "malformed set command in log");
             break;
         }
@@ -689,8 +1031,10 @@ static void apply_cmd(struct fsm_state *st, const msgpack_object *cmd,
             result_error(r, rv, msg);
             break;
         }
+        struct owner_edit owners = {.add = &av->via.array.ptr[3],
+                                    .rm = &av->via.array.ptr[4]};
         ch.op = "quota.set";
-        apply_set(&ch, path, path_len, &patch, has_if, if_version, r);
+        apply_set(&ch, path, path_len, &patch, &owners, has_if, if_version, r);
         break;
     }
     case FSM_CMD_QUOTA_RM: {
@@ -736,12 +1080,66 @@ static void apply_cmd(struct fsm_state *st, const msgpack_object *cmd,
     }
     case FSM_CMD_LEADER: {
         uint64_t id;
-        if (n_args != 2 || !arr_u64(av, 0, &id) ||
-            !arr_str(av, 1, &path, &path_len) || path_len > 255) {
+        if (n_args != 3 || !arr_u64(av, 0, &id) ||
+            !arr_str(av, 1, &path, &path_len) || path_len > 255 ||
+            av->via.array.ptr[2].type != MSGPACK_OBJECT_ARRAY) {
             result_error(r, ALLOT_EINTERNAL, "malformed leader command");
             break;
         }
         apply_leader(st, id, path, path_len, r);
+        ch.op = "principal.add";
+        bootstrap_admins(&ch, &av->via.array.ptr[2]);
+        break;
+    }
+    case FSM_CMD_PRINCIPAL_ADD: {
+        char name[AUTH_NAME_MAX + 1];
+        const msgpack_object *key = n_args == 3 ? &av->via.array.ptr[1] : NULL;
+        const msgpack_object *adm = n_args == 3 ? &av->via.array.ptr[2] : NULL;
+        if (!arr_name(av, 0, name) || key == NULL ||
+            key->type != MSGPACK_OBJECT_BIN || key->via.bin.size != 32 ||
+            adm->type != MSGPACK_OBJECT_BOOLEAN) {
+            result_error(r, ALLOT_EINTERNAL, "malformed principal command");
+            break;
+        }
+        ch.op = "principal.add";
+        apply_principal_add(&ch, name, (const unsigned char *)key->via.bin.ptr,
+                            adm->via.boolean, r);
+        break;
+    }
+    case FSM_CMD_PRINCIPAL_RM: {
+        char name[AUTH_NAME_MAX + 1];
+        if (n_args != 1 || !arr_name(av, 0, name)) {
+            result_error(r, ALLOT_EINTERNAL, "malformed principal command");
+            break;
+        }
+        ch.op = "principal.rm";
+        apply_principal_rm(&ch, name, r);
+        break;
+    }
+    case FSM_CMD_GROUP_ADD:
+    case FSM_CMD_GROUP_RM: {
+        char name[AUTH_NAME_MAX + 1];
+        static char members[ACCESS_GROUP_MEMBERS_MAX][AUTH_NAME_MAX + 1];
+        static const char *ptrs[ACCESS_GROUP_MEMBERS_MAX];
+        bool add = type == FSM_CMD_GROUP_ADD;
+        const msgpack_object *ms = n_args == 2 ? &av->via.array.ptr[1] : NULL;
+        bool ok = arr_name(av, 0, name) && (add ? ms != NULL : n_args == 1);
+        uint32_t n = 0;
+        if (ok && add) {
+            ok = ms->type == MSGPACK_OBJECT_ARRAY &&
+                 ms->via.array.size <= ACCESS_GROUP_MEMBERS_MAX;
+            for (uint32_t i = 0; ok && i < ms->via.array.size; i++) {
+                ok = arr_name(ms, i, members[i]);
+                ptrs[i] = members[i];
+            }
+            n = ok ? ms->via.array.size : 0;
+        }
+        if (!ok) {
+            result_error(r, ALLOT_EINTERNAL, "malformed group command");
+            break;
+        }
+        ch.op = add ? "group.add" : "group.rm";
+        apply_group(&ch, add, name, ptrs, n, r);
         break;
     }
     default:
@@ -856,13 +1254,21 @@ int fsm_batch_encode(const struct fsm_cmd *cmds, unsigned n, uint64_t time_ms,
         uint32_t n_args;
         switch (c->type) {
         case FSM_CMD_QUOTA_SET:
+            n_args = 5;
+            break;
         case FSM_CMD_QUOTA_RM:
+        case FSM_CMD_LEADER:
+        case FSM_CMD_PRINCIPAL_ADD:
             n_args = 3;
             break;
-        case FSM_CMD_LEADER:
         case FSM_CMD_CAPACITY_SET:
         case FSM_CMD_AUDIT_CONFIG:
+        case FSM_CMD_GROUP_ADD:
             n_args = 2;
+            break;
+        case FSM_CMD_PRINCIPAL_RM:
+        case FSM_CMD_GROUP_RM:
+            n_args = 1;
             break;
         default:
             msgpack_sbuffer_destroy(&sb);
@@ -878,6 +1284,34 @@ int fsm_batch_encode(const struct fsm_cmd *cmds, unsigned n, uint64_t time_ms,
         case FSM_CMD_LEADER:
             msgpack_pack_uint64(&pk, c->node_id);
             wire_pack_str(&pk, c->node_addr);
+            msgpack_pack_array(&pk, c->n_admins);
+            for (unsigned j = 0; j < c->n_admins; j++) {
+                msgpack_pack_array(&pk, 2);
+                wire_pack_str(&pk, c->admins[j].name);
+                msgpack_pack_bin(&pk, 32);
+                msgpack_pack_bin_body(&pk, c->admins[j].pk, 32);
+            }
+            break;
+        case FSM_CMD_PRINCIPAL_ADD:
+            wire_pack_str(&pk, c->subject);
+            msgpack_pack_bin(&pk, 32);
+            msgpack_pack_bin_body(&pk, c->pubkey, 32);
+            if (c->admin) {
+                msgpack_pack_true(&pk);
+            } else {
+                msgpack_pack_false(&pk);
+            }
+            break;
+        case FSM_CMD_PRINCIPAL_RM:
+        case FSM_CMD_GROUP_RM:
+            wire_pack_str(&pk, c->subject);
+            break;
+        case FSM_CMD_GROUP_ADD:
+            wire_pack_str(&pk, c->subject);
+            msgpack_pack_array(&pk, c->n_members);
+            for (uint32_t j = 0; j < c->n_members; j++) {
+                wire_pack_str(&pk, c->members[j]);
+            }
             break;
         case FSM_CMD_CAPACITY_SET:
             pack_opt_u64(&pk, c->capacity.has_memory_mb, c->capacity.memory_mb);
@@ -892,6 +1326,14 @@ int fsm_batch_encode(const struct fsm_cmd *cmds, unsigned n, uint64_t time_ms,
             msgpack_pack_map(&pk, quota_fields_pack(NULL, &c->patch, true));
             quota_fields_pack(&pk, &c->patch, true);
             pack_opt_u64(&pk, c->has_if_version, c->if_version);
+            msgpack_pack_array(&pk, c->n_owners_add);
+            for (uint32_t j = 0; j < c->n_owners_add; j++) {
+                wire_pack_str(&pk, c->owners_add[j]);
+            }
+            msgpack_pack_array(&pk, c->n_owners_rm);
+            for (uint32_t j = 0; j < c->n_owners_rm; j++) {
+                wire_pack_str(&pk, c->owners_rm[j]);
+            }
             break;
         case FSM_CMD_QUOTA_RM:
             wire_pack_strn(&pk, c->path, c->path_len);
@@ -928,7 +1370,7 @@ int fsm_batch_encode(const struct fsm_cmd *cmds, unsigned n, uint64_t time_ms,
 static void pack_result(msgpack_packer *pk, uint64_t seq,
                         const struct fsm_result *r)
 {
-    msgpack_pack_array(pk, 7);
+    msgpack_pack_array(pk, 9);
     msgpack_pack_uint64(pk, seq);
     msgpack_pack_int64(pk, r->code);
     if (r->message != NULL) {
@@ -941,12 +1383,21 @@ static void pack_result(msgpack_packer *pk, uint64_t seq,
     msgpack_pack_uint64(pk, r->updated_ms);
     msgpack_pack_map(pk, quota_fields_pack(NULL, &r->fields, false));
     quota_fields_pack(pk, &r->fields, false);
+    msgpack_pack_uint64(pk, r->removed);
+    msgpack_pack_array(pk, r->n_owners);
+    for (uint32_t i = 0; i < r->n_owners; i++) {
+        wire_pack_str(pk, r->owners[i]);
+    }
 }
 
 static void pack_state(msgpack_packer *pk, const struct fsm_state *st)
 {
-    msgpack_pack_map(pk, 8);
+    msgpack_pack_map(pk, 10);
     wire_pack_kv_u64(pk, "format", SNAPSHOT_FORMAT);
+    wire_pack_str(pk, "principals");
+    access_pack_principals(pk, &st->acc);
+    wire_pack_str(pk, "groups");
+    access_pack_groups(pk, &st->acc);
     wire_pack_str(pk, "audit");
     audit_pack(pk, &st->audit);
     wire_pack_kv_u64(pk, "version", st->version);
@@ -1029,7 +1480,7 @@ static int unpack_result(const msgpack_object *a, uint64_t *seq,
 {
     int64_t code;
     memset(r, 0, sizeof *r);
-    if (a->type != MSGPACK_OBJECT_ARRAY || a->via.array.size != 7 ||
+    if (a->type != MSGPACK_OBJECT_ARRAY || a->via.array.size != 9 ||
         !arr_u64(a, 0, seq)) {
         return ALLOT_EPROTOCOL;
     }
@@ -1074,6 +1525,29 @@ static int unpack_result(const msgpack_object *a, uint64_t *seq,
         }
     }
     r->fields.set = 0;
+    const msgpack_object *owners = &a->via.array.ptr[8];
+    if (!arr_u64(a, 7, &r->removed) || owners->type != MSGPACK_OBJECT_ARRAY ||
+        owners->via.array.size > QUOTA_OWNERS_MAX) {
+        result_clear(r);
+        return ALLOT_EPROTOCOL;
+    }
+    if (owners->via.array.size > 0) {
+        r->owners = calloc(owners->via.array.size, sizeof *r->owners);
+        if (r->owners == NULL) {
+            result_clear(r);
+            return ALLOT_ENOMEM;
+        }
+    }
+    for (uint32_t i = 0; i < owners->via.array.size; i++) {
+        const char *o;
+        size_t olen;
+        if (!arr_str(owners, i, &o, &olen) || !quota_owner_valid(o, olen) ||
+            (r->owners[i] = str_dup(o, olen)) == NULL) {
+            result_clear(r);
+            return ALLOT_EPROTOCOL;
+        }
+        r->n_owners++;
+    }
     return 0;
 }
 
@@ -1159,6 +1633,10 @@ static int unpack_state(const msgpack_object *root, struct fsm_state *st)
     if (rv == 0) {
         const msgpack_object *audit = wire_map_get(root, "audit");
         rv = audit != NULL ? audit_unpack(audit, &st->audit) : ALLOT_EPROTOCOL;
+    }
+    if (rv == 0) {
+        rv = access_unpack(wire_map_get(root, "principals"),
+                           wire_map_get(root, "groups"), &st->acc);
     }
     if (rv != 0) {
         return rv;
@@ -1385,6 +1863,33 @@ void fsm_audit_pack(const struct fsm *f, const struct fsm_audit_query *q,
     for (unsigned i = 0; i < n; i++) {
         audit_pack_record(pk, audit_at(a, idx[i]));
     }
+}
+
+bool fsm_principal(const struct fsm *f, const char *name, unsigned char pk[32],
+                   bool *admin)
+{
+    const struct principal *p = access_principal(&f->st->acc, name);
+    if (p == NULL) {
+        return false;
+    }
+    memcpy(pk, p->pk, 32);
+    *admin = p->admin;
+    return true;
+}
+
+bool fsm_no_principals(const struct fsm *f)
+{
+    return f->st->acc.n_principals == 0;
+}
+
+void fsm_pack_principals(const struct fsm *f, msgpack_packer *pk)
+{
+    access_pack_principals(pk, &f->st->acc);
+}
+
+void fsm_pack_groups(const struct fsm *f, msgpack_packer *pk)
+{
+    access_pack_groups(pk, &f->st->acc);
 }
 
 const char *fsm_node_addr(const struct fsm *f, uint64_t id)

@@ -16,6 +16,7 @@
 #ifndef ALLOT_RAFT_FSM_H
 #define ALLOT_RAFT_FSM_H
 
+#include <msgpack.h>
 #include <raft.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -39,6 +40,17 @@ enum fsm_cmd_type {
     FSM_CMD_LEADER = 3, /* a new leader's first entry: id, client address */
     FSM_CMD_CAPACITY_SET = 4,
     FSM_CMD_AUDIT_CONFIG = 5,
+    FSM_CMD_PRINCIPAL_ADD = 6,
+    FSM_CMD_PRINCIPAL_RM = 7,
+    FSM_CMD_GROUP_ADD = 8,
+    FSM_CMD_GROUP_RM = 9,
+};
+
+/* A bootstrap admin (allotd --admin NAME=PUBKEY_HEX). */
+struct fsm_admin
+{
+    char name[65];
+    unsigned char pk[32];
 };
 
 /* Declared cluster capacity (`allotctl capacity set`): the bound on the sum
@@ -76,8 +88,22 @@ struct fsm_cmd
     bool has_if_version;
     uint64_t if_version; /* 0 with has_if_version: must not exist */
     bool recursive;      /* QUOTA_RM: also remove descendants */
-    uint64_t node_id;    /* LEADER */
+    /* QUOTA_SET: owners ("user:NAME", "group:NAME") to add and remove. */
+    const char *const *owners_add;
+    uint32_t n_owners_add;
+    const char *const *owners_rm;
+    uint32_t n_owners_rm;
+    /* PRINCIPAL_ADD/RM, GROUP_ADD/RM: the principal's or group's name. */
+    const char *subject;
+    unsigned char pubkey[32];   /* PRINCIPAL_ADD */
+    bool admin;                 /* PRINCIPAL_ADD */
+    const char *const *members; /* GROUP_ADD */
+    uint32_t n_members;
+    uint64_t node_id; /* LEADER */
     const char *node_addr;
+    /* LEADER: admins to create if the cluster has no principal yet. */
+    const struct fsm_admin *admins;
+    unsigned n_admins;
     struct fsm_capacity capacity;  /* CAPACITY_SET */
     struct fsm_audit_config audit; /* AUDIT_CONFIG */
 };
@@ -100,6 +126,8 @@ struct fsm_result
     uint64_t created_ms;
     uint64_t updated_ms;
     struct quota_fields fields;
+    char **owners; /* owned */
+    uint32_t n_owners;
 };
 
 /* What apply returns through raft's `result` pointer: the results of the
@@ -159,6 +187,15 @@ struct fsm_audit_query
  * "max_age_ms"}. */
 void fsm_audit_pack(const struct fsm *f, const struct fsm_audit_query *q,
                     msgpack_packer *pk);
+
+/* Public key and admin flag of a principal; false if unknown. */
+bool fsm_principal(const struct fsm *f, const char *name, unsigned char pk[32],
+                   bool *admin);
+/* Is the principal table empty (a cluster waiting for its first admin)? */
+bool fsm_no_principals(const struct fsm *f);
+/* principal.ls and group.ls answers: an array of maps. */
+void fsm_pack_principals(const struct fsm *f, msgpack_packer *pk);
+void fsm_pack_groups(const struct fsm *f, msgpack_packer *pk);
 
 /* Client address of node id as last announced, or NULL. */
 const char *fsm_node_addr(const struct fsm *f, uint64_t id);
