@@ -42,6 +42,9 @@ struct cli
     uint32_t n_owners_rm;
     const char *members[256];
     uint32_t n_members;
+    bool has_from_version;
+    uint64_t from_version;
+    long long count; /* quota watch --count N: stop after N changes */
     const char *pos[MAX_POSITIONAL];
     int n_pos;
     struct allot_client *client;
@@ -63,6 +66,8 @@ static void usage(FILE *out)
             "  quota get PATH\n"
             "  quota ls [PREFIX]\n"
             "  quota rm PATH [--if-version V] [--recursive]\n"
+            "  quota watch [PREFIX] [--from-version V] [--count N]  stream "
+            "changes\n"
             "  capacity set [memory_mb=N] [vcores=N]   declare the cluster's "
             "capacity\n"
             "  capacity get\n"
@@ -1262,6 +1267,68 @@ static int cmd_access(struct cli *cli, bool group)
     return 0;
 }
 
+/* quota watch -------------------------------------------------------------- */
+
+static int print_change(void *arg, const msgpack_object *r)
+{
+    struct cli *cli = arg;
+    if (cli->json) {
+        /* One JSON document per line: a stream has no end to wait for. */
+        json_t *j = to_json(r);
+        char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        if (s != NULL) {
+            puts(s);
+            free(s);
+        }
+        json_decref(j);
+    } else {
+        char ver[24], who[66], op[24], path[QUOTA_PATH_MAX + 1], when[32],
+            change[512];
+        const msgpack_object *t = wire_map_get(r, "time_ms");
+        text_of(r, "version", NULL, ver, sizeof ver);
+        text_of(r, "principal", NULL, who, sizeof who);
+        text_of(r, "op", NULL, op, sizeof op);
+        text_of(r, "path", NULL, path, sizeof path);
+        fmt_time_ms(t != NULL && t->type == MSGPACK_OBJECT_POSITIVE_INTEGER
+                        ? t->via.u64
+                        : 0,
+                    when, sizeof when);
+        change_summary(wire_map_get(r, "old"), wire_map_get(r, "new"), change,
+                       sizeof change);
+        printf("%-8s %-20s %-16s %-13s %-28s %s\n", ver, when, who, op,
+               path[0] ? path : "(cluster)", change);
+    }
+    fflush(stdout);
+    return cli->count > 0 && --cli->count == 0;
+}
+
+static int cmd_quota_watch(struct cli *cli)
+{
+    if (cli->n_pos > 3) {
+        return fail(ALLOT_EINVALID,
+                    "usage: quota watch [PREFIX] [--from-version V] "
+                    "[--count N]");
+    }
+    const char *prefix = cli->n_pos == 3 ? cli->pos[2] : "";
+    if (prefix[0] != '\0') {
+        int rv = check_path(prefix);
+        if (rv != 0) {
+            return rv;
+        }
+    }
+    struct allot_reply rep;
+    int rv = allot_client_watch(
+        cli->client, prefix, cli->has_from_version ? &cli->from_version : NULL,
+        print_change, cli, NULL, &rep);
+    if (rv != 0) {
+        fail(rv, "%s", rep.message[0] ? rep.message : allot_strerror(rv));
+        allot_reply_destroy(&rep);
+        return 1;
+    }
+    allot_reply_destroy(&rep);
+    return 0;
+}
+
 /* --- main
  * ----------------------------------------------------------------------------
  */
@@ -1278,7 +1345,8 @@ static int parse_args(struct cli *cli, int argc, char **argv)
             strcmp(a, "--since") == 0 || strcmp(a, "--principal") == 0 ||
             strcmp(a, "--out") == 0 || strcmp(a, "--pubkey") == 0 ||
             strcmp(a, "--owner") == 0 || strcmp(a, "--remove-owner") == 0 ||
-            strcmp(a, "--member") == 0;
+            strcmp(a, "--member") == 0 || strcmp(a, "--from-version") == 0 ||
+            strcmp(a, "--count") == 0;
         if (takes) {
             if (i + 1 >= argc) {
                 return fail(ALLOT_EINVALID, "%s needs a value", a);
@@ -1333,6 +1401,20 @@ static int parse_args(struct cli *cli, int argc, char **argv)
                             a);
             }
             (add ? cli->owners_add : cli->owners_rm)[(*n)++] = val;
+        } else if (strcmp(a, "--from-version") == 0 ||
+                   strcmp(a, "--count") == 0) {
+            char *end;
+            errno = 0;
+            unsigned long long v = strtoull(val, &end, 10);
+            if (val[0] < '0' || val[0] > '9' || *end != '\0' || errno != 0) {
+                return fail(ALLOT_EINVALID, "%s must be a whole number", a);
+            }
+            if (a[2] == 'f') {
+                cli->has_from_version = true;
+                cli->from_version = v;
+            } else {
+                cli->count = (long long)v;
+            }
         } else if (strcmp(a, "--member") == 0) {
             if (cli->n_members == 256) {
                 return fail(ALLOT_EINVALID, "at most 256 --member");
@@ -1412,9 +1494,12 @@ int main(int argc, char **argv)
             rv = cmd_quota_ls(&cli);
         } else if (strcmp(sub, "rm") == 0) {
             rv = cmd_quota_rm(&cli);
+        } else if (strcmp(sub, "watch") == 0) {
+            rv = cmd_quota_watch(&cli);
         } else {
             rv = fail(ALLOT_EINVALID,
-                      "unknown quota command \"%s\" (set, get, ls, rm)", sub);
+                      "unknown quota command \"%s\" (set, get, ls, rm, watch)",
+                      sub);
         }
     } else if (strcmp(group, "capacity") == 0) {
         rv = cmd_capacity(&cli);

@@ -558,6 +558,15 @@ static int decode_args(struct node_req *r, const struct wire_request *wr,
         }
         return 0;
     }
+    case WIRE_OP_QUOTA_WATCH:
+        rv = arg_path(r, args, "prefix", false, msg);
+        if (rv == 0) {
+            rv = wire_get_u64(args, "from_version", false, &r->after_version,
+                              msg);
+            r->has_after_version = rv == 0;
+            rv = rv == ALLOT_ENOT_FOUND ? 0 : rv;
+        }
+        return rv;
     case WIRE_OP_AUDIT_CONFIG: {
         struct fsm_audit_config *a = &r->cmd.audit;
         r->cmd.type = FSM_CMD_AUDIT_CONFIG;
@@ -724,6 +733,8 @@ static void handle_frame(struct conn *c, const char *body, size_t len)
     if (flags & WIRE_OP_LOCAL) {
         if (r->op == WIRE_OP_PING) {
             handle_ping(r);
+        } else if (r->op == WIRE_OP_QUOTA_WATCH) {
+            gateway_watch_start(r);
         } else {
             gateway_handle_status(r);
         }
@@ -971,4 +982,101 @@ void gateway_handle_status(struct node_req *r)
         }
     }
     node_reply_done(r);
+}
+
+/* --- quota.watch ------------------------------------------------------------
+ *
+ * The first frame says where the stream starts ({"watch": prefix,
+ * "version": V}); every later frame carries one change (an audit record:
+ * version, time_ms, principal, op, path, old, new). If the changes after the
+ * cursor are no longer kept, a not_found error ends the stream: re-read,
+ * then watch from the current version. */
+
+#define WATCH_BATCH 256
+
+static void watch_free(struct node *n, struct watch *w)
+{
+    TAILQ_REMOVE(&n->watches, w, link);
+    node_req_free(w->r);
+    free(w);
+}
+
+static void watch_frame_begin(void *arg, msgpack_packer **pk)
+{
+    struct node_req *r = arg;
+    static msgpack_packer packer;
+    r->reply_start = frame_begin(r->conn, &packer);
+    wire_pack_ok_head(&packer, r->id);
+    *pk = &packer;
+}
+
+static void watch_frame_end(void *arg, msgpack_packer **pk)
+{
+    struct node_req *r = arg;
+    (void)pk;
+    frame_end(r->conn, r->reply_start);
+}
+
+void gateway_watch_start(struct node_req *r)
+{
+    struct node *n = r->node;
+    struct watch *w = calloc(1, sizeof *w);
+    if (w == NULL) {
+        node_reply_error(r, ALLOT_ENOMEM, "out of memory");
+        return;
+    }
+    w->r = r;
+    uint64_t now = fsm_catalog_version(n->fsm);
+    w->cursor = r->has_after_version ? r->after_version : now;
+    if (w->cursor > now) {
+        /* A version this node has not applied yet: start from what it has
+         * and let the stream catch up; never skip. */
+        w->cursor = r->after_version;
+    }
+    msgpack_packer pk;
+    size_t start = frame_begin(r->conn, &pk);
+    wire_pack_ok_head(&pk, r->id);
+    msgpack_pack_map(&pk, 2);
+    wire_pack_kv_str(&pk, "watch", r->path);
+    wire_pack_kv_u64(&pk, "version", w->cursor);
+    frame_end(r->conn, start);
+    TAILQ_INSERT_TAIL(&n->watches, w, link);
+}
+
+void gateway_watch_tick(struct node *n)
+{
+    struct watch *w, *next;
+    for (w = TAILQ_FIRST(&n->watches); w != NULL; w = next) {
+        next = TAILQ_NEXT(w, link);
+        struct node_req *r = w->r;
+        if (r->conn == NULL || r->conn->closing) {
+            watch_free(n, w);
+            continue;
+        }
+        if (conn_congested(r->conn)) {
+            continue; /* the client reads slowly: wait for it */
+        }
+        int rv =
+            fsm_watch_next(n->fsm, r->path, r->path_len, &w->cursor,
+                           WATCH_BATCH, watch_frame_begin, watch_frame_end, r);
+        if (rv == ALLOT_ENOT_FOUND) {
+            char msg[ALLOT_ERRMSG_SIZE];
+            allot_errf(msg, ALLOT_ENOT_FOUND,
+                       "changes after version %llu are no longer kept (audit "
+                       "retention); read the quotas again and watch from the "
+                       "current version",
+                       (unsigned long long)w->cursor);
+            TAILQ_REMOVE(&n->watches, w, link);
+            node_reply_error(r, ALLOT_ENOT_FOUND, msg);
+            free(w);
+        }
+    }
+}
+
+void gateway_watch_close_all(struct node *n)
+{
+    struct watch *w;
+    while ((w = TAILQ_FIRST(&n->watches)) != NULL) {
+        watch_free(n, w);
+    }
 }

@@ -95,7 +95,8 @@ struct node_req
     bool want_digest; /* cluster.status */
     /* audit.ls */
     uint64_t since_ms;
-    uint64_t after_version;
+    uint64_t after_version; /* audit.ls; quota.watch: from_version */
+    bool has_after_version;
     bool has_principal_filter;
     char principal_filter[65];
     /* Who sent it: the verified principal, or "" on an --insecure cluster
@@ -123,6 +124,18 @@ struct node_req
 };
 
 TAILQ_HEAD(node_req_list, node_req);
+
+/* A quota.watch stream: changes after `cursor` under the request's path,
+ * served from this node's applied state (any node can serve one; a client
+ * that loses its node resumes elsewhere from the last version it saw). */
+struct watch
+{
+    TAILQ_ENTRY(watch) link;
+    struct node_req *r; /* never answered "done": the stream lives on it */
+    uint64_t cursor;
+};
+
+TAILQ_HEAD(watch_list, watch);
 
 struct conn
 {
@@ -198,6 +211,7 @@ struct node
 
     struct conn_list conns;
     struct conn_list dirty;
+    struct watch_list watches;
 
     /* Leader state. */
     uint64_t ready_term; /* term whose own entry has been applied here */
@@ -239,6 +253,11 @@ void node_reply_done(struct node_req *r);
 /* Free a request that has been answered or abandoned. */
 void node_req_free(struct node_req *r);
 void gateway_handle_status(struct node_req *r);
+/* Start a watch for r (quota.watch); push what is new to every watcher
+ * (once per loop turn); drop every watch (shutdown). */
+void gateway_watch_start(struct node_req *r);
+void gateway_watch_tick(struct node *n);
+void gateway_watch_close_all(struct node *n);
 
 /* leader.c */
 void leader_submit(struct node_req *r); /* READ, WRITE or ADMIN on the leader */

@@ -132,6 +132,7 @@ int node_init(struct node *n, uv_loop_t *loop, const struct node_config *cfg)
     n->loop = loop;
     TAILQ_INIT(&n->conns);
     TAILQ_INIT(&n->dirty);
+    TAILQ_INIT(&n->watches);
     TAILQ_INIT(&n->writes);
     TAILQ_INIT(&n->reads);
 
@@ -310,6 +311,7 @@ static void prepare_cb(uv_prepare_t *h)
     }
     leader_tick(n);
     forward_tick(n);
+    gateway_watch_tick(n);
     gateway_flush(n);
     if (raft_state(&n->raft) == RAFT_UNAVAILABLE) {
         /* canonical/raft shut itself down: an I/O error or a log that
@@ -391,6 +393,7 @@ void node_stop(struct node *n)
     }
     n->stopping = true;
     atomic_store(&join_cancel, true);
+    gateway_watch_close_all(n);
     gateway_close_all(n);
     leader_fail_all(n, ALLOT_ESHUTDOWN, "node is shutting down");
     forward_close(n);

@@ -274,6 +274,58 @@ static void sleep_ms(int64_t ms)
     }
 }
 
+/* One request frame into sb (initialized here; the caller destroys it on
+ * success). Signed when the client has an identity. ALLOT_ETOO_BIG if over
+ * the frame limit (sb then already destroyed). */
+static int build_request(struct allot_client *c, uint64_t id, const char *op,
+                         allot_pack_fn pack, void *arg, bool write,
+                         uint64_t seq, msgpack_sbuffer *sb)
+{
+    msgpack_packer pk;
+    msgpack_sbuffer_init(sb);
+    /* The args, encoded on their own: a signed request carries these exact
+     * bytes as its body. */
+    msgpack_sbuffer args;
+    msgpack_packer apk;
+    msgpack_sbuffer_init(&args);
+    msgpack_packer_init(&apk, &args, msgpack_sbuffer_write);
+    if (pack != NULL) {
+        pack(&apk, arg);
+    } else {
+        msgpack_pack_map(&apk, 0);
+    }
+    /* Synchronous client: every earlier seq has its answer. */
+    uint64_t client = write ? c->client_id : 0, ack = write ? seq : 0;
+    wire_frame_start(sb, &pk);
+    msgpack_pack_map(&pk, (write ? 6u : 3u) + (c->has_identity ? 1u : 0u));
+    wire_pack_kv_u64(&pk, "id", id);
+    wire_pack_kv_str(&pk, "op", op);
+    if (c->has_identity) {
+        struct auth_claim claim;
+        auth_sign(&c->id, clock_wall_ms(), op, client, write ? seq : 0, ack,
+                  args.data, args.size, &claim);
+        wire_pack_str(&pk, "body");
+        msgpack_pack_bin(&pk, args.size);
+        msgpack_pack_bin_body(&pk, args.data, args.size);
+        wire_pack_str(&pk, "auth");
+        auth_pack_claim(&pk, &claim);
+    } else {
+        wire_pack_str(&pk, "args");
+        msgpack_sbuffer_write(sb, args.data, args.size);
+    }
+    msgpack_sbuffer_destroy(&args);
+    if (write) {
+        wire_pack_kv_u64(&pk, "client", client);
+        wire_pack_kv_u64(&pk, "seq", seq);
+        wire_pack_kv_u64(&pk, "ack", ack);
+    }
+    if (wire_frame_finish(sb) != 0) {
+        msgpack_sbuffer_destroy(sb);
+        return ALLOT_ETOO_BIG;
+    }
+    return 0;
+}
+
 int allot_client_call(struct allot_client *c, const char *op,
                       allot_pack_fn pack, void *arg, struct allot_reply *rep)
 {
@@ -311,46 +363,7 @@ int allot_client_call(struct allot_client *c, const char *op,
 
         uint64_t id = c->next_id++;
         msgpack_sbuffer sb;
-        msgpack_packer pk;
-        msgpack_sbuffer_init(&sb);
-        /* The args, encoded on their own: a signed request carries these
-         * exact bytes as its body. */
-        msgpack_sbuffer args;
-        msgpack_packer apk;
-        msgpack_sbuffer_init(&args);
-        msgpack_packer_init(&apk, &args, msgpack_sbuffer_write);
-        if (pack != NULL) {
-            pack(&apk, arg);
-        } else {
-            msgpack_pack_map(&apk, 0);
-        }
-        /* Synchronous client: every earlier seq has its answer. */
-        uint64_t client = write ? c->client_id : 0, ack = write ? seq : 0;
-        wire_frame_start(&sb, &pk);
-        msgpack_pack_map(&pk, (write ? 6u : 3u) + (c->has_identity ? 1u : 0u));
-        wire_pack_kv_u64(&pk, "id", id);
-        wire_pack_kv_str(&pk, "op", op);
-        if (c->has_identity) {
-            struct auth_claim claim;
-            auth_sign(&c->id, clock_wall_ms(), op, client, write ? seq : 0, ack,
-                      args.data, args.size, &claim);
-            wire_pack_str(&pk, "body");
-            msgpack_pack_bin(&pk, args.size);
-            msgpack_pack_bin_body(&pk, args.data, args.size);
-            wire_pack_str(&pk, "auth");
-            auth_pack_claim(&pk, &claim);
-        } else {
-            wire_pack_str(&pk, "args");
-            msgpack_sbuffer_write(&sb, args.data, args.size);
-        }
-        msgpack_sbuffer_destroy(&args);
-        if (write) {
-            wire_pack_kv_u64(&pk, "client", client);
-            wire_pack_kv_u64(&pk, "seq", seq);
-            wire_pack_kv_u64(&pk, "ack", ack);
-        }
-        if (wire_frame_finish(&sb) != 0) {
-            msgpack_sbuffer_destroy(&sb);
+        if (build_request(c, id, op, pack, arg, write, seq, &sb) != 0) {
             rep->code = ALLOT_ETOO_BIG;
             snprintf(rep->message, sizeof rep->message,
                      "request larger than %u bytes", WIRE_FRAME_MAX);
@@ -389,4 +402,89 @@ void allot_reply_destroy(struct allot_reply *rep)
 {
     msgpack_unpacked_destroy(&rep->u);
     rep->result = NULL;
+}
+
+struct watch_args
+{
+    const char *prefix;
+    bool has_from;
+    uint64_t from;
+};
+
+static void pack_watch(msgpack_packer *pk, void *arg)
+{
+    struct watch_args *a = arg;
+    msgpack_pack_map(pk, a->has_from ? 2 : 1);
+    wire_pack_kv_str(pk, "prefix", a->prefix);
+    if (a->has_from) {
+        wire_pack_kv_u64(pk, "from_version", a->from);
+    }
+}
+
+int allot_client_watch(struct allot_client *c, const char *prefix,
+                       const uint64_t *from_version, allot_watch_cb cb,
+                       void *arg, uint64_t *version, struct allot_reply *rep)
+{
+    struct watch_args a = {.prefix = prefix};
+    if (from_version != NULL) {
+        a.has_from = true;
+        a.from = *from_version;
+    }
+    memset(rep, 0, sizeof *rep);
+    msgpack_unpacked_init(&rep->u);
+    int64_t backoff = BACKOFF_MIN_MS;
+    for (;;) {
+        /* Connect and ask; a node that cannot be reached costs a connect
+         * attempt and, once per sweep over the endpoints, a backoff. */
+        uint64_t deadline = clock_mono_ns() + ATTEMPT_MAX_MS * 1000000u;
+        uint64_t id = c->next_id++;
+        msgpack_sbuffer sb;
+        bool sent = false;
+        if ((c->fd >= 0 || conn_open(c, deadline) == 0) &&
+            build_request(c, id, "quota.watch", pack_watch, &a, false, 0,
+                          &sb) == 0) {
+            sent = send_all(c->fd, sb.data, sb.size, deadline) == 0;
+            msgpack_sbuffer_destroy(&sb);
+        }
+        /* Then read the stream: the start frame, then one frame per change.
+         * Between changes there may be silence of any length, so reads are
+         * bounded only by the caller's patience (a long deadline). */
+        while (sent) {
+            uint64_t idle = clock_mono_ns() + 3600ull * 1000000000u;
+            if (recv_reply(c, id, idle, rep) != 0) {
+                break; /* connection lost: resume elsewhere */
+            }
+            if (rep->code == ALLOT_EUNAVAILABLE ||
+                rep->code == ALLOT_ESHUTDOWN) {
+                break;
+            }
+            if (rep->code != 0) {
+                return rep->code; /* e.g. not_found: the history is gone */
+            }
+            backoff = BACKOFF_MIN_MS;
+            const msgpack_object *v = wire_map_get(rep->result, "version");
+            if (v == NULL || v->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
+                continue;
+            }
+            a.has_from = true;
+            a.from = v->via.u64;
+            if (version != NULL) {
+                *version = a.from;
+            }
+            if (wire_map_get(rep->result, "op") == NULL) {
+                continue; /* the start frame */
+            }
+            if (cb(arg, rep->result) != 0) {
+                return 0;
+            }
+        }
+        conn_close(c);
+        c->cur = (c->cur + 1) % c->n_eps;
+        if (c->cur == 0 || c->n_eps == 1) {
+            sleep_ms(backoff);
+            backoff =
+                backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+        }
+        rep->code = 0;
+    }
 }

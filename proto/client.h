@@ -65,4 +65,19 @@ int allot_client_call(struct allot_client *c, const char *op,
 
 void allot_reply_destroy(struct allot_reply *rep);
 
+/* Called for each change (an audit record map: version, time_ms, principal,
+ * op, path, old, new). Return non-zero to stop watching. */
+typedef int (*allot_watch_cb)(void *arg, const msgpack_object *change);
+
+/* Stream the changes under prefix after *from_version (NULL: from now), in
+ * order. When the node fails or closes, the watch resumes on the next
+ * endpoint after the last version delivered, so no change is missed or
+ * repeated. Returns 0 when cb asked to stop, or an error code (in rep, to
+ * destroy with allot_reply_destroy): ALLOT_ENOT_FOUND when the changes
+ * after the cursor are no longer kept. *version, if not NULL, tracks the
+ * last version seen. It never returns otherwise. */
+int allot_client_watch(struct allot_client *c, const char *prefix,
+                       const uint64_t *from_version, allot_watch_cb cb,
+                       void *arg, uint64_t *version, struct allot_reply *rep);
+
 #endif /* ALLOT_CLIENT_H */

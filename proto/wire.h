@@ -64,7 +64,8 @@ enum wire_op_flags {
     X(PRINCIPAL_LS, "principal.ls", WIRE_OP_READ)          \
     X(GROUP_ADD, "group.add", WIRE_OP_WRITE)               \
     X(GROUP_RM, "group.rm", WIRE_OP_WRITE)                 \
-    X(GROUP_LS, "group.ls", WIRE_OP_READ)
+    X(GROUP_LS, "group.ls", WIRE_OP_READ)                  \
+    X(QUOTA_WATCH, "quota.watch", WIRE_OP_LOCAL)
 
 enum wire_op {
     WIRE_OP_UNKNOWN = 0,

@@ -1892,6 +1892,39 @@ void fsm_pack_groups(const struct fsm *f, msgpack_packer *pk)
     access_pack_groups(pk, &f->st->acc);
 }
 
+int fsm_watch_next(const struct fsm *f, const char *prefix, size_t prefix_len,
+                   uint64_t *cursor, unsigned max, fsm_watch_cb begin,
+                   fsm_watch_cb end, void *arg)
+{
+    const struct audit_log *a = &f->st->audit;
+    if (*cursor >= f->st->version) {
+        return 0;
+    }
+    /* Versions are dense in the audit log (every change records one), so
+     * the record after the cursor must be exactly cursor + 1. */
+    size_t i = audit_after_version(a, *cursor);
+    if (i == a->n || audit_at(a, i)->version != *cursor + 1) {
+        return ALLOT_ENOT_FOUND;
+    }
+    struct fsm_audit_query q = {.prefix = prefix, .prefix_len = prefix_len};
+    int n = 0;
+    for (; i < a->n && (unsigned)n < max; i++) {
+        const struct audit_record *r = audit_at(a, i);
+        *cursor = r->version;
+        if (!audit_match(r, &q)) {
+            continue;
+        }
+        msgpack_packer *pk = NULL;
+        begin(arg, &pk);
+        if (pk != NULL) {
+            audit_pack_record(pk, r);
+        }
+        end(arg, &pk);
+        n++;
+    }
+    return n;
+}
+
 const char *fsm_node_addr(const struct fsm *f, uint64_t id)
 {
     for (unsigned i = 0; i < f->st->n_nodes; i++) {

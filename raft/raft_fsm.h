@@ -197,6 +197,18 @@ bool fsm_no_principals(const struct fsm *f);
 void fsm_pack_principals(const struct fsm *f, msgpack_packer *pk);
 void fsm_pack_groups(const struct fsm *f, msgpack_packer *pk);
 
+/* Watching: every change after *cursor (a catalog version) whose path is
+ * prefix or under it, oldest first, at most max of them: each is packed with
+ * pk as one audit record map (the same shape audit.ls returns) and *cursor
+ * moves to its version; non-matching records only move the cursor. Returns
+ * how many were packed, or ALLOT_ENOT_FOUND when the records after *cursor
+ * are no longer kept (the audit retention dropped them: the watcher must
+ * re-read the quotas and watch from the current version). */
+typedef void (*fsm_watch_cb)(void *arg, msgpack_packer **pk);
+int fsm_watch_next(const struct fsm *f, const char *prefix, size_t prefix_len,
+                   uint64_t *cursor, unsigned max, fsm_watch_cb begin,
+                   fsm_watch_cb end, void *arg);
+
 /* Client address of node id as last announced, or NULL. */
 const char *fsm_node_addr(const struct fsm *f, uint64_t id);
 
