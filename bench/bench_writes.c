@@ -361,6 +361,38 @@ static void status_view(const msgpack_object *res, struct node_view *v)
 
 /* Wait until one node is a ready leader and every node names it and knows
  * its client address (so followers can forward). */
+static void pack_parent(msgpack_packer *pk, void *arg)
+{
+    (void)arg;
+    msgpack_pack_map(pk, 2);
+    wire_pack_kv_str(pk, "path", "bench");
+    wire_pack_str(pk, "fields");
+    msgpack_pack_map(pk, 1);
+    wire_pack_kv_str(pk, "kind", "capacity");
+}
+
+/* The benchmark's quotas live under "bench", which must exist first. A
+ * capacity parent puts no bound on its rate children. */
+static int create_parent(struct cluster *cl)
+{
+    struct allot_client *c;
+    char msg[ALLOT_ERRMSG_SIZE];
+    if (allot_client_open(cl->nodes[cl->leader].client_addr, 10000, &c,
+                          msg) != 0) {
+        fprintf(stderr, "error: %s\n", msg);
+        return -1;
+    }
+    struct allot_reply rep;
+    int rv = allot_client_call(c, "quota.set", pack_parent, NULL, &rep);
+    if (rv != 0) {
+        fprintf(stderr, "error: %s: creating bench: %s\n",
+                allot_error_name(rv), rep.message);
+    }
+    allot_reply_destroy(&rep);
+    allot_client_close(c);
+    return rv == 0 ? 0 : -1;
+}
+
 static int cluster_wait_ready(struct cluster *cl)
 {
     struct allot_client *clients[NODES] = {NULL};
@@ -1402,6 +1434,9 @@ int main(int argc, char **argv)
         int rv = cluster_start(&o, &cl);
         if (rv == 0) {
             rv = cluster_wait_ready(&cl);
+        }
+        if (rv == 0) {
+            rv = create_parent(&cl);
         }
         if (rv == 0) {
             printf("\n# run %u/%u: data in %s, leader n%u (pid %d)\n", rep + 1,

@@ -115,6 +115,19 @@ size_t audit_after_version(const struct audit_log *a, uint64_t v)
     return lo;
 }
 
+char *audit_take_bytes(msgpack_sbuffer *sb, size_t *len)
+{
+    *len = sb->size;
+    char *out = malloc(sb->size > 0 ? sb->size : 1);
+    if (out != NULL) {
+        memcpy(out, sb->data, sb->size);
+    } else {
+        *len = 0;
+    }
+    msgpack_sbuffer_destroy(sb);
+    return out;
+}
+
 /* Embed bytes that already are one msgpack value. */
 static void pack_raw(msgpack_packer *pk, const char *p, size_t len)
 {
@@ -179,8 +192,7 @@ static int dup_value(const msgpack_object *o, char **out, size_t *len)
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
     msgpack_pack_object(&pk, *o);
-    *len = sb.size;
-    *out = msgpack_sbuffer_release(&sb);
+    *out = audit_take_bytes(&sb, len);
     return *out != NULL || *len == 0 ? 0 : ALLOT_ENOMEM;
 }
 

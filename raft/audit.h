@@ -62,6 +62,11 @@ const struct audit_record *audit_at(const struct audit_log *a, size_t i);
 /* Index of the first record with version > v (a->n if none). */
 size_t audit_after_version(const struct audit_log *a, uint64_t v);
 
+/* The bytes of sb in a buffer of exactly that size (sb is destroyed).
+ * msgpack_sbuffer grows in 8 KiB steps: kept as they are, 20,000 records
+ * with two values each would hold 320 MB for a few megabytes of data. */
+char *audit_take_bytes(msgpack_sbuffer *sb, size_t *len);
+
 /* One record as a map (the value fields embedded as msgpack). */
 void audit_pack_record(msgpack_packer *pk, const struct audit_record *r);
 

@@ -370,8 +370,7 @@ static char *encode_quota(const struct quota *q, size_t *len)
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
     quota_pack(&pk, q);
-    *len = sb.size;
-    return msgpack_sbuffer_release(&sb);
+    return audit_take_bytes(&sb, len);
 }
 
 static char *dup_cstr(const char *s)
@@ -651,8 +650,7 @@ static char *encode_capacity(const struct fsm_capacity *c, size_t *len)
     pack_opt_u64(&pk, c->has_memory_mb, c->memory_mb);
     wire_pack_str(&pk, "vcores");
     pack_opt_u64(&pk, c->has_vcores, c->vcores);
-    *len = sb.size;
-    return msgpack_sbuffer_release(&sb);
+    return audit_take_bytes(&sb, len);
 }
 
 static void apply_capacity(const struct change *ch,
@@ -700,8 +698,7 @@ static char *encode_audit_config(const struct audit_log *a, size_t *len)
     msgpack_pack_map(&pk, 2);
     wire_pack_kv_u64(&pk, "max_records", a->max_records);
     wire_pack_kv_u64(&pk, "max_age_ms", a->max_age_ms);
-    *len = sb.size;
-    return msgpack_sbuffer_release(&sb);
+    return audit_take_bytes(&sb, len);
 }
 
 static void apply_audit_config(const struct change *ch, bool has_records,
@@ -817,8 +814,7 @@ static char *encode_principal(const struct principal *p, size_t *len)
     } else {
         msgpack_pack_false(&pk);
     }
-    *len = sb.size;
-    return msgpack_sbuffer_release(&sb);
+    return audit_take_bytes(&sb, len);
 }
 
 static void apply_principal_add(const struct change *ch, const char *name,
@@ -885,8 +881,7 @@ static char *encode_group(const char *name, char *const *members, uint32_t n,
     for (uint32_t i = 0; i < n; i++) {
         wire_pack_str(&pk, members[i]);
     }
-    *len = sb.size;
-    return msgpack_sbuffer_release(&sb);
+    return audit_take_bytes(&sb, len);
 }
 
 static void apply_group(const struct change *ch, bool add, const char *name,
