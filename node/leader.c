@@ -116,6 +116,9 @@ static void apply_cb(struct raft_apply *req, int status, void *result)
     const char *msg = NULL;
     int code = status != 0 ? map_raft_error(status, &msg) : 0;
 
+    if (b->n > 0 && b->reqs[0] != NULL) {
+        n->applies_inflight--;
+    }
     for (unsigned i = 0; i < b->n; i++) {
         struct node_req *r = b->reqs[i];
         if (r == NULL) {
@@ -204,6 +207,8 @@ static void propose(struct node *n, bool announce)
     }
     if (rv != 0) {
         free(b);
+    } else {
+        n->applies_inflight++;
     }
 }
 
@@ -601,7 +606,13 @@ void leader_tick(struct node *n)
         }
         return; /* serve nothing before our own entry is applied */
     }
-    while (n->n_writes > 0) {
+    /* Group commit: with entries already on their way, hold new writes
+     * back (they join the next entry) unless a full batch is waiting. An
+     * idle leader proposes at once, so this costs no latency at low load
+     * and buys fewer, larger entries under load: CPU goes per entry, not
+     * per write. */
+    while (n->n_writes > 0 && (n->applies_inflight < n->cfg.max_inflight ||
+                               n->n_writes >= FSM_BATCH_MAX)) {
         unsigned before = n->n_writes;
         propose(n, false);
         if (n->n_writes == before) {

@@ -58,6 +58,7 @@ struct node_config
     unsigned snapshot_threshold;
     unsigned snapshot_trailing;
     unsigned election_timeout_ms;
+    unsigned max_inflight; /* write entries in flight before holding back */
     unsigned heartbeat_timeout_ms;
 };
 
@@ -221,7 +222,8 @@ struct node
     struct node_req_list writes;
     struct node_req_list reads;
     unsigned n_writes;
-    bool change_busy; /* a membership change is in flight */
+    unsigned applies_inflight; /* write entries proposed, not yet applied */
+    bool change_busy;          /* a membership change is in flight */
 
     struct fwd *fwd; /* NULL until something is forwarded */
 
