@@ -16,6 +16,7 @@
 
 #include "../proto/auth.h"
 #include "../proto/client.h"
+#include "../proto/json.h"
 #include "../proto/quota.h"
 #include "../proto/wire.h"
 
@@ -33,6 +34,8 @@ struct cli
     const char *since;
     const char *principal;
     const char *identity; /* --identity FILE or ALLOT_IDENTITY */
+    const char *token;    /* --token TOKEN or ALLOT_TOKEN */
+    const char *ttl;      /* token create --ttl DURATION */
     const char *out;      /* identity new --out FILE */
     const char *pubkey;   /* principal add --pubkey HEX */
     bool admin;           /* principal add --admin */
@@ -78,7 +81,10 @@ static void usage(FILE *out)
             "  principal add NAME --pubkey HEX [--admin] | principal rm NAME "
             "| principal ls\n"
             "  group add GROUP --member NAME... | group rm GROUP | group ls\n"
-            "Signing: --identity FILE (or ALLOT_IDENTITY) signs every request."
+            "  token create --principal NAME [--ttl 30d] | token revoke ID | "
+            "token ls\n"
+            "Signing: --identity FILE (or ALLOT_IDENTITY) signs every request;"
+            " --token T\n(or ALLOT_TOKEN) sends a bearer token instead."
             "\n"
             "quota set also takes --owner user:NAME|group:NAME and "
             "--remove-owner.\n"
@@ -112,50 +118,6 @@ static int fail(int code, const char *fmt, ...)
 
 /* --- msgpack to JSON and text
  * ----------------------------------------------------- */
-
-static json_t *to_json(const msgpack_object *o)
-{
-    switch (o->type) {
-    case MSGPACK_OBJECT_NIL:
-        return json_null();
-    case MSGPACK_OBJECT_BOOLEAN:
-        return json_boolean(o->via.boolean);
-    case MSGPACK_OBJECT_POSITIVE_INTEGER:
-        /* JSON integers are signed 64-bit in jansson; versions and indexes
-         * stay far below 2^63. */
-        return json_integer((json_int_t)o->via.u64);
-    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
-        return json_integer((json_int_t)o->via.i64);
-    case MSGPACK_OBJECT_FLOAT32:
-    case MSGPACK_OBJECT_FLOAT64:
-        return json_real(o->via.f64);
-    case MSGPACK_OBJECT_STR:
-        return json_stringn(o->via.str.ptr, o->via.str.size);
-    case MSGPACK_OBJECT_ARRAY: {
-        json_t *a = json_array();
-        for (uint32_t i = 0; i < o->via.array.size; i++) {
-            json_array_append_new(a, to_json(&o->via.array.ptr[i]));
-        }
-        return a;
-    }
-    case MSGPACK_OBJECT_MAP: {
-        json_t *m = json_object();
-        for (uint32_t i = 0; i < o->via.map.size; i++) {
-            const msgpack_object *k = &o->via.map.ptr[i].key;
-            if (k->type != MSGPACK_OBJECT_STR) {
-                continue;
-            }
-            char key[128];
-            snprintf(key, sizeof key, "%.*s", (int)k->via.str.size,
-                     k->via.str.ptr);
-            json_object_set_new(m, key, to_json(&o->via.map.ptr[i].val));
-        }
-        return m;
-    }
-    default:
-        return json_null();
-    }
-}
 
 static void print_json(json_t *j)
 {
@@ -372,7 +334,7 @@ static int cmd_quota_set(struct cli *cli)
         return rv;
     }
     if (cli->json) {
-        json_t *j = to_json(rep.result);
+        json_t *j = wire_to_json(rep.result);
         print_json(j);
         json_decref(j);
     } else {
@@ -401,7 +363,7 @@ static int cmd_quota_get(struct cli *cli)
         return rv;
     }
     if (cli->json) {
-        json_t *j = to_json(rep.result);
+        json_t *j = wire_to_json(rep.result);
         print_json(j);
         json_decref(j);
     } else {
@@ -428,7 +390,7 @@ static int cmd_quota_rm(struct cli *cli)
         return rv;
     }
     if (cli->json) {
-        json_t *j = to_json(rep.result);
+        json_t *j = wire_to_json(rep.result);
         print_json(j);
         json_decref(j);
     } else {
@@ -500,7 +462,7 @@ static int cmd_quota_ls(struct cli *cli)
             const msgpack_object *q = &quotas->via.array.ptr[i];
             count++;
             if (cli->json) {
-                json_array_append_new(all, to_json(q));
+                json_array_append_new(all, wire_to_json(q));
                 continue;
             }
             char path[QUOTA_PATH_MAX + 1], kind[16], ver[24], sum[256];
@@ -602,7 +564,7 @@ static int cmd_cluster(struct cli *cli)
             return rv;
         }
         if (cli->json) {
-            json_t *j = to_json(rep.result);
+            json_t *j = wire_to_json(rep.result);
             print_json(j);
             json_decref(j);
             allot_reply_destroy(&rep);
@@ -682,7 +644,7 @@ static int cmd_cluster(struct cli *cli)
         return rv;
     }
     if (cli->json) {
-        json_t *j = to_json(rep.result);
+        json_t *j = wire_to_json(rep.result);
         print_json(j);
         json_decref(j);
     } else if (strcmp(op, "cluster.transfer") == 0) {
@@ -761,7 +723,7 @@ static int cmd_capacity(struct cli *cli)
         return rv;
     }
     if (cli->json) {
-        json_t *j = to_json(rep.result);
+        json_t *j = wire_to_json(rep.result);
         print_json(j);
         json_decref(j);
     } else if (strcmp(sub, "set") == 0) {
@@ -972,7 +934,7 @@ static int cmd_audit(struct cli *cli)
              i++) {
             const msgpack_object *r = &recs->via.array.ptr[i];
             if (cli->json) {
-                json_array_append_new(all, to_json(r));
+                json_array_append_new(all, wire_to_json(r));
                 continue;
             }
             char ver[24], who[66], op[24], path[QUOTA_PATH_MAX + 1], when[32],
@@ -1079,7 +1041,7 @@ static int cmd_audit_retention(struct cli *cli)
         return rv;
     }
     if (cli->json) {
-        json_t *j = to_json(rep.result);
+        json_t *j = wire_to_json(rep.result);
         if (!set) {
             json_object_del(j, "records");
             json_object_del(j, "more");
@@ -1198,7 +1160,7 @@ static int cmd_access(struct cli *cli, bool group)
             return rv;
         }
         if (cli->json) {
-            json_t *j = to_json(rep.result);
+            json_t *j = wire_to_json(rep.result);
             print_json(j);
             json_decref(j);
         } else {
@@ -1254,7 +1216,7 @@ static int cmd_access(struct cli *cli, bool group)
         return rv;
     }
     if (cli->json) {
-        json_t *j = to_json(rep.result);
+        json_t *j = wire_to_json(rep.result);
         print_json(j);
         json_decref(j);
     } else {
@@ -1274,7 +1236,7 @@ static int print_change(void *arg, const msgpack_object *r)
     struct cli *cli = arg;
     if (cli->json) {
         /* One JSON document per line: a stream has no end to wait for. */
-        json_t *j = to_json(r);
+        json_t *j = wire_to_json(r);
         char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
         if (s != NULL) {
             puts(s);
@@ -1329,6 +1291,132 @@ static int cmd_quota_watch(struct cli *cli)
     return 0;
 }
 
+/* token -------------------------------------------------------------------- */
+
+struct token_args
+{
+    const char *name;
+    unsigned char hash[32];
+    uint64_t ttl_ms;
+    const char *id;
+};
+
+static void pack_token_create(msgpack_packer *pk, void *arg)
+{
+    struct token_args *a = arg;
+    msgpack_pack_map(pk, 3);
+    wire_pack_kv_str(pk, "name", a->name);
+    wire_pack_str(pk, "hash");
+    msgpack_pack_bin(pk, 32);
+    msgpack_pack_bin_body(pk, a->hash, 32);
+    wire_pack_kv_u64(pk, "ttl_ms", a->ttl_ms);
+}
+
+static void pack_token_id(msgpack_packer *pk, void *arg)
+{
+    struct token_args *a = arg;
+    msgpack_pack_map(pk, 1);
+    wire_pack_kv_str(pk, "id", a->id);
+}
+
+static int cmd_token(struct cli *cli)
+{
+    const char *sub = cli->n_pos > 1 ? cli->pos[1] : "";
+    struct token_args a = {0};
+    struct allot_reply rep;
+    int rv;
+    if (strcmp(sub, "create") == 0 && cli->n_pos == 2) {
+        if (cli->principal == NULL) {
+            return fail(ALLOT_EINVALID,
+                        "usage: token create --principal NAME [--ttl 30d]");
+        }
+        long long ttl = parse_duration_ms(cli->ttl != NULL ? cli->ttl : "30d");
+        if (ttl <= 0) {
+            return fail(ALLOT_EINVALID,
+                        "--ttl must be a duration such as 12h or 30d");
+        }
+        /* The token is made here and only its hash leaves this process: the
+         * cluster can check it but never show it again. */
+        unsigned char raw[32];
+        char token[8 + 65];
+        randombytes_buf(raw, sizeof raw);
+        memcpy(token, "allot_", 6);
+        sodium_bin2hex(token + 6, 65, raw, sizeof raw);
+        crypto_generichash(a.hash, sizeof a.hash, (unsigned char *)token,
+                           strlen(token), NULL, 0);
+        a.name = cli->principal;
+        a.ttl_ms = (uint64_t)ttl;
+        rv = call(cli, "token.create", pack_token_create, &a, &rep);
+        if (rv != 0) {
+            sodium_memzero(token, sizeof token);
+            return rv;
+        }
+        char id[17], expires[32];
+        sodium_bin2hex(id, sizeof id, a.hash, 8);
+        const msgpack_object *e = wire_map_get(rep.result, "expires_ms");
+        fmt_time_ms(e != NULL && e->type == MSGPACK_OBJECT_POSITIVE_INTEGER
+                        ? e->via.u64
+                        : 0,
+                    expires, sizeof expires);
+        if (cli->json) {
+            printf("{\"token\": \"%s\", \"id\": \"%s\", \"principal\": \"%s\", "
+                   "\"expires\": \"%s\"}\n",
+                   token, id, a.name, expires);
+        } else {
+            printf("%s\n# id %s, principal %s, expires %s; shown once: keep "
+                   "it secret\n",
+                   token, id, a.name, expires);
+        }
+        sodium_memzero(token, sizeof token);
+        allot_reply_destroy(&rep);
+        return 0;
+    }
+    if (strcmp(sub, "revoke") == 0 && cli->n_pos == 3) {
+        a.id = cli->pos[2];
+        rv = call(cli, "token.revoke", pack_token_id, &a, &rep);
+        if (rv != 0) {
+            return rv;
+        }
+        printf("revoked token %s\n", a.id);
+        allot_reply_destroy(&rep);
+        return 0;
+    }
+    if (strcmp(sub, "ls") == 0 && cli->n_pos == 2) {
+        rv = call(cli, "token.ls", NULL, NULL, &rep);
+        if (rv != 0) {
+            return rv;
+        }
+        if (cli->json) {
+            json_t *j = wire_to_json(rep.result);
+            print_json(j);
+            json_decref(j);
+        } else {
+            printf("%-18s %-24s %s\n", "ID", "PRINCIPAL", "EXPIRES");
+            for (uint32_t i = 0; rep.result != NULL &&
+                                 rep.result->type == MSGPACK_OBJECT_ARRAY &&
+                                 i < rep.result->via.array.size;
+                 i++) {
+                const msgpack_object *m = &rep.result->via.array.ptr[i];
+                const msgpack_object *e = wire_map_get(m, "expires_ms");
+                char id[24], who[80], when[32];
+                text_of(m, "id", NULL, id, sizeof id);
+                text_of(m, "principal", NULL, who, sizeof who);
+                fmt_time_ms(e != NULL &&
+                                    e->type == MSGPACK_OBJECT_POSITIVE_INTEGER
+                                ? e->via.u64
+                                : 0,
+                            when, sizeof when);
+                printf("%-18s %-24s %s\n", id, who, when);
+            }
+        }
+        allot_reply_destroy(&rep);
+        return 0;
+    }
+    return fail(ALLOT_EINVALID,
+                "usage: token create --principal NAME [--ttl 30d] | token "
+                "revoke ID | token ls");
+}
+
 /* --- main
  * ----------------------------------------------------------------------------
  */
@@ -1346,7 +1434,8 @@ static int parse_args(struct cli *cli, int argc, char **argv)
             strcmp(a, "--out") == 0 || strcmp(a, "--pubkey") == 0 ||
             strcmp(a, "--owner") == 0 || strcmp(a, "--remove-owner") == 0 ||
             strcmp(a, "--member") == 0 || strcmp(a, "--from-version") == 0 ||
-            strcmp(a, "--count") == 0;
+            strcmp(a, "--count") == 0 || strcmp(a, "--token") == 0 ||
+            strcmp(a, "--ttl") == 0;
         if (takes) {
             if (i + 1 >= argc) {
                 return fail(ALLOT_EINVALID, "%s needs a value", a);
@@ -1381,6 +1470,10 @@ static int parse_args(struct cli *cli, int argc, char **argv)
             cli->if_version = v;
         } else if (strcmp(a, "--identity") == 0) {
             cli->identity = val;
+        } else if (strcmp(a, "--token") == 0) {
+            cli->token = val;
+        } else if (strcmp(a, "--ttl") == 0) {
+            cli->ttl = val;
         } else if (strcmp(a, "--out") == 0) {
             cli->out = val;
         } else if (strcmp(a, "--pubkey") == 0) {
@@ -1472,6 +1565,12 @@ int main(int argc, char **argv)
     if (cli.identity == NULL) {
         cli.identity = getenv("ALLOT_IDENTITY");
     }
+    if (cli.token == NULL) {
+        cli.token = getenv("ALLOT_TOKEN");
+    }
+    if (cli.token != NULL && cli.token[0] != '\0') {
+        allot_client_set_token(cli.client, cli.token);
+    }
     if (cli.identity != NULL && cli.identity[0] != '\0') {
         struct auth_identity id;
         rv = auth_identity_load(cli.identity, &id, msg);
@@ -1505,6 +1604,8 @@ int main(int argc, char **argv)
         rv = cmd_capacity(&cli);
     } else if (strcmp(group, "audit") == 0) {
         rv = cmd_audit(&cli);
+    } else if (strcmp(group, "token") == 0) {
+        rv = cmd_token(&cli);
     } else if (strcmp(group, "principal") == 0) {
         rv = cmd_access(&cli, false);
     } else if (strcmp(group, "group") == 0) {
@@ -1514,7 +1615,7 @@ int main(int argc, char **argv)
     } else {
         rv = fail(ALLOT_EINVALID,
                   "unknown command \"%s\" (cluster, quota, capacity, audit, "
-                  "audit-retention, identity, principal, group)",
+                  "audit-retention, identity, principal, group, token)",
                   group);
     }
     allot_client_close(cli.client);

@@ -13,6 +13,7 @@
  * `timeout`. A forwarded write that fails this way may still have been
  * applied: the client's retry carries the same (client, seq). */
 #include <inttypes.h>
+#include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -265,14 +266,45 @@ static void pack_signed(msgpack_packer *pk, const struct node_req *r)
     auth_pack_claim(pk, &r->claim);
 }
 
+/* Credentials that travel with a re-encoded request: a bearer token, or an
+ * HTTP signature with its target and raw body. */
+static unsigned credential_fields(const struct node_req *r)
+{
+    return (r->token[0] != '\0' ? 1u : 0u) + (r->http_signed ? 1u : 0u);
+}
+
+static void pack_credentials(msgpack_packer *pk, const struct node_req *r)
+{
+    if (r->token[0] != '\0') {
+        wire_pack_kv_str(pk, "token", r->token);
+    }
+    if (r->http_signed) {
+        wire_pack_str(pk, "http_auth");
+        msgpack_pack_map(pk, 6);
+        wire_pack_kv_str(pk, "principal", r->claim.principal);
+        wire_pack_kv_u64(pk, "ts", r->claim.ts_ms);
+        wire_pack_str(pk, "nonce");
+        msgpack_pack_bin(pk, AUTH_NONCE_LEN);
+        msgpack_pack_bin_body(pk, r->claim.nonce, AUTH_NONCE_LEN);
+        wire_pack_str(pk, "sig");
+        msgpack_pack_bin(pk, AUTH_SIG_LEN);
+        msgpack_pack_bin_body(pk, r->claim.sig, AUTH_SIG_LEN);
+        wire_pack_kv_str(pk, "target", r->http_target);
+        wire_pack_str(pk, "raw");
+        msgpack_pack_bin(pk, r->body_len);
+        msgpack_pack_bin_body(pk, r->body != NULL ? r->body : "", r->body_len);
+    }
+}
+
 static void pack_request(msgpack_packer *pk, const struct node_req *r)
 {
-    if (r->is_signed) {
+    if (r->is_signed && !r->http_signed) {
         pack_signed(pk, r);
         return;
     }
     bool write = (wire_op_flags(r->op) & WIRE_OP_WRITE) != 0;
-    msgpack_pack_map(pk, write ? 7 : 4);
+    msgpack_pack_map(pk, (write ? 7u : 4u) + credential_fields(r));
+    pack_credentials(pk, r);
     wire_pack_kv_u64(pk, "id", r->fwd_id);
     wire_pack_kv_str(pk, "op", wire_op_name(r->op));
     wire_pack_str(pk, "fwd");
@@ -315,6 +347,21 @@ static void pack_request(msgpack_packer *pk, const struct node_req *r)
         msgpack_pack_map(pk, 1);
         wire_pack_kv_str(pk, "name", r->subject);
         break;
+    case WIRE_OP_TOKEN_CREATE:
+        msgpack_pack_map(pk, 3);
+        wire_pack_kv_str(pk, "name", r->subject);
+        wire_pack_str(pk, "hash");
+        msgpack_pack_bin(pk, 32);
+        msgpack_pack_bin_body(pk, r->cmd.token_hash, 32);
+        wire_pack_kv_u64(pk, "ttl_ms", r->cmd.ttl_ms);
+        break;
+    case WIRE_OP_TOKEN_REVOKE: {
+        char hex[17];
+        sodium_bin2hex(hex, sizeof hex, r->cmd.token_hash, 8);
+        msgpack_pack_map(pk, 1);
+        wire_pack_kv_str(pk, "id", hex);
+        break;
+    }
     case WIRE_OP_GROUP_ADD:
         msgpack_pack_map(pk, 2);
         wire_pack_kv_str(pk, "name", r->subject);
@@ -429,6 +476,7 @@ void forward_submit(struct node_req *r)
     }
     r->fwd_id = f->next_id++;
     r->state = REQ_FORWARDED;
+    n->metrics.forwarded++;
     TAILQ_INSERT_TAIL(&f->pending, r, queue_link);
     msgpack_packer pk;
     size_t start = f->out.size;

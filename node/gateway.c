@@ -19,6 +19,7 @@
  *     their answers dropped. */
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,6 +89,7 @@ void node_req_free(struct node_req *r)
         conn_maybe_resume(c);
     }
     free(r->body);
+    free(r->http_target);
     strv_free(r->owners_add, r->n_owners_add);
     strv_free(r->owners_rm, r->n_owners_rm);
     strv_free(r->members, r->n_members);
@@ -106,6 +108,8 @@ msgpack_packer *node_reply_begin(struct node_req *r, msgpack_packer *pk)
 
 void node_reply_done(struct node_req *r)
 {
+    metrics_observe(&r->node->metrics, r->op, 0,
+                    clock_mono_ns() - r->arrived_ns);
     if (r->conn != NULL && !r->conn->closing) {
         frame_end(r->conn, r->reply_start);
     }
@@ -114,6 +118,8 @@ void node_reply_done(struct node_req *r)
 
 void node_reply_error(struct node_req *r, int code, const char *message)
 {
+    metrics_observe(&r->node->metrics, r->op, code,
+                    clock_mono_ns() - r->arrived_ns);
     if (r->conn != NULL && !r->conn->closing) {
         msgpack_packer pk;
         size_t start = frame_begin(r->conn, &pk);
@@ -158,6 +164,14 @@ void gateway_flush(struct node *n)
         if (c->closing || c->out.size == 0) {
             continue;
         }
+        if (c->sink != NULL) {
+            /* A virtual connection (the HTTP API): frames go to its owner. */
+            size_t len = c->out.size;
+            char *data = msgpack_sbuffer_release(&c->out);
+            c->sink(c, data, len);
+            free(data);
+            continue;
+        }
         struct write_req *wr = malloc(sizeof *wr);
         if (wr == NULL) {
             conn_close(c);
@@ -197,7 +211,7 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 
 static void conn_pause(struct conn *c)
 {
-    if (c->reading) {
+    if (c->reading && c->sink == NULL) {
         uv_read_stop((uv_stream_t *)&c->tcp);
         c->reading = false;
     }
@@ -213,7 +227,7 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
 static void conn_maybe_resume(struct conn *c)
 {
-    if (!c->reading && !c->closing && !c->node->stopping &&
+    if (c->sink == NULL && !c->reading && !c->closing && !c->node->stopping &&
         c->inflight < NODE_CONN_INFLIGHT_MAX / 2 &&
         c->unsent + c->out.size < NODE_CONN_OUTBUF_MAX / 2) {
         c->reading = true;
@@ -409,6 +423,44 @@ static int decode_args(struct node_req *r, const struct wire_request *wr,
     case WIRE_OP_PRINCIPAL_RM:
         r->cmd.type = FSM_CMD_PRINCIPAL_RM;
         return arg_name(r, args, msg);
+    case WIRE_OP_TOKEN_CREATE: {
+        const msgpack_object *h = wire_map_get(args, "hash");
+        r->cmd.type = FSM_CMD_TOKEN_CREATE;
+        rv = arg_name(r, args, msg);
+        if (rv == 0 && (h == NULL || h->type != MSGPACK_OBJECT_BIN ||
+                        h->via.bin.size != 32)) {
+            rv = allot_errf(msg, ALLOT_EINVALID,
+                            "hash: the 32-byte BLAKE2b hash of the token");
+        }
+        if (rv == 0) {
+            memcpy(r->cmd.token_hash, h->via.bin.ptr, 32);
+            rv = wire_get_u64(args, "ttl_ms", true, &r->cmd.ttl_ms, msg);
+        }
+        return rv;
+    }
+    case WIRE_OP_TOKEN_REVOKE: {
+        const char *id;
+        size_t len;
+        char hex[17];
+        size_t got = 0;
+        r->cmd.type = FSM_CMD_TOKEN_REVOKE;
+        rv = wire_get_str(args, "id", true, &id, &len, msg);
+        if (rv == 0) {
+            if (len != 16) {
+                return allot_errf(msg, ALLOT_EINVALID,
+                                  "a token id is 16 hex digits");
+            }
+            memcpy(hex, id, 16);
+            hex[16] = '\0';
+            if (sodium_hex2bin(r->cmd.token_hash, 8, hex, 16, NULL, &got,
+                               NULL) != 0 ||
+                got != 8) {
+                return allot_errf(msg, ALLOT_EINVALID,
+                                  "a token id is 16 hex digits");
+            }
+        }
+        return rv;
+    }
     case WIRE_OP_GROUP_ADD:
         r->cmd.type = FSM_CMD_GROUP_ADD;
         rv = arg_name(r, args, msg);
@@ -605,8 +657,80 @@ static int decode_args(struct node_req *r, const struct wire_request *wr,
 /* --- Dispatch
  * ------------------------------------------------------------------ */
 
+/* Bearer token or HTTP signature material carried in the request. */
+static int decode_credentials(struct node_req *r, const msgpack_object *root,
+                              char *msg)
+{
+    const char *tok;
+    size_t len;
+    int rv = wire_get_str(root, "token", false, &tok, &len, msg);
+    if (rv == 0) {
+        if (len == 0 || len > NODE_TOKEN_MAX) {
+            return allot_errf(msg, ALLOT_EUNAUTHENTICATED,
+                              "a token is 1 to %d characters", NODE_TOKEN_MAX);
+        }
+        memcpy(r->token, tok, len);
+        r->token[len] = '\0';
+    } else if (rv != ALLOT_ENOT_FOUND) {
+        return rv;
+    }
+    const msgpack_object *ha = wire_map_get(root, "http_auth");
+    if (ha == NULL) {
+        return 0;
+    }
+    const char *target;
+    size_t target_len;
+    const msgpack_object *raw = wire_map_get(ha, "raw");
+    if (r->is_signed || auth_unpack_claim(ha, &r->claim, msg) != 0 ||
+        wire_get_str(ha, "target", true, &target, &target_len, msg) != 0 ||
+        target_len > 8192 || raw == NULL || raw->type != MSGPACK_OBJECT_BIN) {
+        return allot_errf(msg, ALLOT_EUNAUTHENTICATED,
+                          "malformed HTTP signature");
+    }
+    r->http_target = malloc(target_len + 1);
+    free(r->body);
+    r->body = malloc(raw->via.bin.size + 1);
+    if (r->http_target == NULL || r->body == NULL) {
+        return allot_errf(msg, ALLOT_ENOMEM, "out of memory");
+    }
+    memcpy(r->http_target, target, target_len);
+    r->http_target[target_len] = '\0';
+    memcpy(r->body, raw->via.bin.ptr, raw->via.bin.size);
+    r->body_len = raw->via.bin.size;
+    r->is_signed = true;
+    r->http_signed = true;
+    return 0;
+}
+
+static int verify_token(struct node *n, struct node_req *r, char *msg)
+{
+    unsigned char hash[32];
+    char who[AUTH_NAME_MAX + 1];
+    uint64_t expires;
+    crypto_generichash(hash, sizeof hash, (const unsigned char *)r->token,
+                       strlen(r->token), NULL, 0);
+    if (!fsm_token(n->fsm, hash, who, &expires)) {
+        return allot_errf(msg, ALLOT_EUNAUTHENTICATED,
+                          "unknown or revoked token");
+    }
+    if (clock_wall_ms() >= expires) {
+        return allot_errf(msg, ALLOT_EUNAUTHENTICATED, "the token expired");
+    }
+    unsigned char pk[AUTH_PUBKEY_LEN];
+    bool admin;
+    if (!fsm_principal(n->fsm, who, pk, &admin)) {
+        return allot_errf(msg, ALLOT_EUNAUTHENTICATED,
+                          "the token's principal %s no longer exists", who);
+    }
+    strcpy(r->principal, who);
+    return 0;
+}
+
 int node_verify(struct node *n, struct node_req *r, char *msg)
 {
+    if (r->token[0] != '\0') {
+        return verify_token(n, r, msg);
+    }
     const struct auth_claim *cl = &r->claim;
     unsigned char pk[AUTH_PUBKEY_LEN];
     bool admin;
@@ -650,7 +774,7 @@ static void handle_ping(struct node_req *r)
     node_reply_done(r);
 }
 
-static void handle_frame(struct conn *c, const char *body, size_t len)
+void gateway_dispatch(struct conn *c, const char *body, size_t len)
 {
     struct node *n = c->node;
     char msg[ALLOT_ERRMSG_SIZE] = "";
@@ -706,6 +830,9 @@ static void handle_frame(struct conn *c, const char *body, size_t len)
         }
     }
     if (rv == 0) {
+        rv = decode_credentials(r, &u.data, msg);
+    }
+    if (rv == 0) {
         rv = decode_args(r, &wr, msg);
     }
     msgpack_unpacked_destroy(&ub);
@@ -716,12 +843,13 @@ static void handle_frame(struct conn *c, const char *body, size_t len)
     }
     unsigned flags = wire_op_flags(r->op);
     bool leading = raft_state(&n->raft) == RAFT_LEADER;
-    if (r->is_signed && (leading || (flags & WIRE_OP_LOCAL))) {
+    bool credentials = r->is_signed || r->token[0] != '\0';
+    if (credentials && (leading || (flags & WIRE_OP_LOCAL))) {
         /* Verified where the principals are authoritative (the leader),
          * or here for what this node answers itself. A follower forwards
          * signed requests untouched for the leader to verify. */
         rv = node_verify(n, r, msg);
-    } else if (!r->is_signed && !n->cfg.insecure && r->op != WIRE_OP_PING) {
+    } else if (!credentials && !n->cfg.insecure && r->op != WIRE_OP_PING) {
         rv = allot_errf(msg, ALLOT_EUNAUTHENTICATED,
                         "this cluster accepts signed requests only: use "
                         "allotctl --identity FILE (allotctl identity new)");
@@ -772,7 +900,7 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             conn_close(c);
             return;
         }
-        handle_frame(c, body, len);
+        gateway_dispatch(c, body, len);
         if (c->closing) {
             return;
         }
@@ -1079,4 +1207,44 @@ void gateway_watch_close_all(struct node *n)
     while ((w = TAILQ_FIRST(&n->watches)) != NULL) {
         watch_free(n, w);
     }
+}
+
+/* --- Virtual connections
+ * ------------------------------------------------------
+ *
+ * The HTTP API speaks to the gateway as a client would: it builds msgpack
+ * requests, hands them to gateway_dispatch() on a connection without a
+ * socket, and receives the reply frames through `sink` once per loop turn.
+ * Everything a msgpack client gets (forwarding, authentication, batching,
+ * metrics) an HTTP client gets the same way. */
+
+struct conn *gateway_conn_virtual(struct node *n, gateway_sink_fn sink,
+                                  void *owner)
+{
+    struct conn *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        return NULL;
+    }
+    c->node = n;
+    c->sink = sink;
+    c->owner = owner;
+    wire_rbuf_init(&c->rbuf);
+    msgpack_sbuffer_init(&c->out);
+    TAILQ_INIT(&c->reqs);
+    return c;
+}
+
+void gateway_conn_virtual_close(struct conn *c)
+{
+    struct node_req *r;
+    while ((r = TAILQ_FIRST(&c->reqs)) != NULL) {
+        TAILQ_REMOVE(&c->reqs, r, conn_link);
+        r->conn = NULL;
+    }
+    if (c->dirty) {
+        TAILQ_REMOVE(&c->node->dirty, c, dirty_link);
+    }
+    wire_rbuf_close(&c->rbuf);
+    msgpack_sbuffer_destroy(&c->out);
+    free(c);
 }

@@ -100,6 +100,10 @@ static void reply_write(struct node_req *r, const struct fsm_result *res)
             wire_pack_kv_str(&pk, "path", r->path);
             wire_pack_kv_u64(&pk, "version", res->version);
             wire_pack_kv_u64(&pk, "removed", res->removed);
+        } else if (r->op == WIRE_OP_TOKEN_CREATE) {
+            msgpack_pack_map(&pk, 2);
+            wire_pack_kv_u64(&pk, "version", res->version);
+            wire_pack_kv_u64(&pk, "expires_ms", res->created_ms);
         } else {
             msgpack_pack_map(&pk, 1);
             wire_pack_kv_u64(&pk, "version", res->version);
@@ -270,12 +274,15 @@ static void serve_read(struct node *n, struct node_req *r)
         serve_capacity(n, r);
         return;
     }
-    if (r->op == WIRE_OP_PRINCIPAL_LS || r->op == WIRE_OP_GROUP_LS) {
+    if (r->op == WIRE_OP_PRINCIPAL_LS || r->op == WIRE_OP_GROUP_LS ||
+        r->op == WIRE_OP_TOKEN_LS) {
         if (node_reply_begin(r, &pk) != NULL) {
             if (r->op == WIRE_OP_PRINCIPAL_LS) {
                 fsm_pack_principals(n->fsm, &pk);
-            } else {
+            } else if (r->op == WIRE_OP_GROUP_LS) {
                 fsm_pack_groups(n->fsm, &pk);
+            } else {
+                fsm_pack_tokens(n->fsm, &pk);
             }
         }
         node_reply_done(r);

@@ -29,6 +29,8 @@ static void usage(FILE *out)
             "here\n"
             "  --raft HOST:PORT       address for raft traffic between nodes\n"
             "  --client HOST:PORT     address for clients (allotctl)\n"
+            "  --http HOST:PORT       HTTP/JSON API and /metrics "
+            "(docs/http.md)\n"
             "  --cluster LIST         initial voters, same list on each; "
             "used on first start only\n"
             "  --join HOST:PORT       ask a running node to add this one "
@@ -93,6 +95,7 @@ int main(int argc, char **argv)
         OPT_LOG,
         OPT_ADMIN,
         OPT_INFLIGHT,
+        OPT_HTTP,
         OPT_IDENTITY,
         OPT_HELP,
     };
@@ -110,6 +113,7 @@ int main(int argc, char **argv)
         {"heartbeat-timeout-ms", required_argument, NULL, OPT_HEARTBEAT},
         {"log-level", required_argument, NULL, OPT_LOG},
         {"admin", required_argument, NULL, OPT_ADMIN},
+        {"http", required_argument, NULL, OPT_HTTP},
         {"max-inflight-entries", required_argument, NULL, OPT_INFLIGHT},
         {"identity", required_argument, NULL, OPT_IDENTITY},
         {"help", no_argument, NULL, OPT_HELP},
@@ -206,6 +210,9 @@ int main(int argc, char **argv)
                 return 2;
             }
             cfg.max_inflight = (unsigned)v;
+            break;
+        case OPT_HTTP:
+            cfg.http_addr = optarg;
             break;
         case OPT_IDENTITY:
             cfg.identity = optarg;

@@ -26,6 +26,7 @@
 #include "../proto/wire.h"
 #include "../raft/raft_fsm.h"
 #include "../raft/transport.h"
+#include "metrics.h"
 
 #define NODE_COMP "node"
 /* A request waiting longer than this anywhere inside the node is answered
@@ -39,6 +40,7 @@
 #define NODE_LS_LIMIT_MAX      1000
 
 #define NODE_ADMINS_MAX 8
+#define NODE_TOKEN_MAX  128
 /* Signed requests: nonces remembered to refuse replays, bounded. */
 #define NODE_NONCES_MAX 262144
 
@@ -54,7 +56,8 @@ struct node_config
     /* --admin NAME=PUBKEY_HEX: the first admins of a new cluster. */
     struct fsm_admin admins[NODE_ADMINS_MAX];
     unsigned n_admins;
-    const char *identity; /* --identity FILE: signs --join's request */
+    const char *identity;  /* --identity FILE: signs --join's request */
+    const char *http_addr; /* --http HOST:PORT, or NULL */
     unsigned snapshot_threshold;
     unsigned snapshot_trailing;
     unsigned election_timeout_ms;
@@ -106,6 +109,9 @@ struct node_req
     /* A signed request keeps its exact body and claim, so a follower can
      * forward them for the leader to verify. */
     bool is_signed;
+    bool http_signed;  /* claim over an HTTP request: op = http_target */
+    char *http_target; /* owned: "METHOD /target?query" */
+    char token[NODE_TOKEN_MAX + 1]; /* bearer token, "" if none */
     struct auth_claim claim;
     char *body; /* owned */
     size_t body_len;
@@ -138,9 +144,13 @@ struct watch
 
 TAILQ_HEAD(watch_list, watch);
 
+typedef void (*gateway_sink_fn)(struct conn *c, const char *frames, size_t len);
+
 struct conn
 {
     TAILQ_ENTRY(conn) link;
+    gateway_sink_fn sink; /* virtual connection: where frames go; else NULL */
+    void *owner;
     TAILQ_ENTRY(conn) dirty_link; /* in node->dirty when out has bytes */
     struct node *node;
     uv_tcp_t tcp;
@@ -228,6 +238,7 @@ struct node
     struct fwd *fwd; /* NULL until something is forwarded */
 
     struct nonce_cache *nonces;
+    struct metrics metrics;
 
     bool hooks_started; /* prepare, sweep and signal handles are live */
     bool stopping;
@@ -244,6 +255,13 @@ bool node_is_ready_leader(struct node *n);
 /* gateway.c */
 int gateway_listen(struct node *n);
 void gateway_close_all(struct node *n);
+/* Decode one request frame body from c and route it (what a TCP read does
+ * for each frame). */
+void gateway_dispatch(struct conn *c, const char *body, size_t len);
+/* A connection without a socket: replies go to sink (the HTTP API). */
+struct conn *gateway_conn_virtual(struct node *n, gateway_sink_fn sink,
+                                  void *owner);
+void gateway_conn_virtual_close(struct conn *c);
 /* Flush every connection's pending replies (called once per loop turn). */
 void gateway_flush(struct node *n);
 void node_reply_error(struct node_req *r, int code, const char *message);
@@ -279,6 +297,10 @@ void nonce_cache_free(struct nonce_cache *c);
 /* 1 if the nonce was seen (a replay), 0 if new (now remembered). */
 int nonce_cache_check(struct nonce_cache *c, const unsigned char *nonce,
                       uint64_t now_ms);
+
+/* http.c: the HTTP/JSON API on --http. */
+int http_listen(struct node *n);
+void http_close_all(struct node *n);
 
 /* forward.c */
 void forward_submit(struct node_req *r);

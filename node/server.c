@@ -350,7 +350,7 @@ int node_start(struct node *n)
     }
     n->seen_state = raft_state(&n->raft);
     n->seen_term = n->raft.current_term;
-    if (gateway_listen(n) != 0) {
+    if (gateway_listen(n) != 0 || http_listen(n) != 0) {
         return -1;
     }
     uv_prepare_init(n->loop, &n->prepare);
@@ -394,6 +394,7 @@ void node_stop(struct node *n)
     n->stopping = true;
     atomic_store(&join_cancel, true);
     gateway_watch_close_all(n);
+    http_close_all(n);
     gateway_close_all(n);
     leader_fail_all(n, ALLOT_ESHUTDOWN, "node is shutting down");
     forward_close(n);

@@ -52,6 +52,7 @@ struct allot_client
     struct wire_rbuf rbuf;
     bool has_identity;
     struct auth_identity id;
+    char token[129];
 };
 
 int allot_client_open(const char *endpoints, int timeout_ms,
@@ -123,7 +124,13 @@ void allot_client_close(struct allot_client *c)
     }
     conn_close(c);
     sodium_memzero(&c->id, sizeof c->id);
+    sodium_memzero(c->token, sizeof c->token);
     free(c);
+}
+
+void allot_client_set_token(struct allot_client *c, const char *token)
+{
+    snprintf(c->token, sizeof c->token, "%s", token);
 }
 
 void allot_client_set_identity(struct allot_client *c,
@@ -297,9 +304,14 @@ static int build_request(struct allot_client *c, uint64_t id, const char *op,
     /* Synchronous client: every earlier seq has its answer. */
     uint64_t client = write ? c->client_id : 0, ack = write ? seq : 0;
     wire_frame_start(sb, &pk);
-    msgpack_pack_map(&pk, (write ? 6u : 3u) + (c->has_identity ? 1u : 0u));
+    bool token = c->token[0] != '\0' && !c->has_identity;
+    msgpack_pack_map(&pk, (write ? 6u : 3u) + (c->has_identity ? 1u : 0u) +
+                              (token ? 1u : 0u));
     wire_pack_kv_u64(&pk, "id", id);
     wire_pack_kv_str(&pk, "op", op);
+    if (token) {
+        wire_pack_kv_str(&pk, "token", c->token);
+    }
     if (c->has_identity) {
         struct auth_claim claim;
         auth_sign(&c->id, clock_wall_ms(), op, client, write ? seq : 0, ack,

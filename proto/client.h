@@ -37,6 +37,10 @@ struct auth_identity;
 void allot_client_set_identity(struct allot_client *c,
                                const struct auth_identity *id);
 
+/* Send a bearer token (allotctl token create) with every request instead
+ * of signing. Copied; at most 128 characters. */
+void allot_client_set_token(struct allot_client *c, const char *token);
+
 /* Per-call deadline (ms); also bounds connect and each read. */
 void allot_client_set_timeout(struct allot_client *c, int timeout_ms);
 

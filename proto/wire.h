@@ -65,7 +65,10 @@ enum wire_op_flags {
     X(GROUP_ADD, "group.add", WIRE_OP_WRITE)               \
     X(GROUP_RM, "group.rm", WIRE_OP_WRITE)                 \
     X(GROUP_LS, "group.ls", WIRE_OP_READ)                  \
-    X(QUOTA_WATCH, "quota.watch", WIRE_OP_LOCAL)
+    X(QUOTA_WATCH, "quota.watch", WIRE_OP_LOCAL)           \
+    X(TOKEN_CREATE, "token.create", WIRE_OP_WRITE)         \
+    X(TOKEN_REVOKE, "token.revoke", WIRE_OP_WRITE)         \
+    X(TOKEN_LS, "token.ls", WIRE_OP_READ)
 
 enum wire_op {
     WIRE_OP_UNKNOWN = 0,

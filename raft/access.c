@@ -21,11 +21,19 @@ static int group_cmp(const struct group *x, const struct group *y)
 RB_GENERATE_STATIC(principal_tree, principal, link, principal_cmp)
 RB_GENERATE_STATIC(group_tree, group, link, group_cmp)
 
+static int token_cmp(const struct token *x, const struct token *y)
+{
+    return memcmp(x->hash, y->hash, ACCESS_TOKEN_HASH_LEN);
+}
+
+RB_GENERATE_STATIC(token_tree, token, link, token_cmp)
+
 void access_init(struct access *a)
 {
     memset(a, 0, sizeof *a);
     RB_INIT(&a->principals);
     RB_INIT(&a->groups);
+    RB_INIT(&a->tokens);
 }
 
 static void group_free(struct group *g)
@@ -51,7 +59,13 @@ void access_free(struct access *a)
         RB_REMOVE(group_tree, &a->groups, g);
         group_free(g);
     }
-    a->n_principals = a->n_groups = 0;
+    struct token *t, *tn;
+    RB_FOREACH_SAFE(t, token_tree, &a->tokens, tn)
+    {
+        RB_REMOVE(token_tree, &a->tokens, t);
+        free(t);
+    }
+    a->n_principals = a->n_groups = a->n_tokens = 0;
 }
 
 const struct principal *access_principal(const struct access *a,
@@ -393,6 +407,121 @@ int access_unpack(const msgpack_object *principals,
         free(ptrs);
         if (rv != 0) {
             return rv;
+        }
+    }
+    return 0;
+}
+
+/* --- Tokens ------------------------------------------------------------------
+ */
+
+int access_token_add(struct access *a,
+                     const unsigned char hash[ACCESS_TOKEN_HASH_LEN],
+                     const char *principal, uint64_t created_ms,
+                     uint64_t expires_ms, char *msg)
+{
+    if (access_token(a, hash) != NULL) {
+        return allot_errf(msg, ALLOT_EEXISTS, "this token exists already");
+    }
+    if (a->n_tokens >= ACCESS_TOKENS_MAX) {
+        return allot_errf(msg, ALLOT_EINVALID, "too many tokens (max %d)",
+                          ACCESS_TOKENS_MAX);
+    }
+    struct token *t = calloc(1, sizeof *t);
+    if (t == NULL) {
+        return ALLOT_ENOMEM;
+    }
+    memcpy(t->hash, hash, ACCESS_TOKEN_HASH_LEN);
+    snprintf(t->principal, sizeof t->principal, "%s", principal);
+    t->created_ms = created_ms;
+    t->expires_ms = expires_ms;
+    RB_INSERT(token_tree, &a->tokens, t);
+    a->n_tokens++;
+    return 0;
+}
+
+const struct token *
+access_token(const struct access *a,
+             const unsigned char hash[ACCESS_TOKEN_HASH_LEN])
+{
+    struct token key;
+    memcpy(key.hash, hash, ACCESS_TOKEN_HASH_LEN);
+    return RB_FIND(token_tree, (struct token_tree *)&a->tokens, &key);
+}
+
+const struct token *
+access_token_by_id(const struct access *a,
+                   const unsigned char id[ACCESS_TOKEN_ID_LEN])
+{
+    struct token key;
+    memset(key.hash, 0, sizeof key.hash);
+    memcpy(key.hash, id, ACCESS_TOKEN_ID_LEN);
+    struct token *t =
+        RB_NFIND(token_tree, (struct token_tree *)&a->tokens, &key);
+    if (t != NULL && memcmp(t->hash, id, ACCESS_TOKEN_ID_LEN) == 0) {
+        return t;
+    }
+    return NULL;
+}
+
+void access_token_remove(struct access *a, const struct token *t)
+{
+    struct token *m = (struct token *)t;
+    RB_REMOVE(token_tree, &a->tokens, m);
+    a->n_tokens--;
+    free(m);
+}
+
+void access_tokens_expire(struct access *a, uint64_t now_ms)
+{
+    struct token *t, *tn;
+    RB_FOREACH_SAFE(t, token_tree, &a->tokens, tn)
+    {
+        if (t->expires_ms <= now_ms) {
+            access_token_remove(a, t);
+        }
+    }
+}
+
+void access_pack_tokens(msgpack_packer *pk, const struct access *a)
+{
+    msgpack_pack_array(pk, a->n_tokens);
+    struct token *t;
+    RB_FOREACH(t, token_tree, (struct token_tree *)&a->tokens)
+    {
+        char id[2 * ACCESS_TOKEN_ID_LEN + 1];
+        for (int i = 0; i < ACCESS_TOKEN_ID_LEN; i++) {
+            snprintf(id + 2 * i, 3, "%02x", t->hash[i]);
+        }
+        msgpack_pack_map(pk, 5);
+        wire_pack_kv_str(pk, "id", id);
+        wire_pack_str(pk, "hash");
+        msgpack_pack_bin(pk, ACCESS_TOKEN_HASH_LEN);
+        msgpack_pack_bin_body(pk, t->hash, ACCESS_TOKEN_HASH_LEN);
+        wire_pack_kv_str(pk, "principal", t->principal);
+        wire_pack_kv_u64(pk, "created_ms", t->created_ms);
+        wire_pack_kv_u64(pk, "expires_ms", t->expires_ms);
+    }
+}
+
+int access_unpack_tokens(const msgpack_object *o, struct access *a)
+{
+    if (o == NULL || o->type != MSGPACK_OBJECT_ARRAY) {
+        return ALLOT_EPROTOCOL;
+    }
+    for (uint32_t i = 0; i < o->via.array.size; i++) {
+        const msgpack_object *m = &o->via.array.ptr[i];
+        const msgpack_object *h = wire_map_get(m, "hash");
+        char who[AUTH_NAME_MAX + 1];
+        uint64_t created, expires;
+        if (h == NULL || h->type != MSGPACK_OBJECT_BIN ||
+            h->via.bin.size != ACCESS_TOKEN_HASH_LEN ||
+            !name_of(wire_map_get(m, "principal"), who) ||
+            wire_get_u64(m, "created_ms", true, &created, NULL) != 0 ||
+            wire_get_u64(m, "expires_ms", true, &expires, NULL) != 0 ||
+            access_token_add(a, (const unsigned char *)h->via.bin.ptr, who,
+                             created, expires, NULL) != 0) {
+            return ALLOT_EPROTOCOL;
         }
     }
     return 0;

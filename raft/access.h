@@ -46,15 +46,33 @@ struct group
     uint32_t n;
 };
 
+/* A bearer token: only its BLAKE2b-256 hash is kept. Its id, shown and
+ * used to revoke it, is the first 8 bytes of the hash in hex. */
+#define ACCESS_TOKEN_HASH_LEN 32
+#define ACCESS_TOKEN_ID_LEN   8
+#define ACCESS_TOKENS_MAX     65536
+
+struct token
+{
+    RB_ENTRY(token) link;
+    unsigned char hash[ACCESS_TOKEN_HASH_LEN];
+    char principal[AUTH_NAME_MAX + 1];
+    uint64_t created_ms;
+    uint64_t expires_ms;
+};
+
 RB_HEAD(principal_tree, principal);
 RB_HEAD(group_tree, group);
+RB_HEAD(token_tree, token);
 
 struct access
 {
     struct principal_tree principals;
     struct group_tree groups;
+    struct token_tree tokens;
     uint32_t n_principals;
     uint32_t n_groups;
+    uint32_t n_tokens;
 };
 
 void access_init(struct access *a);
@@ -85,6 +103,24 @@ int access_may_change(const struct access *a, const struct catalog *c,
 /* Admin-only operations (what names the operation in the message). */
 int access_may_admin(const struct access *a, const char *principal,
                      const char *what, char *msg);
+
+/* Tokens: add (ALLOT_EEXISTS for a hash already known), find a live one,
+ * revoke by id, and forget expired ones (by the state machine's clock). */
+int access_token_add(struct access *a,
+                     const unsigned char hash[ACCESS_TOKEN_HASH_LEN],
+                     const char *principal, uint64_t created_ms,
+                     uint64_t expires_ms, char *msg);
+const struct token *
+access_token(const struct access *a,
+             const unsigned char hash[ACCESS_TOKEN_HASH_LEN]);
+/* The token whose id is `id`, or NULL. */
+const struct token *
+access_token_by_id(const struct access *a,
+                   const unsigned char id[ACCESS_TOKEN_ID_LEN]);
+void access_token_remove(struct access *a, const struct token *t);
+void access_tokens_expire(struct access *a, uint64_t now_ms);
+void access_pack_tokens(msgpack_packer *pk, const struct access *a);
+int access_unpack_tokens(const msgpack_object *o, struct access *a);
 
 /* Listing (for principal.ls / group.ls), and snapshots. */
 void access_pack_principals(msgpack_packer *pk, const struct access *a);

@@ -16,6 +16,7 @@
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../proto/wire.h"
 #include "audit.h"
@@ -84,6 +85,7 @@ struct fsm
     struct fsm_state *st;
     struct fsm_batch_result batch; /* results of the last apply */
     unsigned batch_cap;
+    struct fsm_stats stats;
 };
 
 /* Copy of the msgpack string p[0..len) (not NUL-terminated). Not strndup():
@@ -921,6 +923,89 @@ static bool arr_name(const msgpack_object *a, uint32_t i, char *buf)
     return true;
 }
 
+static void apply_token_create(const struct change *ch, const char *subject,
+                               const unsigned char hash[32], uint64_t ttl_ms,
+                               struct fsm_result *r)
+{
+    struct fsm_state *st = ch->st;
+    char msg[ALLOT_ERRMSG_SIZE];
+    int rv = 0;
+    /* A principal may give itself a token; tokens for others are admin
+     * work. */
+    if (strcmp(subject, ch->principal) != 0) {
+        rv = access_may_admin(&st->acc, ch->principal,
+                              "create tokens for other principals", msg);
+    }
+    if (rv == 0 && access_principal(&st->acc, subject) == NULL) {
+        rv = allot_errf(msg, ALLOT_ENOT_FOUND, "no principal %s", subject);
+    }
+    if (rv == 0 && (ttl_ms == 0 || ttl_ms > 366ull * 24 * 3600 * 1000)) {
+        rv = allot_errf(msg, ALLOT_EINVALID,
+                        "a token lives from 1 ms to 366 days");
+    }
+    access_tokens_expire(&st->acc, st->now_ms);
+    if (rv == 0) {
+        rv = access_token_add(&st->acc, hash, subject, st->now_ms,
+                              st->now_ms + ttl_ms, msg);
+    }
+    if (rv != 0) {
+        result_error(r, rv, msg);
+        return;
+    }
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    char id[17];
+    sodium_bin2hex(id, sizeof id, hash, 8);
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 3);
+    wire_pack_kv_str(&pk, "token_id", id);
+    wire_pack_kv_str(&pk, "principal", subject);
+    wire_pack_kv_u64(&pk, "expires_ms", st->now_ms + ttl_ms);
+    size_t len;
+    char *value = audit_take_bytes(&sb, &len);
+    st->version++;
+    record(ch, st->version, "", NULL, 0, value, len);
+    result_clear(r);
+    r->version = st->version;
+    r->created_ms = st->now_ms + ttl_ms; /* the reply's expires_ms */
+}
+
+static void apply_token_revoke(const struct change *ch,
+                               const unsigned char id[8], struct fsm_result *r)
+{
+    struct fsm_state *st = ch->st;
+    char msg[ALLOT_ERRMSG_SIZE];
+    const struct token *t = access_token_by_id(&st->acc, id);
+    int rv = 0;
+    if (t == NULL) {
+        rv = allot_errf(msg, ALLOT_ENOT_FOUND, "no such token");
+    } else if (strcmp(t->principal, ch->principal) != 0) {
+        rv = access_may_admin(&st->acc, ch->principal,
+                              "revoke other principals' tokens", msg);
+    }
+    if (rv != 0) {
+        result_error(r, rv, msg);
+        return;
+    }
+    char idhex[17];
+    sodium_bin2hex(idhex, sizeof idhex, id, 8);
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 2);
+    wire_pack_kv_str(&pk, "token_id", idhex);
+    wire_pack_kv_str(&pk, "principal", t->principal);
+    size_t len;
+    char *value = audit_take_bytes(&sb, &len);
+    access_token_remove(&st->acc, t);
+    st->version++;
+    record(ch, st->version, "", value, len, NULL, 0);
+    result_clear(r);
+    r->version = st->version;
+}
+
 /* A new leader's --admin list: applied only while the cluster has no
  * principal at all, so the first leader of a new cluster creates its first
  * admins and every later LEADER entry changes nothing. */
@@ -1101,6 +1186,32 @@ static void apply_cmd(struct fsm_state *st, const msgpack_object *cmd,
                             adm->via.boolean, r);
         break;
     }
+    case FSM_CMD_TOKEN_CREATE: {
+        char name[AUTH_NAME_MAX + 1];
+        uint64_t ttl;
+        const msgpack_object *h = n_args == 3 ? &av->via.array.ptr[0] : NULL;
+        if (h == NULL || h->type != MSGPACK_OBJECT_BIN ||
+            h->via.bin.size != 32 || !arr_name(av, 1, name) ||
+            !arr_u64(av, 2, &ttl)) {
+            result_error(r, ALLOT_EINTERNAL, "malformed token command");
+            break;
+        }
+        ch.op = "token.create";
+        apply_token_create(&ch, name, (const unsigned char *)h->via.bin.ptr,
+                           ttl, r);
+        break;
+    }
+    case FSM_CMD_TOKEN_REVOKE: {
+        const msgpack_object *h = n_args == 1 ? &av->via.array.ptr[0] : NULL;
+        if (h == NULL || h->type != MSGPACK_OBJECT_BIN ||
+            h->via.bin.size != 8) {
+            result_error(r, ALLOT_EINTERNAL, "malformed token command");
+            break;
+        }
+        ch.op = "token.revoke";
+        apply_token_revoke(&ch, (const unsigned char *)h->via.bin.ptr, r);
+        break;
+    }
     case FSM_CMD_PRINCIPAL_RM: {
         char name[AUTH_NAME_MAX + 1];
         if (n_args != 1 || !arr_name(av, 0, name)) {
@@ -1254,6 +1365,7 @@ int fsm_batch_encode(const struct fsm_cmd *cmds, unsigned n, uint64_t time_ms,
         case FSM_CMD_QUOTA_RM:
         case FSM_CMD_LEADER:
         case FSM_CMD_PRINCIPAL_ADD:
+        case FSM_CMD_TOKEN_CREATE:
             n_args = 3;
             break;
         case FSM_CMD_CAPACITY_SET:
@@ -1263,6 +1375,7 @@ int fsm_batch_encode(const struct fsm_cmd *cmds, unsigned n, uint64_t time_ms,
             break;
         case FSM_CMD_PRINCIPAL_RM:
         case FSM_CMD_GROUP_RM:
+        case FSM_CMD_TOKEN_REVOKE:
             n_args = 1;
             break;
         default:
@@ -1300,6 +1413,16 @@ int fsm_batch_encode(const struct fsm_cmd *cmds, unsigned n, uint64_t time_ms,
         case FSM_CMD_PRINCIPAL_RM:
         case FSM_CMD_GROUP_RM:
             wire_pack_str(&pk, c->subject);
+            break;
+        case FSM_CMD_TOKEN_CREATE:
+            msgpack_pack_bin(&pk, 32);
+            msgpack_pack_bin_body(&pk, c->token_hash, 32);
+            wire_pack_str(&pk, c->subject);
+            msgpack_pack_uint64(&pk, c->ttl_ms);
+            break;
+        case FSM_CMD_TOKEN_REVOKE:
+            msgpack_pack_bin(&pk, 8);
+            msgpack_pack_bin_body(&pk, c->token_hash, 8);
             break;
         case FSM_CMD_GROUP_ADD:
             wire_pack_str(&pk, c->subject);
@@ -1387,8 +1510,10 @@ static void pack_result(msgpack_packer *pk, uint64_t seq,
 
 static void pack_state(msgpack_packer *pk, const struct fsm_state *st)
 {
-    msgpack_pack_map(pk, 10);
+    msgpack_pack_map(pk, 11);
     wire_pack_kv_u64(pk, "format", SNAPSHOT_FORMAT);
+    wire_pack_str(pk, "tokens");
+    access_pack_tokens(pk, &st->acc);
     wire_pack_str(pk, "principals");
     access_pack_principals(pk, &st->acc);
     wire_pack_str(pk, "groups");
@@ -1432,10 +1557,18 @@ static void pack_state(msgpack_packer *pk, const struct fsm_state *st)
     }
 }
 
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static int fsm_snapshot_cb(struct raft_fsm *rf, struct raft_buffer *bufs[],
                            unsigned *n_bufs)
 {
     struct fsm *f = rf->data;
+    uint64_t start = mono_ns();
     msgpack_sbuffer sb;
     msgpack_packer pk;
     msgpack_sbuffer_init(&sb);
@@ -1451,6 +1584,9 @@ static int fsm_snapshot_cb(struct raft_fsm *rf, struct raft_buffer *bufs[],
     (*bufs)[0].base = sb.data;
     (*bufs)[0].len = sb.size;
     *n_bufs = 1;
+    f->stats.snapshots++;
+    f->stats.last_snapshot_ns = mono_ns() - start;
+    f->stats.snapshot_ns += f->stats.last_snapshot_ns;
     return 0;
 }
 
@@ -1633,6 +1769,9 @@ static int unpack_state(const msgpack_object *root, struct fsm_state *st)
         rv = access_unpack(wire_map_get(root, "principals"),
                            wire_map_get(root, "groups"), &st->acc);
     }
+    if (rv == 0) {
+        rv = access_unpack_tokens(wire_map_get(root, "tokens"), &st->acc);
+    }
     if (rv != 0) {
         return rv;
     }
@@ -1679,6 +1818,7 @@ static int fsm_restore_cb(struct raft_fsm *rf, struct raft_buffer *buf)
     }
     state_free(f->st);
     f->st = st;
+    f->stats.restores++;
     /* On success the buffer is ours (canonical/raft's restore contract). */
     raft_free(buf->base);
     return 0;
@@ -1732,6 +1872,11 @@ uint64_t fsm_catalog_version(const struct fsm *f)
 uint64_t fsm_quota_count(const struct fsm *f)
 {
     return f->st->cat.n_quotas;
+}
+
+struct fsm_stats fsm_stats(const struct fsm *f)
+{
+    return f->stats;
 }
 
 unsigned fsm_session_count(const struct fsm *f)
@@ -1870,6 +2015,23 @@ bool fsm_principal(const struct fsm *f, const char *name, unsigned char pk[32],
     memcpy(pk, p->pk, 32);
     *admin = p->admin;
     return true;
+}
+
+bool fsm_token(const struct fsm *f, const unsigned char hash[32],
+               char principal[65], uint64_t *expires_ms)
+{
+    const struct token *t = access_token(&f->st->acc, hash);
+    if (t == NULL) {
+        return false;
+    }
+    memcpy(principal, t->principal, sizeof t->principal);
+    *expires_ms = t->expires_ms;
+    return true;
+}
+
+void fsm_pack_tokens(const struct fsm *f, msgpack_packer *pk)
+{
+    access_pack_tokens(pk, &f->st->acc);
 }
 
 bool fsm_no_principals(const struct fsm *f)

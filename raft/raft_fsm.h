@@ -44,6 +44,8 @@ enum fsm_cmd_type {
     FSM_CMD_PRINCIPAL_RM = 7,
     FSM_CMD_GROUP_ADD = 8,
     FSM_CMD_GROUP_RM = 9,
+    FSM_CMD_TOKEN_CREATE = 10,
+    FSM_CMD_TOKEN_REVOKE = 11,
 };
 
 /* A bootstrap admin (allotd --admin NAME=PUBKEY_HEX). */
@@ -99,6 +101,11 @@ struct fsm_cmd
     bool admin;                 /* PRINCIPAL_ADD */
     const char *const *members; /* GROUP_ADD */
     uint32_t n_members;
+    /* TOKEN_CREATE: hash of the token (the token itself never reaches the
+     * cluster's state), for subject, valid ttl_ms; TOKEN_REVOKE: the first 8
+     * bytes of the hash (its id). */
+    unsigned char token_hash[32];
+    uint64_t ttl_ms;
     uint64_t node_id; /* LEADER */
     const char *node_addr;
     /* LEADER: admins to create if the cluster has no principal yet. */
@@ -191,6 +198,12 @@ void fsm_audit_pack(const struct fsm *f, const struct fsm_audit_query *q,
 /* Public key and admin flag of a principal; false if unknown. */
 bool fsm_principal(const struct fsm *f, const char *name, unsigned char pk[32],
                    bool *admin);
+/* The principal a live token (by its hash) stands for, and when it
+ * expires; false if unknown. */
+bool fsm_token(const struct fsm *f, const unsigned char hash[32],
+               char principal[65], uint64_t *expires_ms);
+void fsm_pack_tokens(const struct fsm *f, msgpack_packer *pk);
+
 /* Is the principal table empty (a cluster waiting for its first admin)? */
 bool fsm_no_principals(const struct fsm *f);
 /* principal.ls and group.ls answers: an array of maps. */
@@ -215,6 +228,17 @@ const char *fsm_node_addr(const struct fsm *f, uint64_t id);
 /* BLAKE2b-256 digest of the catalog (version and every quota in path order),
  * equal on replicas that applied the same log. Hex, NUL-terminated. */
 void fsm_digest(const struct fsm *f, char hex[65]);
+
+/* Snapshot statistics (timings are measurements, not state: they differ
+ * between replicas and never feed back into it). */
+struct fsm_stats
+{
+    uint64_t snapshots;
+    uint64_t snapshot_ns;
+    uint64_t last_snapshot_ns;
+    uint64_t restores;
+};
+struct fsm_stats fsm_stats(const struct fsm *f);
 
 /* Number of client sessions remembered (for metrics and tests). */
 unsigned fsm_session_count(const struct fsm *f);
