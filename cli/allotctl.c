@@ -35,10 +35,15 @@ struct cli
     const char *principal;
     const char *identity; /* --identity FILE or ALLOT_IDENTITY */
     const char *token;    /* --token TOKEN or ALLOT_TOKEN */
-    const char *ttl;      /* token create --ttl DURATION */
-    const char *out;      /* identity new --out FILE */
-    const char *pubkey;   /* principal add --pubkey HEX */
-    bool admin;           /* principal add --admin */
+    const char *prefix;   /* validator add --prefix */
+    const char *exec;     /* validator add --exec */
+    const char *url;      /* validator add --url */
+    bool fail_open;       /* validator add --fail-open */
+    bool timeout_given;
+    const char *ttl;    /* token create --ttl DURATION */
+    const char *out;    /* identity new --out FILE */
+    const char *pubkey; /* principal add --pubkey HEX */
+    bool admin;         /* principal add --admin */
     const char *owners_add[QUOTA_OWNERS_MAX];
     uint32_t n_owners_add;
     const char *owners_rm[QUOTA_OWNERS_MAX];
@@ -83,6 +88,9 @@ static void usage(FILE *out)
             "  group add GROUP --member NAME... | group rm GROUP | group ls\n"
             "  token create --principal NAME [--ttl 30d] | token revoke ID | "
             "token ls\n"
+            "  validator add NAME --prefix P (--exec CMD | --url URL) "
+            "[--timeout-ms N] [--fail-open]\n"
+            "  validator rm NAME | validator ls\n"
             "Signing: --identity FILE (or ALLOT_IDENTITY) signs every request;"
             " --token T\n(or ALLOT_TOKEN) sends a bearer token instead."
             "\n"
@@ -1417,6 +1425,99 @@ static int cmd_token(struct cli *cli)
                 "revoke ID | token ls");
 }
 
+/* validator ------------------------------------------------------------------
+ */
+
+static void pack_validator_add(msgpack_packer *pk, void *arg)
+{
+    struct cli *cli = arg;
+    msgpack_pack_map(pk, 5);
+    wire_pack_kv_str(pk, "name", cli->pos[2]);
+    wire_pack_kv_str(pk, "prefix", cli->prefix);
+    if (cli->exec != NULL) {
+        wire_pack_kv_str(pk, "exec", cli->exec);
+    } else {
+        wire_pack_kv_str(pk, "url", cli->url);
+    }
+    /* Here --timeout-ms is the validator's, not this request's. */
+    wire_pack_kv_u64(pk, "timeout_ms",
+                     cli->timeout_given ? (uint64_t)cli->timeout_ms : 2000);
+    wire_pack_str(pk, "fail_open");
+    if (cli->fail_open) {
+        msgpack_pack_true(pk);
+    } else {
+        msgpack_pack_false(pk);
+    }
+}
+
+static void pack_validator_rm(msgpack_packer *pk, void *arg)
+{
+    struct cli *cli = arg;
+    msgpack_pack_map(pk, 1);
+    wire_pack_kv_str(pk, "name", cli->pos[2]);
+}
+
+static int cmd_validator(struct cli *cli)
+{
+    const char *sub = cli->n_pos > 1 ? cli->pos[1] : "";
+    struct allot_reply rep;
+    int rv;
+    if (strcmp(sub, "add") == 0 && cli->n_pos == 3) {
+        if (cli->prefix == NULL || (cli->exec == NULL) == (cli->url == NULL)) {
+            return fail(ALLOT_EINVALID,
+                        "usage: validator add NAME --prefix PATH_PREFIX "
+                        "(--exec COMMAND | --url http://HOST:PORT/PATH) "
+                        "[--timeout-ms N] [--fail-open]");
+        }
+        rv = call(cli, "validator.add", pack_validator_add, cli, &rep);
+    } else if (strcmp(sub, "rm") == 0 && cli->n_pos == 3) {
+        rv = call(cli, "validator.rm", pack_validator_rm, cli, &rep);
+    } else if (strcmp(sub, "ls") == 0 && cli->n_pos == 2) {
+        rv = call(cli, "validator.ls", NULL, NULL, &rep);
+        if (rv != 0) {
+            return rv;
+        }
+        if (cli->json) {
+            json_t *j = wire_to_json(rep.result);
+            print_json(j);
+            json_decref(j);
+        } else {
+            printf("%-16s %-24s %-5s %-8s %-9s %s\n", "NAME", "PREFIX", "KIND",
+                   "TIMEOUT", "FAIL_OPEN", "TARGET");
+            for (uint32_t i = 0; rep.result != NULL &&
+                                 rep.result->type == MSGPACK_OBJECT_ARRAY &&
+                                 i < rep.result->via.array.size;
+                 i++) {
+                const msgpack_object *m = &rep.result->via.array.ptr[i];
+                char name[80], prefix[QUOTA_PATH_MAX + 1], kind[8], t[24],
+                    fo[8], target[1100];
+                text_of(m, "name", NULL, name, sizeof name);
+                text_of(m, "prefix", NULL, prefix, sizeof prefix);
+                text_of(m, "kind", NULL, kind, sizeof kind);
+                text_of(m, "timeout_ms", NULL, t, sizeof t);
+                text_of(m, "fail_open", NULL, fo, sizeof fo);
+                text_of(m, kind, NULL, target, sizeof target);
+                printf("%-16s %-24s %-5s %-8s %-9s %s\n", name,
+                       prefix[0] ? prefix : "(all)", kind, t, fo, target);
+            }
+        }
+        allot_reply_destroy(&rep);
+        return 0;
+    } else {
+        return fail(ALLOT_EINVALID,
+                    "usage: validator add NAME --prefix PATH_PREFIX (--exec "
+                    "COMMAND | --url URL) [--timeout-ms N] [--fail-open] | "
+                    "validator rm NAME | validator ls");
+    }
+    if (rv != 0) {
+        return rv;
+    }
+    printf("%s validator %s\n", strcmp(sub, "add") == 0 ? "added" : "removed",
+           cli->pos[2]);
+    allot_reply_destroy(&rep);
+    return 0;
+}
+
 /* --- main
  * ----------------------------------------------------------------------------
  */
@@ -1435,7 +1536,8 @@ static int parse_args(struct cli *cli, int argc, char **argv)
             strcmp(a, "--owner") == 0 || strcmp(a, "--remove-owner") == 0 ||
             strcmp(a, "--member") == 0 || strcmp(a, "--from-version") == 0 ||
             strcmp(a, "--count") == 0 || strcmp(a, "--token") == 0 ||
-            strcmp(a, "--ttl") == 0;
+            strcmp(a, "--ttl") == 0 || strcmp(a, "--prefix") == 0 ||
+            strcmp(a, "--exec") == 0 || strcmp(a, "--url") == 0;
         if (takes) {
             if (i + 1 >= argc) {
                 return fail(ALLOT_EINVALID, "%s needs a value", a);
@@ -1457,6 +1559,7 @@ static int parse_args(struct cli *cli, int argc, char **argv)
                             "--timeout-ms must be from 1 to 3600000");
             }
             cli->timeout_ms = (int)t;
+            cli->timeout_given = true;
         } else if (strcmp(a, "--if-version") == 0) {
             char *end;
             errno = 0;
@@ -1470,6 +1573,14 @@ static int parse_args(struct cli *cli, int argc, char **argv)
             cli->if_version = v;
         } else if (strcmp(a, "--identity") == 0) {
             cli->identity = val;
+        } else if (strcmp(a, "--prefix") == 0) {
+            cli->prefix = val;
+        } else if (strcmp(a, "--exec") == 0) {
+            cli->exec = val;
+        } else if (strcmp(a, "--url") == 0) {
+            cli->url = val;
+        } else if (strcmp(a, "--fail-open") == 0) {
+            cli->fail_open = true;
         } else if (strcmp(a, "--token") == 0) {
             cli->token = val;
         } else if (strcmp(a, "--ttl") == 0) {
@@ -1558,7 +1669,10 @@ int main(int argc, char **argv)
         return cmd_identity(&cli); /* local: no cluster involved */
     }
     char msg[ALLOT_ERRMSG_SIZE];
-    rv = allot_client_open(cli.endpoints, cli.timeout_ms, &cli.client, msg);
+    /* validator add takes --timeout-ms for the validator itself. */
+    int request_timeout =
+        strcmp(group, "validator") == 0 ? 10000 : cli.timeout_ms;
+    rv = allot_client_open(cli.endpoints, request_timeout, &cli.client, msg);
     if (rv != 0) {
         return fail(rv, "%s", msg);
     }
@@ -1606,6 +1720,8 @@ int main(int argc, char **argv)
         rv = cmd_audit(&cli);
     } else if (strcmp(group, "token") == 0) {
         rv = cmd_token(&cli);
+    } else if (strcmp(group, "validator") == 0) {
+        rv = cmd_validator(&cli);
     } else if (strcmp(group, "principal") == 0) {
         rv = cmd_access(&cli, false);
     } else if (strcmp(group, "group") == 0) {
@@ -1613,10 +1729,11 @@ int main(int argc, char **argv)
     } else if (strcmp(group, "audit-retention") == 0) {
         rv = cmd_audit_retention(&cli);
     } else {
-        rv = fail(ALLOT_EINVALID,
-                  "unknown command \"%s\" (cluster, quota, capacity, audit, "
-                  "audit-retention, identity, principal, group, token)",
-                  group);
+        rv = fail(
+            ALLOT_EINVALID,
+            "unknown command \"%s\" (cluster, quota, capacity, audit, "
+            "audit-retention, identity, principal, group, token, validator)",
+            group);
     }
     allot_client_close(cli.client);
     return rv;

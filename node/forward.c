@@ -347,6 +347,25 @@ static void pack_request(msgpack_packer *pk, const struct node_req *r)
         msgpack_pack_map(pk, 1);
         wire_pack_kv_str(pk, "name", r->subject);
         break;
+    case WIRE_OP_VALIDATOR_ADD: {
+        const struct fsm_validator *v = r->validator;
+        msgpack_pack_map(pk, 5);
+        wire_pack_kv_str(pk, "name", v->name);
+        wire_pack_kv_str(pk, "prefix", v->prefix);
+        wire_pack_kv_str(pk, v->is_url ? "url" : "exec", v->target);
+        wire_pack_kv_u64(pk, "timeout_ms", v->timeout_ms);
+        wire_pack_str(pk, "fail_open");
+        if (v->fail_open) {
+            msgpack_pack_true(pk);
+        } else {
+            msgpack_pack_false(pk);
+        }
+        break;
+    }
+    case WIRE_OP_VALIDATOR_RM:
+        msgpack_pack_map(pk, 1);
+        wire_pack_kv_str(pk, "name", r->subject);
+        break;
     case WIRE_OP_TOKEN_CREATE:
         msgpack_pack_map(pk, 3);
         wire_pack_kv_str(pk, "name", r->subject);

@@ -90,6 +90,7 @@ void node_req_free(struct node_req *r)
     }
     free(r->body);
     free(r->http_target);
+    free(r->validator);
     strv_free(r->owners_add, r->n_owners_add);
     strv_free(r->owners_rm, r->n_owners_rm);
     strv_free(r->members, r->n_members);
@@ -422,6 +423,77 @@ static int decode_args(struct node_req *r, const struct wire_request *wr,
     }
     case WIRE_OP_PRINCIPAL_RM:
         r->cmd.type = FSM_CMD_PRINCIPAL_RM;
+        return arg_name(r, args, msg);
+    case WIRE_OP_VALIDATOR_ADD: {
+        const char *prefix, *exec = NULL, *url = NULL;
+        size_t prefix_len, exec_len = 0, url_len = 0;
+        uint64_t timeout = 2000;
+        bool fail_open = false;
+        r->cmd.type = FSM_CMD_VALIDATOR_ADD;
+        rv = arg_name(r, args, msg);
+        if (rv == 0) {
+            rv = wire_get_str(args, "prefix", true, &prefix, &prefix_len, msg);
+        }
+        if (rv == 0 && prefix_len > 0) {
+            rv = quota_path_check(prefix, prefix_len, msg);
+        }
+        if (rv == 0) {
+            rv = wire_get_str(args, "exec", false, &exec, &exec_len, msg);
+            rv = rv == ALLOT_ENOT_FOUND ? 0 : rv;
+        }
+        if (rv == 0) {
+            rv = wire_get_str(args, "url", false, &url, &url_len, msg);
+            rv = rv == ALLOT_ENOT_FOUND ? 0 : rv;
+        }
+        if (rv == 0) {
+            rv = wire_get_u64(args, "timeout_ms", false, &timeout, msg);
+            rv = rv == ALLOT_ENOT_FOUND ? 0 : rv;
+        }
+        if (rv == 0) {
+            rv = wire_get_bool(args, "fail_open", false, &fail_open, msg);
+            rv = rv == ALLOT_ENOT_FOUND ? 0 : rv;
+        }
+        if (rv != 0) {
+            return rv;
+        }
+        if ((exec == NULL) == (url == NULL)) {
+            return allot_errf(msg, ALLOT_EINVALID,
+                              "give exec (a shell command) or url "
+                              "(http://HOST:PORT/PATH), not both");
+        }
+        const char *target = exec != NULL ? exec : url;
+        size_t target_len = exec != NULL ? exec_len : url_len;
+        if (target_len == 0 || target_len > FSM_VALIDATOR_TARGET_MAX ||
+            memchr(target, '\0', target_len) != NULL) {
+            return allot_errf(msg, ALLOT_EINVALID,
+                              "the command or URL is 1 to %d characters",
+                              FSM_VALIDATOR_TARGET_MAX);
+        }
+        if (url != NULL && (url_len < 8 || memcmp(url, "http://", 7) != 0)) {
+            return allot_errf(msg, ALLOT_EINVALID,
+                              "url must be http://HOST:PORT/PATH (plain HTTP, "
+                              "an IPv4 address or localhost)");
+        }
+        if (timeout == 0 || timeout > 60000) {
+            return allot_errf(msg, ALLOT_EINVALID,
+                              "timeout_ms must be from 1 to 60000");
+        }
+        r->validator = calloc(1, sizeof *r->validator);
+        if (r->validator == NULL) {
+            return allot_errf(msg, ALLOT_ENOMEM, "out of memory");
+        }
+        struct fsm_validator *v = r->validator;
+        snprintf(v->name, sizeof v->name, "%s", r->subject);
+        memcpy(v->prefix, prefix, prefix_len);
+        v->is_url = url != NULL;
+        memcpy(v->target, target, target_len);
+        v->timeout_ms = (uint32_t)timeout;
+        v->fail_open = fail_open;
+        r->cmd.validator = v;
+        return 0;
+    }
+    case WIRE_OP_VALIDATOR_RM:
+        r->cmd.type = FSM_CMD_VALIDATOR_RM;
         return arg_name(r, args, msg);
     case WIRE_OP_TOKEN_CREATE: {
         const msgpack_object *h = wire_map_get(args, "hash");

@@ -274,6 +274,13 @@ static void serve_read(struct node *n, struct node_req *r)
         serve_capacity(n, r);
         return;
     }
+    if (r->op == WIRE_OP_VALIDATOR_LS) {
+        if (node_reply_begin(r, &pk) != NULL) {
+            fsm_pack_validators(n->fsm, &pk);
+        }
+        node_reply_done(r);
+        return;
+    }
     if (r->op == WIRE_OP_PRINCIPAL_LS || r->op == WIRE_OP_GROUP_LS ||
         r->op == WIRE_OP_TOKEN_LS) {
         if (node_reply_begin(r, &pk) != NULL) {
@@ -581,8 +588,17 @@ void leader_submit(struct node_req *r)
         run_admin(n, r);
         return;
     }
+    if ((flags & WIRE_OP_WRITE) && validate_submit(r)) {
+        return; /* validators run first; they queue it or answer it */
+    }
+    leader_enqueue(r);
+}
+
+void leader_enqueue(struct node_req *r)
+{
+    struct node *n = r->node;
     r->state = REQ_QUEUED;
-    if (flags & WIRE_OP_WRITE) {
+    if (wire_op_flags(r->op) & WIRE_OP_WRITE) {
         TAILQ_INSERT_TAIL(&n->writes, r, queue_link);
         n->n_writes++;
     } else {

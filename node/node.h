@@ -67,13 +67,15 @@ struct node_config
 
 struct node;
 struct conn;
+struct validation;
 
 /* Where a request waits. */
 enum node_req_state {
     REQ_NEW = 0,
-    REQ_QUEUED,   /* in leader.writes or leader.reads */
-    REQ_IN_RAFT,  /* part of an in-flight raft apply/barrier/change */
-    REQ_FORWARDED /* in the forwarding table */
+    REQ_QUEUED,    /* in leader.writes or leader.reads */
+    REQ_IN_RAFT,   /* part of an in-flight raft apply/barrier/change */
+    REQ_FORWARDED, /* in the forwarding table */
+    REQ_VALIDATING /* its validators are running (validate.c) */
 };
 
 struct node_req
@@ -123,6 +125,7 @@ struct node_req
     char **members;
     uint32_t n_members;
     char subject[AUTH_NAME_MAX + 1];
+    struct fsm_validator *validator; /* validator.add, owned */
     size_t reply_start; /* offset of the reply frame being built */
     /* Forwarding. */
     uint64_t fwd_id;
@@ -223,6 +226,7 @@ struct node
     struct conn_list conns;
     struct conn_list dirty;
     struct watch_list watches;
+    TAILQ_HEAD(, validation) validations;
 
     /* Leader state. */
     uint64_t ready_term; /* term whose own entry has been applied here */
@@ -281,7 +285,9 @@ void gateway_watch_close_all(struct node *n);
 
 /* leader.c */
 void leader_submit(struct node_req *r); /* READ, WRITE or ADMIN on the leader */
-void leader_tick(struct node *n);       /* once per loop turn */
+void leader_enqueue(
+    struct node_req *r);          /* a checked write or a read: queue it */
+void leader_tick(struct node *n); /* once per loop turn */
 void leader_fail_all(struct node *n, int code, const char *message);
 void leader_sweep(struct node *n, uint64_t now_ns);
 void leader_pack_quota(msgpack_packer *pk, const char *path,
@@ -301,6 +307,12 @@ int nonce_cache_check(struct nonce_cache *c, const unsigned char *nonce,
 /* http.c: the HTTP/JSON API on --http. */
 int http_listen(struct node *n);
 void http_close_all(struct node *n);
+
+/* validate.c: run the validators covering a write's path before it is
+ * queued. Returns false if none applies (queue it now), true if it took the
+ * request (it will queue or answer it). */
+bool validate_submit(struct node_req *r);
+void validate_abort_all(struct node *n);
 
 /* forward.c */
 void forward_submit(struct node_req *r);

@@ -133,6 +133,7 @@ int node_init(struct node *n, uv_loop_t *loop, const struct node_config *cfg)
     TAILQ_INIT(&n->conns);
     TAILQ_INIT(&n->dirty);
     TAILQ_INIT(&n->watches);
+    TAILQ_INIT(&n->validations);
     TAILQ_INIT(&n->writes);
     TAILQ_INIT(&n->reads);
 
@@ -394,6 +395,7 @@ void node_stop(struct node *n)
     n->stopping = true;
     atomic_store(&join_cancel, true);
     gateway_watch_close_all(n);
+    validate_abort_all(n);
     http_close_all(n);
     gateway_close_all(n);
     leader_fail_all(n, ALLOT_ESHUTDOWN, "node is shutting down");

@@ -68,7 +68,10 @@ enum wire_op_flags {
     X(QUOTA_WATCH, "quota.watch", WIRE_OP_LOCAL)           \
     X(TOKEN_CREATE, "token.create", WIRE_OP_WRITE)         \
     X(TOKEN_REVOKE, "token.revoke", WIRE_OP_WRITE)         \
-    X(TOKEN_LS, "token.ls", WIRE_OP_READ)
+    X(TOKEN_LS, "token.ls", WIRE_OP_READ)                  \
+    X(VALIDATOR_ADD, "validator.add", WIRE_OP_WRITE)       \
+    X(VALIDATOR_RM, "validator.rm", WIRE_OP_WRITE)         \
+    X(VALIDATOR_LS, "validator.ls", WIRE_OP_READ)
 
 enum wire_op {
     WIRE_OP_UNKNOWN = 0,

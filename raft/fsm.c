@@ -67,6 +67,8 @@ struct node_addr
  * so a snapshot that fails to decode leaves the old state untouched. */
 struct fsm_state
 {
+    struct fsm_validator validators[FSM_VALIDATORS_MAX]; /* by name */
+    unsigned n_validators;
     struct catalog cat;
     struct access acc;
     struct audit_log audit;
@@ -1006,6 +1008,143 @@ static void apply_token_revoke(const struct change *ch,
     r->version = st->version;
 }
 
+static void pack_validator(msgpack_packer *pk, const struct fsm_validator *v)
+{
+    msgpack_pack_map(pk, 6);
+    wire_pack_kv_str(pk, "name", v->name);
+    wire_pack_kv_str(pk, "prefix", v->prefix);
+    wire_pack_kv_str(pk, v->is_url ? "url" : "exec", v->target);
+    wire_pack_str(pk, "kind");
+    wire_pack_str(pk, v->is_url ? "url" : "exec");
+    wire_pack_kv_u64(pk, "timeout_ms", v->timeout_ms);
+    wire_pack_str(pk, "fail_open");
+    if (v->fail_open) {
+        msgpack_pack_true(pk);
+    } else {
+        msgpack_pack_false(pk);
+    }
+}
+
+static char *encode_validator(const struct fsm_validator *v, size_t *len)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    pack_validator(&pk, v);
+    return audit_take_bytes(&sb, len);
+}
+
+static int validator_find(const struct fsm_state *st, const char *name)
+{
+    for (unsigned i = 0; i < st->n_validators; i++) {
+        if (strcmp(st->validators[i].name, name) == 0) {
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+static void apply_validator_add(const struct change *ch,
+                                const struct fsm_validator *v,
+                                struct fsm_result *r)
+{
+    struct fsm_state *st = ch->st;
+    char msg[ALLOT_ERRMSG_SIZE];
+    int rv =
+        access_may_admin(&st->acc, ch->principal, "manage validators", msg);
+    if (rv == 0 && validator_find(st, v->name) >= 0) {
+        rv = allot_errf(msg, ALLOT_EEXISTS, "validator %s exists", v->name);
+    }
+    if (rv == 0 && st->n_validators == FSM_VALIDATORS_MAX) {
+        rv = allot_errf(msg, ALLOT_EINVALID, "at most %d validators",
+                        FSM_VALIDATORS_MAX);
+    }
+    if (rv != 0) {
+        result_error(r, rv, msg);
+        return;
+    }
+    unsigned pos = st->n_validators;
+    while (pos > 0 && strcmp(st->validators[pos - 1].name, v->name) > 0) {
+        st->validators[pos] = st->validators[pos - 1];
+        pos--;
+    }
+    st->validators[pos] = *v;
+    st->n_validators++;
+    size_t len;
+    char *value = encode_validator(v, &len);
+    st->version++;
+    record(ch, st->version, v->prefix, NULL, 0, value, len);
+    result_clear(r);
+    r->version = st->version;
+}
+
+static void apply_validator_rm(const struct change *ch, const char *name,
+                               struct fsm_result *r)
+{
+    struct fsm_state *st = ch->st;
+    char msg[ALLOT_ERRMSG_SIZE];
+    int rv =
+        access_may_admin(&st->acc, ch->principal, "manage validators", msg);
+    int i = rv == 0 ? validator_find(st, name) : -1;
+    if (rv == 0 && i < 0) {
+        rv = allot_errf(msg, ALLOT_ENOT_FOUND, "no validator %s", name);
+    }
+    if (rv != 0) {
+        result_error(r, rv, msg);
+        return;
+    }
+    size_t len;
+    char *value = encode_validator(&st->validators[i], &len);
+    char prefix[QUOTA_PATH_MAX + 1];
+    strcpy(prefix, st->validators[i].prefix);
+    memmove(&st->validators[i], &st->validators[i + 1],
+            (st->n_validators - (unsigned)i - 1) * sizeof st->validators[0]);
+    st->n_validators--;
+    st->version++;
+    record(ch, st->version, prefix, value, len, NULL, 0);
+    result_clear(r);
+    r->version = st->version;
+}
+
+/* Decode a validator from its map form (command args and snapshots). */
+static int unpack_validator(const msgpack_object *m, struct fsm_validator *v)
+{
+    const char *s;
+    size_t len;
+    uint64_t t;
+    memset(v, 0, sizeof *v);
+    if (wire_get_str(m, "name", true, &s, &len, NULL) != 0 ||
+        !auth_name_valid(s, len)) {
+        return ALLOT_EPROTOCOL;
+    }
+    memcpy(v->name, s, len);
+    if (wire_get_str(m, "prefix", true, &s, &len, NULL) != 0 ||
+        len > QUOTA_PATH_MAX ||
+        (len > 0 && quota_path_check(s, len, NULL) != 0)) {
+        return ALLOT_EPROTOCOL;
+    }
+    memcpy(v->prefix, s, len);
+    const msgpack_object *kind = wire_map_get(m, "kind");
+    if (kind == NULL ||
+        !(wire_str_eq(kind, "url") || wire_str_eq(kind, "exec"))) {
+        return ALLOT_EPROTOCOL;
+    }
+    v->is_url = wire_str_eq(kind, "url");
+    if (wire_get_str(m, v->is_url ? "url" : "exec", true, &s, &len, NULL) !=
+            0 ||
+        len == 0 || len > FSM_VALIDATOR_TARGET_MAX) {
+        return ALLOT_EPROTOCOL;
+    }
+    memcpy(v->target, s, len);
+    if (wire_get_u64(m, "timeout_ms", true, &t, NULL) != 0 || t == 0 ||
+        t > 60000 || wire_get_bool(m, "fail_open", true, &v->fail_open, NULL)) {
+        return ALLOT_EPROTOCOL;
+    }
+    v->timeout_ms = (uint32_t)t;
+    return 0;
+}
+
 /* A new leader's --admin list: applied only while the cluster has no
  * principal at all, so the first leader of a new cluster creates its first
  * admins and every later LEADER entry changes nothing. */
@@ -1201,6 +1340,26 @@ static void apply_cmd(struct fsm_state *st, const msgpack_object *cmd,
                            ttl, r);
         break;
     }
+    case FSM_CMD_VALIDATOR_ADD: {
+        struct fsm_validator v;
+        if (n_args != 1 || unpack_validator(&av->via.array.ptr[0], &v) != 0) {
+            result_error(r, ALLOT_EINTERNAL, "malformed validator command");
+            break;
+        }
+        ch.op = "validator.add";
+        apply_validator_add(&ch, &v, r);
+        break;
+    }
+    case FSM_CMD_VALIDATOR_RM: {
+        char name[AUTH_NAME_MAX + 1];
+        if (n_args != 1 || !arr_name(av, 0, name)) {
+            result_error(r, ALLOT_EINTERNAL, "malformed validator command");
+            break;
+        }
+        ch.op = "validator.rm";
+        apply_validator_rm(&ch, name, r);
+        break;
+    }
     case FSM_CMD_TOKEN_REVOKE: {
         const msgpack_object *h = n_args == 1 ? &av->via.array.ptr[0] : NULL;
         if (h == NULL || h->type != MSGPACK_OBJECT_BIN ||
@@ -1376,6 +1535,8 @@ int fsm_batch_encode(const struct fsm_cmd *cmds, unsigned n, uint64_t time_ms,
         case FSM_CMD_PRINCIPAL_RM:
         case FSM_CMD_GROUP_RM:
         case FSM_CMD_TOKEN_REVOKE:
+        case FSM_CMD_VALIDATOR_ADD:
+        case FSM_CMD_VALIDATOR_RM:
             n_args = 1;
             break;
         default:
@@ -1423,6 +1584,12 @@ int fsm_batch_encode(const struct fsm_cmd *cmds, unsigned n, uint64_t time_ms,
         case FSM_CMD_TOKEN_REVOKE:
             msgpack_pack_bin(&pk, 8);
             msgpack_pack_bin_body(&pk, c->token_hash, 8);
+            break;
+        case FSM_CMD_VALIDATOR_ADD:
+            pack_validator(&pk, c->validator);
+            break;
+        case FSM_CMD_VALIDATOR_RM:
+            wire_pack_str(&pk, c->subject);
             break;
         case FSM_CMD_GROUP_ADD:
             wire_pack_str(&pk, c->subject);
@@ -1510,8 +1677,13 @@ static void pack_result(msgpack_packer *pk, uint64_t seq,
 
 static void pack_state(msgpack_packer *pk, const struct fsm_state *st)
 {
-    msgpack_pack_map(pk, 11);
+    msgpack_pack_map(pk, 12);
     wire_pack_kv_u64(pk, "format", SNAPSHOT_FORMAT);
+    wire_pack_str(pk, "validators");
+    msgpack_pack_array(pk, st->n_validators);
+    for (unsigned i = 0; i < st->n_validators; i++) {
+        pack_validator(pk, &st->validators[i]);
+    }
     wire_pack_str(pk, "tokens");
     access_pack_tokens(pk, &st->acc);
     wire_pack_str(pk, "principals");
@@ -1771,6 +1943,21 @@ static int unpack_state(const msgpack_object *root, struct fsm_state *st)
     }
     if (rv == 0) {
         rv = access_unpack_tokens(wire_map_get(root, "tokens"), &st->acc);
+    }
+    const msgpack_object *vs = wire_map_get(root, "validators");
+    if (rv == 0 && (vs == NULL || vs->type != MSGPACK_OBJECT_ARRAY ||
+                    vs->via.array.size > FSM_VALIDATORS_MAX)) {
+        rv = ALLOT_EPROTOCOL;
+    }
+    for (uint32_t i = 0; rv == 0 && i < vs->via.array.size; i++) {
+        rv = unpack_validator(&vs->via.array.ptr[i],
+                              &st->validators[st->n_validators]);
+        if (rv == 0 && st->n_validators > 0 &&
+            strcmp(st->validators[st->n_validators - 1].name,
+                   st->validators[st->n_validators].name) >= 0) {
+            rv = ALLOT_EPROTOCOL; /* names sorted and unique */
+        }
+        st->n_validators += rv == 0;
     }
     if (rv != 0) {
         return rv;
@@ -2032,6 +2219,29 @@ bool fsm_token(const struct fsm *f, const unsigned char hash[32],
 void fsm_pack_tokens(const struct fsm *f, msgpack_packer *pk)
 {
     access_pack_tokens(pk, &f->st->acc);
+}
+
+unsigned fsm_validators_for(const struct fsm *f, const char *path, size_t len,
+                            const struct fsm_validator **out, unsigned max)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < f->st->n_validators && n < max; i++) {
+        const struct fsm_validator *v = &f->st->validators[i];
+        size_t plen = strlen(v->prefix);
+        if (plen == 0 || (len >= plen && memcmp(path, v->prefix, plen) == 0 &&
+                          (len == plen || path[plen] == '/'))) {
+            out[n++] = v;
+        }
+    }
+    return n;
+}
+
+void fsm_pack_validators(const struct fsm *f, msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, f->st->n_validators);
+    for (unsigned i = 0; i < f->st->n_validators; i++) {
+        pack_validator(pk, &f->st->validators[i]);
+    }
 }
 
 bool fsm_no_principals(const struct fsm *f)

@@ -46,6 +46,23 @@ enum fsm_cmd_type {
     FSM_CMD_GROUP_RM = 9,
     FSM_CMD_TOKEN_CREATE = 10,
     FSM_CMD_TOKEN_REVOKE = 11,
+    FSM_CMD_VALIDATOR_ADD = 12,
+    FSM_CMD_VALIDATOR_RM = 13,
+};
+
+/* A pluggable validator (allotctl validator add): before proposing a change
+ * under `prefix`, the leader runs `target` (a shell command, or an HTTP URL
+ * it POSTs to) with the change as JSON; see node/validate.c. */
+#define FSM_VALIDATORS_MAX       64
+#define FSM_VALIDATOR_TARGET_MAX 1024
+struct fsm_validator
+{
+    char name[65];
+    char prefix[QUOTA_PATH_MAX + 1]; /* "" covers every path */
+    bool is_url;
+    char target[FSM_VALIDATOR_TARGET_MAX + 1];
+    uint32_t timeout_ms;
+    bool fail_open;
 };
 
 /* A bootstrap admin (allotd --admin NAME=PUBKEY_HEX). */
@@ -106,7 +123,8 @@ struct fsm_cmd
      * bytes of the hash (its id). */
     unsigned char token_hash[32];
     uint64_t ttl_ms;
-    uint64_t node_id; /* LEADER */
+    const struct fsm_validator *validator; /* VALIDATOR_ADD (subject: RM) */
+    uint64_t node_id;                      /* LEADER */
     const char *node_addr;
     /* LEADER: admins to create if the cluster has no principal yet. */
     const struct fsm_admin *admins;
@@ -203,6 +221,13 @@ bool fsm_principal(const struct fsm *f, const char *name, unsigned char pk[32],
 bool fsm_token(const struct fsm *f, const unsigned char hash[32],
                char principal[65], uint64_t *expires_ms);
 void fsm_pack_tokens(const struct fsm *f, msgpack_packer *pk);
+
+/* Validators whose prefix covers path (equal, or a parent of it), in name
+ * order, at most max; returns how many. Pointers valid until the next
+ * apply. */
+unsigned fsm_validators_for(const struct fsm *f, const char *path, size_t len,
+                            const struct fsm_validator **out, unsigned max);
+void fsm_pack_validators(const struct fsm *f, msgpack_packer *pk);
 
 /* Is the principal table empty (a cluster waiting for its first admin)? */
 bool fsm_no_principals(const struct fsm *f);
