@@ -50,6 +50,8 @@ struct cli
     uint32_t n_owners_rm;
     const char *members[256];
     uint32_t n_members;
+    const char *label_kv[QUOTA_LABELS_MAX]; /* quota set labels.K=V */
+    uint32_t n_labels;
     bool has_from_version;
     uint64_t from_version;
     long long count; /* quota watch --count N: stop after N changes */
@@ -274,9 +276,25 @@ static void pack_path(msgpack_packer *pk, void *arg)
     bool rec = a->cli->recursive;
     bool own =
         a->patch != NULL && a->cli->n_owners_add + a->cli->n_owners_rm > 0;
+    bool lab = a->patch != NULL && a->cli->n_labels > 0;
     msgpack_pack_map(pk, 1u + (ifv ? 1u : 0u) + (a->patch ? 1u : 0u) +
-                             (rec ? 1u : 0u) + (own ? 2u : 0u));
+                             (rec ? 1u : 0u) + (own ? 2u : 0u) +
+                             (lab ? 1u : 0u));
     wire_pack_kv_str(pk, "path", a->path);
+    if (lab) {
+        wire_pack_str(pk, "labels");
+        msgpack_pack_map(pk, a->cli->n_labels);
+        for (uint32_t i = 0; i < a->cli->n_labels; i++) {
+            const char *kv = a->cli->label_kv[i];
+            const char *eq = strchr(kv, '=');
+            wire_pack_strn(pk, kv, (size_t)(eq - kv));
+            if (eq[1] != '\0') {
+                wire_pack_str(pk, eq + 1);
+            } else {
+                msgpack_pack_nil(pk);
+            }
+        }
+    }
     if (own) {
         const char *const *lists[2] = {a->cli->owners_add, a->cli->owners_rm};
         uint32_t counts[2] = {a->cli->n_owners_add, a->cli->n_owners_rm};
@@ -328,11 +346,31 @@ static int cmd_quota_set(struct cli *cli)
     memset(&patch, 0, sizeof patch);
     char msg[ALLOT_ERRMSG_SIZE];
     for (int i = 3; i < cli->n_pos; i++) {
-        if (quota_patch_parse_kv(&patch, cli->pos[i], msg) != 0) {
+        const char *kv = cli->pos[i];
+        if (strncmp(kv, "labels.", 7) == 0) {
+            /* labels.KEY=VALUE sets a label; labels.KEY= removes it. */
+            const char *eq = strchr(kv, '=');
+            if (eq == NULL || !quota_label_valid(kv + 7, (size_t)(eq - kv - 7),
+                                                 eq + 1, strlen(eq + 1))) {
+                return fail(ALLOT_EINVALID,
+                            "\"%s\": labels.KEY=VALUE, KEY of "
+                            "[A-Za-z0-9_./-]{1,63}, VALUE up to 255 printable "
+                            "bytes (empty removes the label)",
+                            kv);
+            }
+            if (cli->n_labels == QUOTA_LABELS_MAX) {
+                return fail(ALLOT_EINVALID, "at most %d labels",
+                            QUOTA_LABELS_MAX);
+            }
+            cli->label_kv[cli->n_labels++] = kv + 7;
+            continue;
+        }
+        if (quota_patch_parse_kv(&patch, kv, msg) != 0) {
             return fail(ALLOT_EINVALID, "%s", msg);
         }
     }
-    if ((patch.set != 0 || !owners) && quota_patch_check(&patch, msg) != 0) {
+    if ((patch.set != 0 || !(owners || cli->n_labels > 0)) &&
+        quota_patch_check(&patch, msg) != 0) {
         return fail(ALLOT_EINVALID, "%s", msg);
     }
     struct path_args a = {.path = cli->pos[2], .cli = cli, .patch = &patch};
@@ -872,6 +910,17 @@ static void change_summary(const msgpack_object *old_v,
                     : snprintf(buf + off, size - off, "%s%s %s->%s",
                                off ? ", " : "", b.name[i], before, b.val[i]);
         off += w > 0 ? (size_t)w : 0;
+    }
+    for (unsigned j = 0; !created && j < a.n && off < size; j++) {
+        bool kept = false;
+        for (unsigned i = 0; i < b.n; i++) {
+            kept |= strcmp(a.name[j], b.name[i]) == 0;
+        }
+        if (!kept) {
+            int w = snprintf(buf + off, size - off, "%s%s removed",
+                             off ? ", " : "", a.name[j]);
+            off += w > 0 ? (size_t)w : 0;
+        }
     }
     if (buf[0] == '\0') {
         snprintf(buf, size, "no field changed");

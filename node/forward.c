@@ -317,7 +317,17 @@ static void pack_request(msgpack_packer *pk, const struct node_req *r)
     wire_pack_str(pk, "args");
     switch (r->op) {
     case WIRE_OP_QUOTA_SET:
-        msgpack_pack_map(pk, r->cmd.has_if_version ? 5 : 4);
+        msgpack_pack_map(pk, r->cmd.has_if_version ? 6 : 5);
+        wire_pack_str(pk, "labels");
+        msgpack_pack_map(pk, r->n_label_edits);
+        for (uint32_t i = 0; i < r->n_label_edits; i++) {
+            wire_pack_str(pk, r->label_keys[i]);
+            if (r->label_values[i] != NULL) {
+                wire_pack_str(pk, r->label_values[i]);
+            } else {
+                msgpack_pack_nil(pk);
+            }
+        }
         wire_pack_kv_str(pk, "path", r->path);
         wire_pack_str(pk, "fields");
         msgpack_pack_map(pk, quota_fields_pack(NULL, &r->cmd.patch, true));

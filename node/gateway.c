@@ -94,6 +94,8 @@ void node_req_free(struct node_req *r)
     strv_free(r->owners_add, r->n_owners_add);
     strv_free(r->owners_rm, r->n_owners_rm);
     strv_free(r->members, r->n_members);
+    strv_free(r->label_keys, r->n_label_edits);
+    strv_free(r->label_values, r->n_label_edits);
     free(r);
 }
 
@@ -349,6 +351,57 @@ static int arg_strv(const msgpack_object *args, const char *key, uint32_t max,
     return 0;
 }
 
+/* "labels": {key: value, key: nil (remove)}, copied into the request. */
+static int arg_labels(struct node_req *r, const msgpack_object *args, char *msg)
+{
+    const msgpack_object *m = wire_map_get(args, "labels");
+    if (m == NULL || (m->type == MSGPACK_OBJECT_MAP && m->via.map.size == 0)) {
+        return 0;
+    }
+    if (m->type != MSGPACK_OBJECT_MAP || m->via.map.size > QUOTA_LABELS_MAX) {
+        return allot_errf(msg, ALLOT_EINVALID,
+                          "labels must be a map of at most %d entries",
+                          QUOTA_LABELS_MAX);
+    }
+    uint32_t n = m->via.map.size;
+    r->label_keys = calloc(n, sizeof *r->label_keys);
+    r->label_values = calloc(n, sizeof *r->label_values);
+    if (r->label_keys == NULL || r->label_values == NULL) {
+        return allot_errf(msg, ALLOT_ENOMEM, "out of memory");
+    }
+    r->n_label_edits = n;
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *k = &m->via.map.ptr[i].key;
+        const msgpack_object *v = &m->via.map.ptr[i].val;
+        bool remove = v->type == MSGPACK_OBJECT_NIL;
+        if (k->type != MSGPACK_OBJECT_STR ||
+            (!remove && v->type != MSGPACK_OBJECT_STR) ||
+            !quota_label_valid(k->via.str.ptr, k->via.str.size,
+                               remove ? "" : v->via.str.ptr,
+                               remove ? 0 : v->via.str.size)) {
+            return allot_errf(msg, ALLOT_EINVALID,
+                              "labels: a key is [A-Za-z0-9_./-]{1,63}, a "
+                              "value a string of up to 255 printable bytes "
+                              "or null (remove)");
+        }
+        r->label_keys[i] = malloc(k->via.str.size + 1);
+        if (r->label_keys[i] == NULL) {
+            return allot_errf(msg, ALLOT_ENOMEM, "out of memory");
+        }
+        memcpy(r->label_keys[i], k->via.str.ptr, k->via.str.size);
+        r->label_keys[i][k->via.str.size] = '\0';
+        if (!remove) {
+            r->label_values[i] = malloc(v->via.str.size + 1);
+            if (r->label_values[i] == NULL) {
+                return allot_errf(msg, ALLOT_ENOMEM, "out of memory");
+            }
+            memcpy(r->label_values[i], v->via.str.ptr, v->via.str.size);
+            r->label_values[i][v->via.str.size] = '\0';
+        }
+    }
+    return 0;
+}
+
 static int decode_args(struct node_req *r, const struct wire_request *wr,
                        char *msg)
 {
@@ -374,7 +427,11 @@ static int decode_args(struct node_req *r, const struct wire_request *wr,
             rv = arg_strv(args, "owners_rm", QUOTA_OWNERS_MAX, true,
                           &r->owners_rm, &r->n_owners_rm, msg);
         }
-        bool owners_only = r->n_owners_add + r->n_owners_rm > 0;
+        if (rv == 0) {
+            rv = arg_labels(r, args, msg);
+        }
+        bool owners_only =
+            r->n_owners_add + r->n_owners_rm > 0 || r->n_label_edits > 0;
         if (rv == 0) {
             /* Only owners may change without fields. */
             rv = wire_get_map(args, "fields", !owners_only, &fields, msg);
@@ -394,6 +451,9 @@ static int decode_args(struct node_req *r, const struct wire_request *wr,
         r->cmd.n_owners_add = r->n_owners_add;
         r->cmd.owners_rm = (const char *const *)r->owners_rm;
         r->cmd.n_owners_rm = r->n_owners_rm;
+        r->cmd.label_keys = (const char *const *)r->label_keys;
+        r->cmd.label_values = (const char *const *)r->label_values;
+        r->cmd.n_label_edits = r->n_label_edits;
         return rv;
     }
     case WIRE_OP_PRINCIPAL_ADD: {

@@ -665,12 +665,21 @@ static void route(struct http_conn *h)
             respond_error(h, ALLOT_EINVALID, msg);
             return;
         }
+        /* "labels" in the body edits labels (null removes one); the rest
+         * are fields. */
+        json_t *labels = json_incref(json_object_get(fields, "labels"));
+        json_object_del(fields, "labels");
         request_begin(h, &sb, &pk, "quota.set", true, token, sig);
-        msgpack_pack_map(&pk, 2u + (has ? 1u : 0u));
+        msgpack_pack_map(&pk, 2u + (has ? 1u : 0u) + (labels ? 1u : 0u));
         wire_pack_kv_str(&pk, "path", buf);
         wire_pack_str(&pk, "fields");
         wire_pack_json(&pk, fields);
         json_decref(fields);
+        if (labels != NULL) {
+            wire_pack_str(&pk, "labels");
+            wire_pack_json(&pk, labels);
+            json_decref(labels);
+        }
         if (has) {
             wire_pack_kv_u64(&pk, "if_version", v);
         }

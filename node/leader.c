@@ -78,6 +78,8 @@ void leader_pack_quota(msgpack_packer *pk, const char *path,
         .f = res->fields,
         .owners = res->owners,
         .n_owners = res->n_owners,
+        .labels = res->labels,
+        .n_labels = res->n_labels,
     };
     quota_pack(pk, &q);
 }

@@ -124,9 +124,12 @@ struct node_req
     uint32_t n_owners_rm;
     char **members;
     uint32_t n_members;
+    char **label_keys; /* quota.set label edits; a NULL value removes */
+    char **label_values;
+    uint32_t n_label_edits;
     char subject[AUTH_NAME_MAX + 1];
     struct fsm_validator *validator; /* validator.add, owned */
-    size_t reply_start; /* offset of the reply frame being built */
+    size_t reply_start;              /* offset of the reply frame being built */
     /* Forwarding. */
     uint64_t fwd_id;
     struct raft_change change;

@@ -61,6 +61,17 @@ const char *quota_kind_name(unsigned kind)
     return kind <= QUOTA_KIND_RATE ? kind_names[kind] : "unknown";
 }
 
+void quota_pack_labels(msgpack_packer *pk, char *const *labels, uint32_t n)
+{
+    msgpack_pack_map(pk, n);
+    for (uint32_t i = 0; i < n; i++) {
+        const char *eq = strchr(labels[i], '=');
+        size_t klen = eq != NULL ? (size_t)(eq - labels[i]) : strlen(labels[i]);
+        wire_pack_strn(pk, labels[i], klen);
+        wire_pack_str(pk, eq != NULL ? eq + 1 : "");
+    }
+}
+
 bool quota_owner_valid(const char *owner, size_t len)
 {
     if (len > 5 && memcmp(owner, "user:", 5) == 0) {
@@ -90,6 +101,27 @@ static bool name_valid(const char *s, size_t len)
     }
     for (size_t i = 0; i < len; i++) {
         if (!name_char(s[i])) {
+            return false;
+        }
+    }
+    return true;
+}
+
+bool quota_label_valid(const char *key, size_t klen, const char *value,
+                       size_t vlen)
+{
+    if (klen == 0 || klen > QUOTA_LABEL_KEY_MAX ||
+        vlen > QUOTA_LABEL_VALUE_MAX) {
+        return false;
+    }
+    for (size_t i = 0; i < klen; i++) {
+        char c = key[i];
+        if (!name_char(c) && c != '.' && c != '/') {
+            return false;
+        }
+    }
+    for (size_t i = 0; i < vlen; i++) {
+        if ((unsigned char)value[i] < 0x20 || value[i] == 0x7f) {
             return false;
         }
     }
@@ -587,7 +619,8 @@ static int patch_unpack_level(const msgpack_object *map, const char *group,
                               char *errmsg)
 {
     static const char *const meta[] = {"path",       "version", "created_ms",
-                                       "updated_ms", "owners",  NULL};
+                                       "updated_ms", "owners",  "labels",
+                                       NULL};
     for (uint32_t i = 0; i < map->via.map.size; i++) {
         const msgpack_object *k = &map->via.map.ptr[i].key;
         const msgpack_object *v = &map->via.map.ptr[i].val;
@@ -647,17 +680,30 @@ int quota_patch_unpack(const msgpack_object *map, struct quota_fields *p,
 void quota_pack(msgpack_packer *pk, const struct quota *q)
 {
     unsigned n = quota_fields_pack(NULL, &q->f, false);
-    msgpack_pack_map(pk, n + 5);
+    msgpack_pack_map(pk, n + 6);
     wire_pack_kv_str(pk, "path", q->path);
     wire_pack_kv_u64(pk, "version", q->version);
     wire_pack_kv_u64(pk, "created_ms", q->created_ms);
     wire_pack_kv_u64(pk, "updated_ms", q->updated_ms);
     quota_fields_pack(pk, &q->f, false);
+    wire_pack_str(pk, "labels");
+    quota_pack_labels(pk, q->labels, q->n_labels);
     wire_pack_str(pk, "owners");
     msgpack_pack_array(pk, q->n_owners);
     for (uint32_t i = 0; i < q->n_owners; i++) {
         wire_pack_str(pk, q->owners[i]);
     }
+}
+
+/* Compare the key of "key=value" with key[0..len). */
+static int label_key_cmp(const char *kv, const char *key, size_t len)
+{
+    size_t klen = strcspn(kv, "=");
+    int c = memcmp(kv, key, klen < len ? klen : len);
+    if (c != 0) {
+        return c;
+    }
+    return klen < len ? -1 : klen > len;
 }
 
 static char *dup_obj_str(const msgpack_object *o)
@@ -748,6 +794,47 @@ int quota_unpack(const msgpack_object *map, struct quota *q, char *errmsg)
             q->n_owners++;
         }
     }
+    const msgpack_object *labels = wire_map_get(map, "labels");
+    if (labels != NULL) {
+        if (labels->type != MSGPACK_OBJECT_MAP ||
+            labels->via.map.size > QUOTA_LABELS_MAX) {
+            quota_free(q);
+            return allot_errf(errmsg, ALLOT_EINVALID,
+                              "labels must be a map of at most %d entries",
+                              QUOTA_LABELS_MAX);
+        }
+        q->labels = calloc(labels->via.map.size + 1, sizeof *q->labels);
+        if (q->labels == NULL) {
+            quota_free(q);
+            return ALLOT_ENOMEM;
+        }
+        for (uint32_t i = 0; i < labels->via.map.size; i++) {
+            const msgpack_object *k = &labels->via.map.ptr[i].key;
+            const msgpack_object *v = &labels->via.map.ptr[i].val;
+            if (k->type != MSGPACK_OBJECT_STR ||
+                v->type != MSGPACK_OBJECT_STR ||
+                !quota_label_valid(k->via.str.ptr, k->via.str.size,
+                                   v->via.str.ptr, v->via.str.size) ||
+                (i > 0 && label_key_cmp(q->labels[i - 1], k->via.str.ptr,
+                                        k->via.str.size) >= 0)) {
+                quota_free(q);
+                return allot_errf(errmsg, ALLOT_EINVALID,
+                                  "bad label (keys sorted, unique, "
+                                  "[A-Za-z0-9_./-]{1,63}; values up to 255 "
+                                  "printable bytes)");
+            }
+            char *kv = malloc(k->via.str.size + v->via.str.size + 2);
+            if (kv == NULL) {
+                quota_free(q);
+                return ALLOT_ENOMEM;
+            }
+            memcpy(kv, k->via.str.ptr, k->via.str.size);
+            kv[k->via.str.size] = '=';
+            memcpy(kv + k->via.str.size + 1, v->via.str.ptr, v->via.str.size);
+            kv[k->via.str.size + 1 + v->via.str.size] = '\0';
+            q->labels[q->n_labels++] = kv;
+        }
+    }
     return 0;
 }
 
@@ -760,6 +847,12 @@ void quota_free(struct quota *q)
         free(q->owners[i]);
     }
     free(q->owners);
+    for (uint32_t i = 0; i < q->n_labels; i++) {
+        free(q->labels[i]);
+    }
+    free(q->labels);
+    q->labels = NULL;
+    q->n_labels = 0;
     free(q->path);
     q->owners = NULL;
     q->path = NULL;

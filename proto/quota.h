@@ -17,11 +17,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define QUOTA_SEGMENT_MAX 64
-#define QUOTA_DEPTH_MAX   8
-#define QUOTA_PATH_MAX    (QUOTA_DEPTH_MAX * (QUOTA_SEGMENT_MAX + 1))
-#define QUOTA_FLEET_MAX   64
-#define QUOTA_OWNERS_MAX  32
+#define QUOTA_SEGMENT_MAX     64
+#define QUOTA_DEPTH_MAX       8
+#define QUOTA_PATH_MAX        (QUOTA_DEPTH_MAX * (QUOTA_SEGMENT_MAX + 1))
+#define QUOTA_FLEET_MAX       64
+#define QUOTA_OWNERS_MAX      32
+#define QUOTA_LABELS_MAX      32
+#define QUOTA_LABEL_KEY_MAX   63
+#define QUOTA_LABEL_VALUE_MAX 255
 /* Largest rate a quota may have, in units per second. */
 #define QUOTA_RATE_MAX 1e12
 
@@ -122,6 +125,8 @@ struct quota
     struct quota_fields f;
     char **owners; /* owned array of owned strings, "user:NAME"/"group:NAME" */
     uint32_t n_owners;
+    char **labels; /* owned, "key=value", sorted by key */
+    uint32_t n_labels;
 };
 
 const char *quota_kind_name(unsigned kind);
@@ -176,6 +181,14 @@ void quota_field_format(const struct quota_field_desc *d,
 /* An owner entry: "user:NAME" or "group:NAME", NAME of [A-Za-z0-9_.@-]
  * {1,64} (auth_name_valid). */
 bool quota_owner_valid(const char *owner, size_t len);
+
+/* A label: key of [A-Za-z0-9_./-]{1,63}, value of 0 to 255 printable
+ * bytes (no control characters). */
+bool quota_label_valid(const char *key, size_t klen, const char *value,
+                       size_t vlen);
+
+/* Pack a "key=value" list as a map. */
+void quota_pack_labels(msgpack_packer *pk, char *const *labels, uint32_t n);
 
 /* Does field d apply to a quota of this kind? */
 bool quota_field_applies(const struct quota_field_desc *d, unsigned kind);

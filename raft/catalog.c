@@ -330,7 +330,8 @@ int catalog_check_set(const struct catalog *c, const char *path, size_t len,
 struct cat_node *catalog_put(struct catalog *c, const char *path, size_t len,
                              struct cat_node *cur,
                              const struct quota_fields *next, char **owners,
-                             uint32_t n_owners, uint64_t version,
+                             uint32_t n_owners, char **labels,
+                             uint32_t n_labels, uint64_t version,
                              uint64_t now_ms)
 {
     struct cat_node *parent;
@@ -364,6 +365,12 @@ struct cat_node *catalog_put(struct catalog *c, const char *path, size_t len,
     free(cur->q.owners);
     cur->q.owners = owners;
     cur->q.n_owners = n_owners;
+    for (uint32_t i = 0; i < cur->q.n_labels; i++) {
+        free(cur->q.labels[i]);
+    }
+    free(cur->q.labels);
+    cur->q.labels = labels;
+    cur->q.n_labels = n_labels;
     cur->q.version = version;
     cur->q.updated_ms = now_ms;
     agg_add(pagg, &cur->q.f);

@@ -64,13 +64,15 @@ int catalog_check_set(const struct catalog *c, const char *path, size_t len,
 
 /* Store `next` and the owners at path (updating cur, or inserting when cur
  * is NULL) with the given version and time, keeping aggregates. The owners
- * array and its strings become the node's (the old ones are freed). Returns
+ * and labels arrays and their strings become the node's (the old ones are
+ * freed). Returns
  * the node, or NULL when out of memory: nothing changed and the owners are
  * still the caller's. */
 struct cat_node *catalog_put(struct catalog *c, const char *path, size_t len,
                              struct cat_node *cur,
                              const struct quota_fields *next, char **owners,
-                             uint32_t n_owners, uint64_t version,
+                             uint32_t n_owners, char **labels,
+                             uint32_t n_labels, uint64_t version,
                              uint64_t now_ms);
 
 /* Check removing n: refused (ALLOT_EVALIDATION_FAILED) when it has children

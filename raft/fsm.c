@@ -112,6 +112,14 @@ static void pack_opt_u64(msgpack_packer *pk, bool has, uint64_t v)
     }
 }
 
+/* Free n strings (not the array). */
+static void strv_clear(char **v, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        free(v[i]);
+    }
+}
+
 static void strv_free(char **v, uint32_t n)
 {
     for (uint32_t i = 0; i < n; i++) {
@@ -141,6 +149,7 @@ static void result_clear(struct fsm_result *r)
 {
     free(r->message);
     strv_free(r->owners, r->n_owners);
+    strv_free(r->labels, r->n_labels);
     memset(r, 0, sizeof *r);
 }
 
@@ -150,6 +159,8 @@ static int result_copy(struct fsm_result *dst, const struct fsm_result *src)
     dst->message = NULL;
     dst->owners = NULL;
     dst->n_owners = 0;
+    dst->labels = NULL;
+    dst->n_labels = 0;
     if (src->message != NULL) {
         dst->message = strdup(src->message);
         if (dst->message == NULL) {
@@ -162,6 +173,13 @@ static int result_copy(struct fsm_result *dst, const struct fsm_result *src)
             return ALLOT_ENOMEM;
         }
         dst->n_owners = src->n_owners;
+    }
+    if (src->n_labels > 0) {
+        dst->labels = strv_dup(src->labels, src->n_labels);
+        if (dst->labels == NULL) {
+            return ALLOT_ENOMEM;
+        }
+        dst->n_labels = src->n_labels;
     }
     return 0;
 }
@@ -518,16 +536,110 @@ static char **owners_after(const struct change *ch, const struct cat_node *c,
     return out;
 }
 
+static int cmp_label(const void *x, const void *y)
+{
+    const char *a = *(char *const *)x, *b = *(char *const *)y;
+    size_t ka = strcspn(a, "="), kb = strcspn(b, "=");
+    int c = memcmp(a, b, ka < kb ? ka : kb);
+    return c != 0 ? c : (ka > kb) - (ka < kb);
+}
+
+/* The labels a set leaves: the current ones with the command's edits (a
+ * map key -> value, nil removing), sorted by key. */
+static char **labels_after(const struct cat_node *c, const msgpack_object *e,
+                           uint32_t *n, int *rv, char *msg)
+{
+    char *tmp[2 * QUOTA_LABELS_MAX];
+    uint32_t k = 0;
+    *rv = 0;
+    *n = 0;
+    if (e != NULL &&
+        (e->type != MSGPACK_OBJECT_MAP || e->via.map.size > QUOTA_LABELS_MAX)) {
+        *rv = allot_errf(msg, ALLOT_EINVALID,
+                         "labels: a map of at most %d edits", QUOTA_LABELS_MAX);
+        return NULL;
+    }
+    for (uint32_t i = 0; c != NULL && i < c->q.n_labels; i++) {
+        tmp[k] = strdup(c->q.labels[i]);
+        if (tmp[k] == NULL) {
+            goto nomem;
+        }
+        k++;
+    }
+    for (uint32_t i = 0; e != NULL && i < e->via.map.size; i++) {
+        const msgpack_object *key = &e->via.map.ptr[i].key;
+        const msgpack_object *val = &e->via.map.ptr[i].val;
+        bool remove = val->type == MSGPACK_OBJECT_NIL;
+        if (key->type != MSGPACK_OBJECT_STR ||
+            (!remove && val->type != MSGPACK_OBJECT_STR) ||
+            !quota_label_valid(key->via.str.ptr, key->via.str.size,
+                               remove ? "" : val->via.str.ptr,
+                               remove ? 0 : val->via.str.size)) {
+            strv_clear(tmp, k);
+            *rv = allot_errf(msg, ALLOT_EINVALID,
+                             "a label key is [A-Za-z0-9_./-]{1,63}; a value "
+                             "up to 255 printable bytes");
+            return NULL;
+        }
+        /* Drop the current value of this key, then add the new one. */
+        for (uint32_t j = 0; j < k; j++) {
+            if (strcspn(tmp[j], "=") == key->via.str.size &&
+                memcmp(tmp[j], key->via.str.ptr, key->via.str.size) == 0) {
+                free(tmp[j]);
+                tmp[j] = tmp[--k];
+                break;
+            }
+        }
+        if (remove) {
+            continue;
+        }
+        if (k == QUOTA_LABELS_MAX) {
+            strv_clear(tmp, k);
+            *rv = allot_errf(msg, ALLOT_EINVALID,
+                             "a quota has at most %d labels", QUOTA_LABELS_MAX);
+            return NULL;
+        }
+        tmp[k] = malloc(key->via.str.size + val->via.str.size + 2);
+        if (tmp[k] == NULL) {
+            goto nomem;
+        }
+        memcpy(tmp[k], key->via.str.ptr, key->via.str.size);
+        tmp[k][key->via.str.size] = '=';
+        memcpy(tmp[k] + key->via.str.size + 1, val->via.str.ptr,
+               val->via.str.size);
+        tmp[k][key->via.str.size + 1 + val->via.str.size] = '\0';
+        k++;
+    }
+    if (k == 0) {
+        return NULL;
+    }
+    qsort(tmp, k, sizeof tmp[0], cmp_label);
+    char **out = malloc(k * sizeof *out);
+    if (out == NULL) {
+        goto nomem;
+    }
+    memcpy(out, tmp, k * sizeof *out);
+    *n = k;
+    return out;
+nomem:
+    strv_clear(tmp, k);
+    *rv = ALLOT_ENOMEM;
+    return NULL;
+}
+
 static void apply_set(const struct change *ch, const char *path,
                       size_t path_len, const struct quota_fields *patch,
-                      const struct owner_edit *owners, bool has_if,
+                      const struct owner_edit *owners,
+                      const msgpack_object *labels, bool has_if,
                       uint64_t if_version, struct fsm_result *r)
 {
     struct fsm_state *st = ch->st;
     char msg[ALLOT_ERRMSG_SIZE];
     char p[QUOTA_PATH_MAX + 1];
     bool edits_owners = (owners->add != NULL && owners->add->via.array.size) ||
-                        (owners->rm != NULL && owners->rm->via.array.size);
+                        (owners->rm != NULL && owners->rm->via.array.size) ||
+                        (labels != NULL && labels->type == MSGPACK_OBJECT_MAP &&
+                         labels->via.map.size > 0);
     int rv = quota_path_check(path, path_len, msg);
     if (rv == 0 && (patch->set != 0 || !edits_owners)) {
         rv = quota_patch_check(patch, msg);
@@ -562,12 +674,16 @@ static void apply_set(const struct change *ch, const char *path,
     if (rv == 0) {
         rv = catalog_check_set(&st->cat, path, path_len, c, &next, msg);
     }
-    uint32_t n_owners = 0;
-    char **new_owners = NULL;
+    uint32_t n_owners = 0, n_labels = 0;
+    char **new_owners = NULL, **new_labels = NULL;
     if (rv == 0) {
         new_owners = owners_after(ch, c, owners, &n_owners, &rv, msg);
     }
+    if (rv == 0) {
+        new_labels = labels_after(c, labels, &n_labels, &rv, msg);
+    }
     if (rv != 0) {
+        strv_free(new_owners, n_owners);
         result_error(r, rv, msg);
         return;
     }
@@ -575,9 +691,10 @@ static void apply_set(const struct change *ch, const char *path,
     char *old_value = c != NULL ? encode_quota(&c->q, &old_len) : NULL;
     struct cat_node *put =
         catalog_put(&st->cat, path, path_len, c, &next, new_owners, n_owners,
-                    st->version + 1, st->now_ms);
+                    new_labels, n_labels, st->version + 1, st->now_ms);
     if (put == NULL) {
         strv_free(new_owners, n_owners);
+        strv_free(new_labels, n_labels);
         free(old_value);
         result_error(r, ALLOT_ENOMEM, NULL);
         return;
@@ -593,6 +710,8 @@ static void apply_set(const struct change *ch, const char *path,
     r->fields = c->q.f;
     r->owners = strv_dup(c->q.owners, c->q.n_owners);
     r->n_owners = r->owners != NULL ? c->q.n_owners : 0;
+    r->labels = strv_dup(c->q.labels, c->q.n_labels);
+    r->n_labels = r->labels != NULL ? c->q.n_labels : 0;
 }
 
 /* One removed quota: its own version and audit record, in path order. */
@@ -1238,7 +1357,7 @@ static void apply_cmd(struct fsm_state *st, const msgpack_object *cmd,
         char msg[ALLOT_ERRMSG_SIZE];
         struct quota_fields patch;
         bool has_if = arr_u64(av, 2, &if_version);
-        if (n_args != 5 || !arr_str(av, 0, &path, &path_len) ||
+        if (n_args != 6 || !arr_str(av, 0, &path, &path_len) ||
             (!has_if && !arr_nil(av, 2)) ||
             av->via.array.ptr[3].type != MSGPACK_OBJECT_ARRAY ||
             av->via.array.ptr[4].type != MSGPACK_OBJECT_ARRAY) {
@@ -1253,7 +1372,8 @@ static void apply_cmd(struct fsm_state *st, const msgpack_object *cmd,
         struct owner_edit owners = {.add = &av->via.array.ptr[3],
                                     .rm = &av->via.array.ptr[4]};
         ch.op = "quota.set";
-        apply_set(&ch, path, path_len, &patch, &owners, has_if, if_version, r);
+        apply_set(&ch, path, path_len, &patch, &owners, &av->via.array.ptr[5],
+                  has_if, if_version, r);
         break;
     }
     case FSM_CMD_QUOTA_RM: {
@@ -1519,7 +1639,7 @@ int fsm_batch_encode(const struct fsm_cmd *cmds, unsigned n, uint64_t time_ms,
         uint32_t n_args;
         switch (c->type) {
         case FSM_CMD_QUOTA_SET:
-            n_args = 5;
+            n_args = 6;
             break;
         case FSM_CMD_QUOTA_RM:
         case FSM_CMD_LEADER:
@@ -1619,6 +1739,15 @@ int fsm_batch_encode(const struct fsm_cmd *cmds, unsigned n, uint64_t time_ms,
             for (uint32_t j = 0; j < c->n_owners_rm; j++) {
                 wire_pack_str(&pk, c->owners_rm[j]);
             }
+            msgpack_pack_map(&pk, c->n_label_edits);
+            for (uint32_t j = 0; j < c->n_label_edits; j++) {
+                wire_pack_str(&pk, c->label_keys[j]);
+                if (c->label_values[j] != NULL) {
+                    wire_pack_str(&pk, c->label_values[j]);
+                } else {
+                    msgpack_pack_nil(&pk);
+                }
+            }
             break;
         case FSM_CMD_QUOTA_RM:
             wire_pack_strn(&pk, c->path, c->path_len);
@@ -1655,7 +1784,7 @@ int fsm_batch_encode(const struct fsm_cmd *cmds, unsigned n, uint64_t time_ms,
 static void pack_result(msgpack_packer *pk, uint64_t seq,
                         const struct fsm_result *r)
 {
-    msgpack_pack_array(pk, 9);
+    msgpack_pack_array(pk, 10);
     msgpack_pack_uint64(pk, seq);
     msgpack_pack_int64(pk, r->code);
     if (r->message != NULL) {
@@ -1672,6 +1801,10 @@ static void pack_result(msgpack_packer *pk, uint64_t seq,
     msgpack_pack_array(pk, r->n_owners);
     for (uint32_t i = 0; i < r->n_owners; i++) {
         wire_pack_str(pk, r->owners[i]);
+    }
+    msgpack_pack_array(pk, r->n_labels);
+    for (uint32_t i = 0; i < r->n_labels; i++) {
+        wire_pack_str(pk, r->labels[i]);
     }
 }
 
@@ -1783,7 +1916,7 @@ static int unpack_result(const msgpack_object *a, uint64_t *seq,
 {
     int64_t code;
     memset(r, 0, sizeof *r);
-    if (a->type != MSGPACK_OBJECT_ARRAY || a->via.array.size != 9 ||
+    if (a->type != MSGPACK_OBJECT_ARRAY || a->via.array.size != 10 ||
         !arr_u64(a, 0, seq)) {
         return ALLOT_EPROTOCOL;
     }
@@ -1850,6 +1983,29 @@ static int unpack_result(const msgpack_object *a, uint64_t *seq,
             return ALLOT_EPROTOCOL;
         }
         r->n_owners++;
+    }
+    const msgpack_object *labels = &a->via.array.ptr[9];
+    if (labels->type != MSGPACK_OBJECT_ARRAY ||
+        labels->via.array.size > QUOTA_LABELS_MAX) {
+        result_clear(r);
+        return ALLOT_EPROTOCOL;
+    }
+    if (labels->via.array.size > 0) {
+        r->labels = calloc(labels->via.array.size, sizeof *r->labels);
+        if (r->labels == NULL) {
+            result_clear(r);
+            return ALLOT_ENOMEM;
+        }
+    }
+    for (uint32_t i = 0; i < labels->via.array.size; i++) {
+        const char *l;
+        size_t llen;
+        if (!arr_str(labels, i, &l, &llen) || memchr(l, '=', llen) == NULL ||
+            (r->labels[i] = str_dup(l, llen)) == NULL) {
+            result_clear(r);
+            return ALLOT_EPROTOCOL;
+        }
+        r->n_labels++;
     }
     return 0;
 }

@@ -112,6 +112,10 @@ struct fsm_cmd
     uint32_t n_owners_add;
     const char *const *owners_rm;
     uint32_t n_owners_rm;
+    /* QUOTA_SET: labels to set (value) or remove (value NULL). */
+    const char *const *label_keys;
+    const char *const *label_values;
+    uint32_t n_label_edits;
     /* PRINCIPAL_ADD/RM, GROUP_ADD/RM: the principal's or group's name. */
     const char *subject;
     unsigned char pubkey[32];   /* PRINCIPAL_ADD */
@@ -153,6 +157,8 @@ struct fsm_result
     struct quota_fields fields;
     char **owners; /* owned */
     uint32_t n_owners;
+    char **labels; /* owned, "key=value" */
+    uint32_t n_labels;
 };
 
 /* What apply returns through raft's `result` pointer: the results of the
