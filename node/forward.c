@@ -248,7 +248,9 @@ static void pack_strv(msgpack_packer *pk, const char *key, char *const *v,
  * leader verifies; only the id is ours. */
 static void pack_signed(msgpack_packer *pk, const struct node_req *r)
 {
-    bool write = (wire_op_flags(r->op) & WIRE_OP_WRITE) != 0;
+    /* client/seq/ack are signed: send them whenever the client did. */
+    bool write = (wire_op_flags(r->op) & WIRE_OP_WRITE) != 0 ||
+                 r->cmd.client != 0 || r->cmd.seq != 0 || r->cmd.ack != 0;
     msgpack_pack_map(pk, write ? 8 : 5);
     wire_pack_kv_u64(pk, "id", r->fwd_id);
     wire_pack_kv_str(pk, "op", wire_op_name(r->op));

@@ -343,7 +343,7 @@ static int arg_strv(const msgpack_object *args, const char *key, uint32_t max,
                                     "[A-Za-z0-9_.@-]",
                               key);
         }
-        memcpy(v[i], o->via.str.ptr, o->via.str.size);
+        wire_memcpy(v[i], o->via.str.ptr, o->via.str.size);
         v[i][o->via.str.size] = '\0';
     }
     *out = v;
@@ -388,14 +388,14 @@ static int arg_labels(struct node_req *r, const msgpack_object *args, char *msg)
         if (r->label_keys[i] == NULL) {
             return allot_errf(msg, ALLOT_ENOMEM, "out of memory");
         }
-        memcpy(r->label_keys[i], k->via.str.ptr, k->via.str.size);
+        wire_memcpy(r->label_keys[i], k->via.str.ptr, k->via.str.size);
         r->label_keys[i][k->via.str.size] = '\0';
         if (!remove) {
             r->label_values[i] = malloc(v->via.str.size + 1);
             if (r->label_values[i] == NULL) {
                 return allot_errf(msg, ALLOT_ENOMEM, "out of memory");
             }
-            memcpy(r->label_values[i], v->via.str.ptr, v->via.str.size);
+            wire_memcpy(r->label_values[i], v->via.str.ptr, v->via.str.size);
             r->label_values[i][v->via.str.size] = '\0';
         }
     }
@@ -565,7 +565,7 @@ static int decode_args(struct node_req *r, const struct wire_request *wr,
                             "hash: the 32-byte BLAKE2b hash of the token");
         }
         if (rv == 0) {
-            memcpy(r->cmd.token_hash, h->via.bin.ptr, 32);
+            wire_memcpy(r->cmd.token_hash, h->via.bin.ptr, 32);
             rv = wire_get_u64(args, "ttl_ms", true, &r->cmd.ttl_ms, msg);
         }
         return rv;
@@ -827,7 +827,7 @@ static int decode_credentials(struct node_req *r, const msgpack_object *root,
     }
     memcpy(r->http_target, target, target_len);
     r->http_target[target_len] = '\0';
-    memcpy(r->body, raw->via.bin.ptr, raw->via.bin.size);
+    wire_memcpy(r->body, raw->via.bin.ptr, raw->via.bin.size);
     r->body_len = raw->via.bin.size;
     r->is_signed = true;
     r->http_signed = true;
@@ -949,7 +949,7 @@ void gateway_dispatch(struct conn *c, const char *body, size_t len)
         if (r->body == NULL) {
             rv = allot_errf(msg, ALLOT_ENOMEM, "out of memory");
         } else {
-            memcpy(r->body, wr.body->via.bin.ptr, r->body_len);
+            wire_memcpy(r->body, wr.body->via.bin.ptr, r->body_len);
             rv = wire_unpack(r->body, r->body_len, &ub, msg);
         }
         if (rv == 0 && ub.data.type != MSGPACK_OBJECT_MAP) {
@@ -975,6 +975,15 @@ void gateway_dispatch(struct conn *c, const char *body, size_t len)
     }
     unsigned flags = wire_op_flags(r->op);
     bool leading = raft_state(&n->raft) == RAFT_LEADER;
+    if (r->is_signed && !r->http_signed && (flags & WIRE_OP_WRITE) &&
+        r->cmd.client == 0) {
+        /* Nonces are remembered per node: after a leader change only the
+         * state machine's (client, seq) memory stops a replayed write. */
+        node_reply_error(r, ALLOT_EINVALID,
+                         "a signed write needs client and seq (exactly-once "
+                         "ids; the client library sets them)");
+        return;
+    }
     bool credentials = r->is_signed || r->token[0] != '\0';
     if (credentials && (leading || (flags & WIRE_OP_LOCAL))) {
         /* Verified where the principals are authoritative (the leader),

@@ -141,11 +141,16 @@ int auth_identity_load(const char *path, struct auth_identity *id, char *errmsg)
     }
     sodium_memzero(line, sizeof line);
     fclose(f);
-    /* The secret key embeds the public key: they must agree. */
-    unsigned char derived[AUTH_PUBKEY_LEN];
-    if (rv != 0 || !has_name || !has_pk || !has_sk ||
-        crypto_sign_ed25519_sk_to_pk(derived, id->sk) != 0 ||
-        memcmp(derived, id->pk, sizeof derived) != 0) {
+    /* The secret key is a seed plus the public key: derive both from the
+     * seed and compare, so a damaged seed is caught here rather than as
+     * "bad signature" on every request. */
+    unsigned char pk2[AUTH_PUBKEY_LEN], sk2[AUTH_SECRET_LEN];
+    bool match = rv == 0 && has_name && has_pk && has_sk &&
+                 crypto_sign_seed_keypair(pk2, sk2, id->sk) == 0 &&
+                 sodium_memcmp(pk2, id->pk, sizeof pk2) == 0 &&
+                 sodium_memcmp(sk2, id->sk, sizeof sk2) == 0;
+    sodium_memzero(sk2, sizeof sk2);
+    if (!match) {
         sodium_memzero(id, sizeof *id);
         return allot_errf(errmsg, ALLOT_EINVALID,
                           "%s is not an allot identity (expected lines name, "

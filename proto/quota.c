@@ -710,7 +710,7 @@ static char *dup_obj_str(const msgpack_object *o)
 {
     char *s = malloc(o->via.str.size + 1);
     if (s != NULL) {
-        memcpy(s, o->via.str.ptr, o->via.str.size);
+        wire_memcpy(s, o->via.str.ptr, o->via.str.size);
         s[o->via.str.size] = '\0';
     }
     return s;
@@ -828,9 +828,10 @@ int quota_unpack(const msgpack_object *map, struct quota *q, char *errmsg)
                 quota_free(q);
                 return ALLOT_ENOMEM;
             }
-            memcpy(kv, k->via.str.ptr, k->via.str.size);
+            wire_memcpy(kv, k->via.str.ptr, k->via.str.size);
             kv[k->via.str.size] = '=';
-            memcpy(kv + k->via.str.size + 1, v->via.str.ptr, v->via.str.size);
+            wire_memcpy(kv + k->via.str.size + 1, v->via.str.ptr,
+                        v->via.str.size);
             kv[k->via.str.size + 1 + v->via.str.size] = '\0';
             q->labels[q->n_labels++] = kv;
         }

@@ -22,6 +22,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "allot_error.h"
 
@@ -173,6 +174,15 @@ int wire_get_str(const msgpack_object *map, const char *key, bool required,
                  const char **out, size_t *len, char *errmsg);
 int wire_get_map(const msgpack_object *map, const char *key, bool required,
                  const msgpack_object **out, char *errmsg);
+
+/* memcpy for msgpack strings and binaries: msgpack-c gives an empty one a
+ * NULL pointer, which memcpy must not see even with n == 0. */
+static inline void wire_memcpy(void *dst, const void *src, size_t n)
+{
+    if (n > 0) {
+        memcpy(dst, src, n);
+    }
+}
 
 /* Object equals the string s. */
 bool wire_str_eq(const msgpack_object *o, const char *s);

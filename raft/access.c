@@ -264,8 +264,9 @@ int access_may_change(const struct access *a, const struct catalog *c,
     }
     if (access_principal(a, principal) == NULL) {
         return allot_errf(msg, ALLOT_EPERMISSION_DENIED,
-                          "principal %s is not known to the cluster",
-                          principal);
+                          "principal %s may not change %.*s: it is not known "
+                          "to the cluster",
+                          principal, (int)len, path);
     }
     /* The path itself, then each ancestor, nearest first. */
     size_t l = len;
@@ -346,7 +347,7 @@ static bool name_of(const msgpack_object *o, char *buf)
         !auth_name_valid(o->via.str.ptr, o->via.str.size)) {
         return false;
     }
-    memcpy(buf, o->via.str.ptr, o->via.str.size);
+    wire_memcpy(buf, o->via.str.ptr, o->via.str.size);
     buf[o->via.str.size] = '\0';
     return true;
 }

@@ -173,7 +173,7 @@ static char *dup_str(const msgpack_object *o)
     }
     char *s = malloc(o->via.str.size + 1);
     if (s != NULL) {
-        memcpy(s, o->via.str.ptr, o->via.str.size);
+        wire_memcpy(s, o->via.str.ptr, o->via.str.size);
         s[o->via.str.size] = '\0';
     }
     return s;

@@ -97,7 +97,9 @@ static char *str_dup(const char *p, size_t len)
 {
     char *s = malloc(len + 1);
     if (s != NULL) {
-        memcpy(s, p, len);
+        if (len > 0) { /* msgpack-c gives "" a NULL pointer */
+            memcpy(s, p, len);
+        }
         s[len] = '\0';
     }
     return s;
@@ -453,7 +455,7 @@ static int owner_list(const msgpack_object *a, char (*buf)[OWNER_MAX_LEN + 1],
             !quota_owner_valid(o->via.str.ptr, o->via.str.size)) {
             return -1;
         }
-        memcpy(buf[i], o->via.str.ptr, o->via.str.size);
+        wire_memcpy(buf[i], o->via.str.ptr, o->via.str.size);
         buf[i][o->via.str.size] = '\0';
     }
     *n = a->via.array.size;
@@ -603,10 +605,10 @@ static char **labels_after(const struct cat_node *c, const msgpack_object *e,
         if (tmp[k] == NULL) {
             goto nomem;
         }
-        memcpy(tmp[k], key->via.str.ptr, key->via.str.size);
+        wire_memcpy(tmp[k], key->via.str.ptr, key->via.str.size);
         tmp[k][key->via.str.size] = '=';
-        memcpy(tmp[k] + key->via.str.size + 1, val->via.str.ptr,
-               val->via.str.size);
+        wire_memcpy(tmp[k] + key->via.str.size + 1, val->via.str.ptr,
+                    val->via.str.size);
         tmp[k][key->via.str.size + 1 + val->via.str.size] = '\0';
         k++;
     }
@@ -1345,7 +1347,9 @@ static void apply_cmd(struct fsm_state *st, const msgpack_object *cmd,
     uint32_t n_args = args.via.array.size;
 
     char who[256];
-    memcpy(who, principal, principal_len);
+    if (principal_len > 0) { /* msgpack-c gives "" a NULL pointer */
+        memcpy(who, principal, principal_len);
+    }
     who[principal_len] = '\0';
     struct change ch = {
         .st = st, .principal = who, .client = client, .seq = seq};
