@@ -40,6 +40,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "wire.h"
 
 #define ARGS_MAX       64
@@ -70,6 +71,7 @@ struct hnode
     char log_path[600];
     char mode_arg[1024]; /* --cluster or --join value */
     bool join;
+    bool secure; /* started without --insecure (harness_set_secure) */
     const char *extra[EXTRA_ARGS_MAX + 1];
 };
 
@@ -87,6 +89,9 @@ static struct
     bool begun;
     unsigned ctl_runs;
     const char *const *extra;
+    bool secure;                   /* harness_set_secure */
+    bool has_identity;             /* harness_set_identity */
+    struct auth_identity identity; /* signs harness_call */
     char endpoints[HARNESS_NODES_MAX * 32];
     char status_text[64];
     struct hnode nodes[HARNESS_NODES_MAX + 1]; /* index = node id */
@@ -504,6 +509,9 @@ void harness_begin(const char *test_name)
     }
     memset(&H.nodes, 0, sizeof H.nodes);
     H.extra = NULL;
+    H.secure = false;
+    H.has_identity = false;
+    memset(&H.identity, 0, sizeof H.identity);
     H.ctl_runs = 0;
     H.t0 = harness_now();
     snprintf(H.name, sizeof H.name, "%s", test_name);
@@ -639,6 +647,21 @@ void harness_set_node_args(const char *const *args)
     H.extra = args;
 }
 
+void harness_set_secure(bool secure)
+{
+    H.secure = secure;
+}
+
+void harness_set_identity(const struct auth_identity *id)
+{
+    H.has_identity = id != NULL;
+    if (id != NULL) {
+        H.identity = *id;
+    } else {
+        memset(&H.identity, 0, sizeof H.identity);
+    }
+}
+
 static void node_prepare(unsigned id, uint16_t raft_port, uint16_t client_port)
 {
     ck_assert_msg(id >= 1 && id <= HARNESS_NODES_MAX, "node id %u", id);
@@ -656,6 +679,7 @@ static void node_prepare(unsigned id, uint16_t raft_port, uint16_t client_port)
     snprintf(n->id_arg, sizeof n->id_arg, "%u", id);
     snprintf(n->data_dir, sizeof n->data_dir, "%s/node%u", H.dir, id);
     snprintf(n->log_path, sizeof n->log_path, "%s/node%u.log", H.dir, id);
+    n->secure = H.secure;
     unsigned k = 0;
     for (; H.extra != NULL && H.extra[k] != NULL && k < EXTRA_ARGS_MAX; k++) {
         n->extra[k] = H.extra[k];
@@ -679,7 +703,9 @@ static void node_spawn(unsigned id)
     argv[a++] = n->client_addr;
     argv[a++] = n->join ? "--join" : "--cluster";
     argv[a++] = n->mode_arg;
-    argv[a++] = "--insecure";
+    if (!n->secure) {
+        argv[a++] = "--insecure";
+    }
     argv[a++] = "--log-level";
     argv[a++] = H.log_level;
     for (unsigned k = 0; n->extra[k] != NULL && a < ARGS_MAX - 1; k++) {
@@ -991,6 +1017,9 @@ int harness_call(unsigned id, const char *op, allot_pack_fn pack, void *arg,
         rep->code = rv;
         snprintf(rep->message, sizeof rep->message, "%s", msg);
         return rv;
+    }
+    if (H.has_identity) {
+        allot_client_set_identity(c, &H.identity);
     }
     struct allot_reply ar;
     rv = allot_client_call(c, op, pack, arg, &ar);

@@ -88,6 +88,19 @@ uint16_t harness_free_port(void);
  * array of static strings, or NULL for none). */
 void harness_set_node_args(const char *const *args);
 
+/* Nodes started after this call run without --insecure when secure is true
+ * (the default, false, starts every node with --insecure); a restart keeps
+ * the node's mode. A secure new cluster needs --admin NAME=PUBKEY_HEX among
+ * the node args. Reset by harness_begin(). */
+void harness_set_secure(bool secure);
+
+/* Sign every harness_call() from now on with id (copied), and so
+ * harness_status(), harness_wait_leader() and harness_wait_converged(),
+ * which a secure cluster refuses unsigned; NULL: unsigned again (the
+ * default). Reset by harness_begin(). */
+struct auth_identity;
+void harness_set_identity(const struct auth_identity *id);
+
 /* Start nodes 1..n as a new cluster (--cluster with all of them). Asserts
  * every process started. Ports are allocated together so they differ. */
 void harness_cluster_start(unsigned n);
