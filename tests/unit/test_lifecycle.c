@@ -1,0 +1,5 @@
+/* placeholder: replaced by the real test */
+int main(void)
+{
+    return 77; /* meson: skipped */
+}
