@@ -506,8 +506,8 @@ static void route(struct http_conn *h)
     msgpack_sbuffer sb;
     msgpack_packer pk;
     char buf[QUOTA_PATH_MAX + 64];
-    uint64_t v;
-    bool has;
+    uint64_t v = 0;
+    bool has = false;
 
     if (plen == 8 && memcmp(path, "/metrics", 8) == 0) {
         if (m != HTTP_GET) {
