@@ -432,10 +432,12 @@ int quota_fields_merge(struct quota_fields *q, const struct quota_fields *patch,
     }
     /* Rules on the result, whatever the patch carried. */
     if (next.kind == QUOTA_KIND_RATE) {
-        if (!(next.rate > 0) || next.rate > QUOTA_RATE_MAX) {
+        if (!(next.rate >= QUOTA_RATE_MIN) || next.rate > QUOTA_RATE_MAX) {
+            /* Rules compare rates in thousandths: a smaller rate would
+             * count as nothing in its parent's sum. */
             return allot_errf(errmsg, ALLOT_EINVALID,
-                              "rate must be > 0 and at most 1e12 units per "
-                              "second");
+                              "rate must be > 0 (at least 0.001) and at most "
+                              "1e12 units per second");
         }
         if (next.burst < 1) {
             return allot_errf(errmsg, ALLOT_EINVALID, "burst must be >= 1");

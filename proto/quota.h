@@ -27,6 +27,8 @@
 #define QUOTA_LABEL_VALUE_MAX 255
 /* Largest rate a quota may have, in units per second. */
 #define QUOTA_RATE_MAX 1e12
+/* Smallest: the rules compare rates in thousandths of a unit. */
+#define QUOTA_RATE_MIN 0.001
 
 enum quota_kind {
     QUOTA_KIND_UNSET = 0,

@@ -144,18 +144,33 @@ static void agg_sub(struct cat_agg *a, const struct quota_fields *f)
     }
 }
 
-/* sum - old + new, saturating: an overflowing sum must fail the check, not
- * wrap around and pass it. */
-static uint64_t resum(uint64_t sum, uint64_t old, uint64_t add)
+/* sum - old + add into *out; false when it does not fit in 64 bits. Every
+ * change is refused whose sum does not fit (not only where a limit applies),
+ * so the aggregates never wrap around: a sum kept without a limit (the top
+ * level before a capacity is declared, rates of another unit than the
+ * parent's) may be checked later, when the limit appears. */
+static bool resum(uint64_t sum, uint64_t old, uint64_t add, uint64_t *out)
 {
-    uint64_t base = sum - old;
-    uint64_t out;
-    return __builtin_add_overflow(base, add, &out) ? UINT64_MAX : out;
+    return !__builtin_add_overflow(sum - old, add, out);
 }
 
+/* Thousandths as exact decimal: "%.15g" would print 1000000000000.001 as
+ * 1000000000000. */
 static void fmt_rate(uint64_t milli, char *buf, size_t size)
 {
-    snprintf(buf, size, "%.15g", (double)milli / 1000.0);
+    unsigned frac = (unsigned)(milli % 1000);
+    if (frac == 0) {
+        snprintf(buf, size, "%llu", (unsigned long long)(milli / 1000));
+    } else if (frac % 100 == 0) {
+        snprintf(buf, size, "%llu.%u", (unsigned long long)(milli / 1000),
+                 frac / 100);
+    } else if (frac % 10 == 0) {
+        snprintf(buf, size, "%llu.%02u", (unsigned long long)(milli / 1000),
+                 frac / 10);
+    } else {
+        snprintf(buf, size, "%llu.%03u", (unsigned long long)(milli / 1000),
+                 frac);
+    }
 }
 
 /* Does `child` (a direct child path of parent) exceed a max of the parent?
@@ -173,9 +188,12 @@ static int check_children_max(const struct catalog *c, const char *path,
         if (strncmp(p, prefix, len + 1) != 0) {
             break;
         }
-        if (strchr(p + len + 1, '/') != NULL ||
-            n->q.f.kind != QUOTA_KIND_CAPACITY) {
-            continue; /* a grandchild, or another kind */
+        /* Every capacity descendant: one whose nearer ancestors set no
+         * maximum inherits this one, and any other was checked against a
+         * nearer, smaller maximum, so it cannot exceed the new one by
+         * accident. */
+        if (n->q.f.kind != QUOTA_KIND_CAPACITY) {
+            continue;
         }
         const struct quota_fields *f = &n->q.f;
         struct
@@ -190,7 +208,7 @@ static int check_children_max(const struct catalog *c, const char *path,
         for (unsigned i = 0; i < 3; i++) {
             if (rules[i].parent > 0 && rules[i].child > rules[i].parent) {
                 return allot_errf(msg, ALLOT_EVALIDATION_FAILED,
-                                  "child %s %s %llu > parent %.*s %llu", p,
+                                  "descendant %s %s %llu > parent %.*s %llu", p,
                                   rules[i].name,
                                   (unsigned long long)rules[i].child, (int)len,
                                   path, (unsigned long long)rules[i].parent);
@@ -198,6 +216,18 @@ static int check_children_max(const struct catalog *c, const char *path,
         }
     }
     return 0;
+}
+
+/* The parent of the quota at path when it is a capacity quota, else NULL. */
+static const struct cat_node *capacity_parent(const struct catalog *c,
+                                              const char *path)
+{
+    size_t plen = parent_len(path, strlen(path));
+    if (plen == 0) {
+        return NULL;
+    }
+    const struct cat_node *p = catalog_find(c, path, plen);
+    return p != NULL && p->q.f.kind == QUOTA_KIND_CAPACITY ? p : NULL;
 }
 
 static int check_capacity(const struct catalog *c, const char *path, size_t len,
@@ -221,8 +251,37 @@ static int check_capacity(const struct catalog *c, const char *path, size_t len,
     bool was_cap = cur != NULL && cur->q.f.kind == QUOTA_KIND_CAPACITY;
     uint64_t old[2] = {was_cap ? cur->q.f.guaranteed_memory_mb : 0,
                        was_cap ? cur->q.f.guaranteed_vcores : 0};
-    uint64_t sums[2] = {resum(pagg->g_memory_mb, old[0], g[0]),
-                        resum(pagg->g_vcores, old[1], g[1])};
+    uint64_t base[2] = {pagg->g_memory_mb, pagg->g_vcores};
+    uint64_t sums[2];
+    for (int i = 0; i < 2; i++) {
+        if (resum(base[i], old[i], g[i], &sums[i])) {
+            continue;
+        }
+        /* More than 64 bits: more than any limit there can be. */
+        char limit[QUOTA_PATH_MAX + 64];
+        bool cap_parent =
+            parent != NULL && parent->q.f.kind == QUOTA_KIND_CAPACITY;
+        bool declared =
+            i == 0 ? c->capacity.has_memory_mb : c->capacity.has_vcores;
+        if (cap_parent) {
+            snprintf(limit, sizeof limit, "parent %s %llu", parent->q.path,
+                     (unsigned long long)(i == 0
+                                              ? parent->q.f.guaranteed_memory_mb
+                                              : parent->q.f.guaranteed_vcores));
+        } else if (parent == NULL && declared) {
+            snprintf(limit, sizeof limit, "cluster capacity %llu",
+                     (unsigned long long)(i == 0 ? c->capacity.memory_mb
+                                                 : c->capacity.vcores));
+        } else {
+            snprintf(limit, sizeof limit, "%llu",
+                     (unsigned long long)UINT64_MAX);
+        }
+        return allot_errf(msg, ALLOT_EVALIDATION_FAILED,
+                          "%s guaranteed.%s %llu + %llu > %s",
+                          parent != NULL ? "children" : "top-level", res[i],
+                          (unsigned long long)(base[i] - old[i]),
+                          (unsigned long long)g[i], limit);
+    }
     if (parent == NULL) {
         const struct fsm_capacity *cap = &c->capacity;
         bool has[2] = {cap->has_memory_mb, cap->has_vcores};
@@ -252,11 +311,24 @@ static int check_capacity(const struct catalog *c, const char *path, size_t len,
             }
         }
         for (int i = 0; i < 3; i++) {
-            if (pmx[i] > 0 && cmx[i] > pmx[i]) {
+            /* A parent's 0 means "no maximum here": the nearest capacity
+             * ancestor that sets one is the bound. */
+            const struct cat_node *bound = parent;
+            uint64_t limit = pmx[i];
+            while (limit == 0 && bound != NULL) {
+                bound = capacity_parent(c, bound->q.path);
+                if (bound != NULL) {
+                    const struct quota_fields *bf = &bound->q.f;
+                    limit = i == 0   ? bf->max_memory_mb
+                            : i == 1 ? bf->max_vcores
+                                     : bf->max_apps;
+                }
+            }
+            if (limit > 0 && cmx[i] > limit) {
                 return allot_errf(msg, ALLOT_EVALIDATION_FAILED,
                                   "%s %llu > parent %s %s %llu", mxname[i],
-                                  (unsigned long long)cmx[i], parent->q.path,
-                                  mxname[i], (unsigned long long)pmx[i]);
+                                  (unsigned long long)cmx[i], bound->q.path,
+                                  mxname[i], (unsigned long long)limit);
             }
         }
     }
@@ -284,12 +356,20 @@ static int check_rate(const char *path, size_t len, const struct cat_node *cur,
     char a[32], b[32];
     uint64_t rate = catalog_rate_milli(next->rate);
     unsigned unit = next->unit < 2 ? next->unit : 0;
+    bool same = cur != NULL && cur->q.f.kind == QUOTA_KIND_RATE &&
+                cur->q.f.unit == unit;
+    uint64_t old = same ? catalog_rate_milli(cur->q.f.rate) : 0;
+    uint64_t sum;
+    if (!resum(pagg->rate_milli[unit], old, rate, &sum)) {
+        fmt_rate(pagg->rate_milli[unit] - old, a, sizeof a);
+        fmt_rate(rate, b, sizeof b);
+        return allot_errf(msg, ALLOT_EVALIDATION_FAILED,
+                          "children rate %s + %s does not fit in 64 bits of "
+                          "thousandths",
+                          a, b);
+    }
     if (parent != NULL && parent->q.f.kind == QUOTA_KIND_RATE &&
         parent->q.f.unit == unit) {
-        bool same = cur != NULL && cur->q.f.kind == QUOTA_KIND_RATE &&
-                    cur->q.f.unit == unit;
-        uint64_t old = same ? catalog_rate_milli(cur->q.f.rate) : 0;
-        uint64_t sum = resum(pagg->rate_milli[unit], old, rate);
         uint64_t limit = catalog_rate_milli(parent->q.f.rate);
         if (sum > limit) {
             fmt_rate(sum, a, sizeof a);
@@ -322,6 +402,14 @@ int catalog_check_set(const struct catalog *c, const char *path, size_t len,
                           (int)plen, path);
     }
     if (next->kind == QUOTA_KIND_CAPACITY) {
+        /* Capacity nests in capacity: under a rate quota it would escape
+         * every guaranteed sum above it, the cluster capacity included. */
+        if (parent != NULL && parent->q.f.kind != QUOTA_KIND_CAPACITY) {
+            return allot_errf(msg, ALLOT_EVALIDATION_FAILED,
+                              "a capacity quota cannot sit under %s quota %s",
+                              quota_kind_name(parent->q.f.kind),
+                              parent->q.path);
+        }
         return check_capacity(c, path, len, cur, pagg, parent, next, msg);
     }
     return check_rate(path, len, cur, pagg, parent, next, msg);

@@ -24,6 +24,8 @@
 #include "access.h"
 #include "catalog.h"
 
+/* Layouts changed freely before the first release; from then on a change
+ * bumps these and keeps a decoder for the old one. */
 #define BATCH_FORMAT    1
 #define SNAPSHOT_FORMAT 1
 
@@ -2294,6 +2296,9 @@ void fsm_ls(const struct fsm *f, const char *prefix, size_t prefix_len,
 static bool audit_match(const struct audit_record *r,
                         const struct fsm_audit_query *q)
 {
+    if (q->now_ms > r->time_ms && q->now_ms - r->time_ms > q->max_age_ms) {
+        return false; /* past retention, though not yet dropped */
+    }
     if (r->time_ms < q->since_ms) {
         return false;
     }
@@ -2316,6 +2321,10 @@ void fsm_audit_pack(const struct fsm *f, const struct fsm_audit_query *q,
                     msgpack_packer *pk)
 {
     const struct audit_log *a = &f->st->audit;
+    struct fsm_audit_query qq = *q;
+    qq.now_ms = f->st->now_ms;
+    qq.max_age_ms = a->max_age_ms;
+    q = &qq;
     size_t idx[1000];
     unsigned limit = q->limit == 0 || q->limit > 1000 ? 1000 : q->limit;
     unsigned n = 0;

@@ -211,6 +211,10 @@ struct fsm_audit_query
     const char *principal;
     uint64_t after_version;
     unsigned limit;
+    /* Set by the state machine: records older than max_age_ms at now_ms are
+     * hidden even before retention drops them. */
+    uint64_t now_ms;
+    uint64_t max_age_ms;
 };
 
 /* Pack the answer as one map: {"records": [...], "more": bool, "next":

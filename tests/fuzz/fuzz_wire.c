@@ -359,14 +359,16 @@ static void check_rbuf(const char *buf, size_t size, const struct frames *fr)
 
 static struct raft_buffer baseline; /* malloc'd snapshot of a populated FSM */
 
-static void apply_or_die(struct fsm *f, const struct fsm_cmd *cmds, unsigned n,
-                         uint64_t t)
+static const struct fsm_batch_result *
+apply_or_die(struct fsm *f, const struct fsm_cmd *cmds, unsigned n, uint64_t t)
 {
     struct raft_buffer buf;
     CHECK(fsm_batch_encode(cmds, n, t, &buf) == 0);
     void *result = NULL;
     CHECK(fsm_raft(f)->apply(fsm_raft(f), &buf, &result) == 0);
     raft_free(buf.base);
+    CHECK(result != NULL && ((const struct fsm_batch_result *)result)->n == n);
+    return result;
 }
 
 static struct fsm_cmd set_cmd(const char *path, const char *const *kvs,
@@ -386,7 +388,8 @@ static struct fsm_cmd set_cmd(const char *path, const char *const *kvs,
 }
 
 /* A catalog the inputs can act on: paths org, org/api, org/batch; clients
- * 7 and 8 with remembered results; node 1's address. */
+ * 7 and 8 with remembered results; node 1's address; a declared capacity
+ * and a small audit bound (so inputs reach expiry). */
 static void baseline_build(void)
 {
     struct fsm *f;
@@ -398,7 +401,7 @@ static void baseline_build(void)
         "rate=12.5",       "unit=bytes",     "fleet=edge", "per_key=true",
         "on_exceed=delay", "max_delay_ms=5", NULL};
     static const char *const small[] = {"max_apps=1", NULL};
-    struct fsm_cmd cmds[5];
+    struct fsm_cmd cmds[7];
     memset(cmds, 0, sizeof cmds);
     cmds[0].type = FSM_CMD_LEADER;
     cmds[0].node_id = 1;
@@ -411,7 +414,17 @@ static void baseline_build(void)
     cmds[4].path_len = 7;
     cmds[4].client = 8;
     cmds[4].seq = 2;
-    apply_or_die(f, cmds, 5, 1000000);
+    cmds[5].type = FSM_CMD_CAPACITY_SET;
+    cmds[5].capacity.has_memory_mb = true;
+    cmds[5].capacity.memory_mb = 4096;
+    cmds[6].type = FSM_CMD_AUDIT_CONFIG;
+    cmds[6].audit.has_max_records = true;
+    cmds[6].audit.max_records = 8;
+    const struct fsm_batch_result *br = apply_or_die(f, cmds, 7, 1000000);
+    for (unsigned i = 0; i < 7; i++) {
+        /* Everything applies but the removal of "nothing". */
+        CHECK((br->results[i].code == 0) == (i != 4));
+    }
 
     struct raft_buffer *bufs;
     unsigned n;
@@ -509,15 +522,21 @@ static void consume_fsm(const uint8_t *data, size_t size)
     CHECK(result != NULL);
     const struct fsm_batch_result *br = result;
     CHECK(br->n <= FSM_BATCH_MAX);
+    /* Each applied command advances the version by one at most, a
+     * recursive removal by one per quota it removed. */
+    uint64_t changes = 0;
     for (unsigned i = 0; i < br->n; i++) {
         const struct fsm_result *r = &br->results[i];
         CHECK(r->code <= 0 && r->code >= ALLOT_EMIN);
         if (r->code != 0) {
             CHECK(r->message == NULL || strlen(r->message) > 0);
+            CHECK(r->removed == 0);
+        } else if (!r->duplicate) {
+            changes += r->removed > 0 ? r->removed : 1;
         }
         CHECK(r->version <= fsm_catalog_version(f));
     }
-    CHECK(fsm_catalog_version(f) - v0 <= br->n);
+    CHECK(fsm_catalog_version(f) - v0 <= changes);
     check_catalog(f);
 
     /* As a snapshot. */

@@ -2,7 +2,9 @@
  *
  * One valid example of each thing fuzz_wire.c reads: framed requests and
  * replies, bare msgpack values (a patch, a quota), log entries from
- * fsm_batch_encode() aimed at the target's baseline catalog, and a snapshot.
+ * fsm_batch_encode() aimed at the target's baseline catalog (every command
+ * type, with principals, a recursive removal, refusals by the built-in
+ * rules), and a snapshot with capacity and an audit trail.
  * tests/fuzz/run builds and runs it, so the seeds follow format changes;
  * the same files are committed in tests/fuzz/corpus/. */
 #include <msgpack.h>
@@ -190,10 +192,10 @@ static void save_entry(const char *name, const struct fsm_cmd *cmds, unsigned n,
 }
 
 /* Log entries aimed at fuzz_wire.c's baseline: paths org, org/api,
- * org/batch; clients 7 and 8. */
+ * org/batch; clients 7 and 8; a declared capacity. */
 static void gen_entries(void)
 {
-    struct fsm_cmd c[6];
+    struct fsm_cmd c[9];
     c[0] = cmd(FSM_CMD_LEADER, NULL, 0, 0, 0);
     c[0].node_id = 2;
     c[0].node_addr = "127.0.0.1:7002";
@@ -202,21 +204,62 @@ static void gen_entries(void)
     c[2] = cmd(FSM_CMD_QUOTA_RM, "org/batch", 8, 3, 3);
     c[2].has_if_version = true;
     c[2].if_version = 3;
-    c[3] = cmd(FSM_CMD_QUOTA_SET, "org/new/leaf", 9, 1, 0);
-    patch_parse(&c[3].patch, cap_kvs);
-    c[3].has_if_version = true;
-    c[3].if_version = 0;
-    c[4] = cmd(FSM_CMD_QUOTA_SET, "org/api", 7, 2, 2); /* a retry */
-    patch_parse(&c[4].patch, (const char *const[]){"burst=3", NULL});
-    c[5] = cmd(FSM_CMD_QUOTA_SET, "org", 0, 0, 0);
-    patch_parse(&c[5].patch, (const char *const[]){"kind=rate", NULL});
-    save_entry("entry_batch", c, 6, 1000500);
+    /* A parent, then its child; the child's max exceeds org's (refused),
+     * the leaf's parent does not exist (refused). */
+    c[3] = cmd(FSM_CMD_QUOTA_SET, "org/new", 9, 1, 0);
+    patch_parse(&c[3].patch,
+                (const char *const[]){"kind=capacity",
+                                      "guaranteed.memory_mb=512", NULL});
+    c[4] = cmd(FSM_CMD_QUOTA_SET, "org/new/leaf", 9, 2, 0);
+    patch_parse(&c[4].patch, cap_kvs);
+    c[4].has_if_version = true;
+    c[4].if_version = 0;
+    c[5] = cmd(FSM_CMD_QUOTA_SET, "org/none/leaf", 9, 3, 0);
+    patch_parse(&c[5].patch, (const char *const[]){"max_apps=1", NULL});
+    c[6] = cmd(FSM_CMD_QUOTA_SET, "org/api", 7, 2, 2); /* a retry */
+    c[6].principal = "alice";
+    patch_parse(&c[6].patch, (const char *const[]){"burst=3", NULL});
+    c[7] = cmd(FSM_CMD_QUOTA_SET, "org", 0, 0, 0);
+    patch_parse(&c[7].patch, (const char *const[]){"kind=rate", NULL});
+    /* Rates under a rate parent: the sum is checked. */
+    c[8] = cmd(FSM_CMD_QUOTA_SET, "org/api/eu", 7, 4, 3);
+    patch_parse(&c[8].patch, (const char *const[]){"rate=0.5", NULL});
+    save_entry("entry_batch", c, 9, 1000500);
 
+    /* A retry of client 7's first write (remembered: nothing happens). */
     struct fsm_cmd one = cmd(FSM_CMD_QUOTA_RM, "org", 7, 1, 1);
+    one.recursive = true;
     save_entry("entry_retry", &one, 1, 1000600);
+
+    /* Removing org with its subtree (refused without recursive), then the
+     * retry of the removal. */
+    struct fsm_cmd rm[3];
+    rm[0] = cmd(FSM_CMD_QUOTA_RM, "org", 9, 1, 0);
+    rm[1] = cmd(FSM_CMD_QUOTA_RM, "org", 9, 2, 0);
+    rm[1].recursive = true;
+    rm[2] = rm[1];
+    save_entry("entry_rm_recursive", rm, 3, 1000650);
+
     one = cmd(FSM_CMD_QUOTA_SET, "tenant-a", 0, 0, 0);
     patch_parse(&one.patch, rate_kvs);
     save_entry("entry_rate", &one, 1, 1000700 + FSM_SESSION_TTL_MS);
+
+    /* Cluster-wide settings: capacity (one refused below the top level's
+     * sum), audit retention. */
+    struct fsm_cmd adm[4];
+    adm[0] = cmd(FSM_CMD_CAPACITY_SET, NULL, 11, 1, 1);
+    adm[0].capacity.has_vcores = true;
+    adm[0].capacity.vcores = 64;
+    adm[1] = cmd(FSM_CMD_CAPACITY_SET, NULL, 0, 0, 0);
+    adm[1].capacity.has_memory_mb = true;
+    adm[1].capacity.memory_mb = 1;
+    adm[2] = cmd(FSM_CMD_AUDIT_CONFIG, NULL, 11, 2, 2);
+    adm[2].audit.has_max_records = true;
+    adm[2].audit.max_records = 3;
+    adm[3] = cmd(FSM_CMD_AUDIT_CONFIG, NULL, 0, 0, 0);
+    adm[3].audit.has_max_age_ms = true;
+    adm[3].audit.max_age_ms = 1000;
+    save_entry("entry_cluster", adm, 4, 1000800);
 }
 
 static void gen_snapshot(void)
@@ -225,17 +268,27 @@ static void gen_snapshot(void)
     if (fsm_init(&f) != 0) {
         die("fsm_init");
     }
-    struct fsm_cmd c[4];
-    c[0] = cmd(FSM_CMD_QUOTA_SET, "snap", 5, 1, 0);
-    patch_parse(&c[0].patch, cap_kvs);
-    c[1] = cmd(FSM_CMD_QUOTA_SET, "snap/rate", 5, 2, 0);
-    patch_parse(&c[1].patch, rate_kvs);
-    c[2] = cmd(FSM_CMD_QUOTA_RM, "none", 6, 1, 0);
-    c[3] = cmd(FSM_CMD_LEADER, NULL, 0, 0, 0);
-    c[3].node_id = 3;
-    c[3].node_addr = "127.0.0.1:7003";
+    struct fsm_cmd c[8];
+    c[0] = cmd(FSM_CMD_CAPACITY_SET, NULL, 0, 0, 0);
+    c[0].capacity.has_memory_mb = true;
+    c[0].capacity.memory_mb = 8192;
+    c[1] = cmd(FSM_CMD_AUDIT_CONFIG, NULL, 0, 0, 0);
+    c[1].audit.has_max_records = true;
+    c[1].audit.max_records = 100;
+    c[2] = cmd(FSM_CMD_QUOTA_SET, "snap", 5, 1, 0);
+    patch_parse(&c[2].patch, cap_kvs);
+    c[3] = cmd(FSM_CMD_QUOTA_SET, "snap/rate", 5, 2, 0);
+    patch_parse(&c[3].patch, rate_kvs);
+    c[4] = cmd(FSM_CMD_QUOTA_SET, "snap/tmp", 5, 3, 0);
+    patch_parse(&c[4].patch, (const char *const[]){"max_apps=1", NULL});
+    c[5] = cmd(FSM_CMD_QUOTA_RM, "snap/tmp", 6, 1, 0);
+    c[5].recursive = true;
+    c[6] = cmd(FSM_CMD_QUOTA_RM, "none", 6, 2, 0);
+    c[7] = cmd(FSM_CMD_LEADER, NULL, 0, 0, 0);
+    c[7].node_id = 3;
+    c[7].node_addr = "127.0.0.1:7003";
     struct raft_buffer buf;
-    if (fsm_batch_encode(c, 4, 2000000, &buf) != 0) {
+    if (fsm_batch_encode(c, 8, 2000000, &buf) != 0) {
         die("fsm_batch_encode");
     }
     void *result;
@@ -243,6 +296,13 @@ static void gen_snapshot(void)
         die("apply");
     }
     raft_free(buf.base);
+    const struct fsm_batch_result *br = result;
+    for (unsigned i = 0; i < br->n; i++) {
+        /* All but the removal of "none" apply. */
+        if ((br->results[i].code != 0) != (i == 6)) {
+            die("the snapshot's commands did not apply as expected");
+        }
+    }
     struct raft_buffer *bufs;
     unsigned n;
     if (fsm_raft(f)->snapshot(fsm_raft(f), &bufs, &n) != 0 || n != 1) {

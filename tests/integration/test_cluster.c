@@ -14,6 +14,11 @@
  *   ctl_failover    allotctl with a dead first endpoint still works
  *   snapshot_catchup a node behind a snapshot catches up; a full restart
  *                   keeps the catalog and the client sessions
+ *   validation_and_audit  capacity set; a quota tree refused where it
+ *                   breaks a rule; a child without a parent; rm without and
+ *                   with --recursive; the audit trail (-o json, --since, a
+ *                   prefix, --principal), audit-retention; the same trail
+ *                   through another node after SIGKILL of the leader
  *
  * Durations (election, failover, catch-up) are printed, never asserted. */
 #include <check.h>
@@ -972,6 +977,267 @@ START_TEST(test_snapshot_catchup)
 }
 END_TEST
 
+/* --- validation_and_audit ------------------------------------------------- */
+
+/* `allotctl -o json audit ARGS...` through endpoints: its "records" array
+ * (a new reference). */
+static json_t *audit_json(const char *endpoints, const char *a1, const char *a2,
+                          const char *a3)
+{
+    struct harness_ctl r;
+    CTL_OK(&r, endpoints, "-o", "json", "audit", a1, a2, a3);
+    json_t *doc = parse_json(r.out);
+    harness_ctl_free(&r);
+    json_t *recs = json_object_get(doc, "records");
+    ck_assert_msg(json_is_array(recs), "no records array");
+    json_incref(recs);
+    json_decref(doc);
+    return recs;
+}
+
+/* Record i: its version, principal, op and path. */
+static void assert_audit_record(const json_t *recs, size_t i,
+                                json_int_t version, const char *op,
+                                const char *path)
+{
+    const json_t *r = json_array_get(recs, i);
+    ck_assert_msg(json_is_object(r), "no record %zu", i);
+    ck_assert_int_eq(json_int_at(r, "version"), version);
+    ck_assert_str_eq(json_str_at(r, "principal"), "anonymous");
+    ck_assert_str_eq(json_str_at(r, "op"), op);
+    ck_assert_str_eq(json_str_at(r, "path"), path);
+    ck_assert_int_gt(json_int_at(r, "time_ms"), 0);
+    ck_assert_int_ne(json_int_at(r, "client"), 0); /* allotctl's own id */
+    ck_assert_int_ge(json_int_at(r, "seq"), 1);
+}
+
+START_TEST(test_validation_and_audit)
+{
+    struct harness_ctl r;
+    int status;
+    harness_begin("validation_and_audit");
+    unsigned leader = start_cluster();
+    unsigned f1 = other_node(3, leader, 0);
+    const char *via_f1 = harness_node_client_addr(f1);
+
+    /* Cluster capacity (v1), through a follower. */
+    CTL_OK(&r, via_f1, "capacity", "set", "memory_mb=10000", "vcores=200");
+    ck_assert_msg(strstr(r.out, "catalog version 1") != NULL, "%s", r.out);
+    harness_ctl_free(&r);
+    CTL_OK(&r, NULL, "-o", "json", "capacity", "get");
+    json_t *cap = parse_json(r.out);
+    ck_assert_int_eq(json_int_at(cap, "memory_mb"), 10000);
+    ck_assert_int_eq(json_int_at(cap, "vcores"), 200);
+    ck_assert_int_eq(json_int_at(json_object_get(cap, "guaranteed"), "vcores"),
+                     0);
+    json_decref(cap);
+    harness_ctl_free(&r);
+
+    /* A tree: org (v2) -> org/ads (v3) -> org/ads/x (v4). */
+    CTL_OK(&r, via_f1, "quota", "set", "org", "kind=capacity",
+           "guaranteed.memory_mb=4000", "guaranteed.vcores=150");
+    harness_ctl_free(&r);
+    CTL_OK(&r, NULL, "quota", "set", "org/ads", "guaranteed.memory_mb=1000",
+           "guaranteed.vcores=100");
+    harness_ctl_free(&r);
+    CTL(&r, via_f1, "quota", "set", "org/ads/x", "guaranteed.vcores=120");
+    assert_error(&r, "error: validation_failed: children guaranteed.vcores ");
+    ck_assert_msg(has_number(r.err, 120) && has_number(r.err, 100) &&
+                      strstr(r.err, "org/ads") != NULL,
+                  "the refusal does not name 120, 100 and org/ads: %s", r.err);
+    harness_ctl_free(&r);
+    CTL_OK(&r, NULL, "quota", "set", "org/ads/x", "guaranteed.vcores=60");
+    harness_ctl_free(&r);
+
+    /* The top level against the declared capacity; lowering it below what
+     * the top level guarantees. */
+    CTL(&r, NULL, "quota", "set", "big", "guaranteed.vcores=51");
+    assert_error(&r, "error: validation_failed: top-level guaranteed.vcores ");
+    ck_assert_msg(has_number(r.err, 201) && has_number(r.err, 200), "%s",
+                  r.err);
+    harness_ctl_free(&r);
+    CTL(&r, NULL, "capacity", "set", "vcores=149");
+    assert_error(&r, "error: validation_failed: top-level guaranteed.vcores ");
+    ck_assert_msg(has_number(r.err, 150) && has_number(r.err, 149), "%s",
+                  r.err);
+    harness_ctl_free(&r);
+
+    /* A child without its parent. */
+    CTL(&r, NULL, "quota", "set", "nope/child", "max_apps=1");
+    assert_error(&r, "error: not_found: ");
+    ck_assert_msg(strstr(r.err, "parent nope does not exist") != NULL, "%s",
+                  r.err);
+    harness_ctl_free(&r);
+
+    /* rm of a quota with children needs --recursive. */
+    CTL(&r, NULL, "quota", "rm", "org");
+    assert_error(&r, "error: validation_failed: ");
+    ck_assert_msg(strstr(r.err, "--recursive") != NULL, "%s", r.err);
+    harness_ctl_free(&r);
+    ck_assert_int_eq(quota_version(NULL, "org/ads/x"), 4);
+    /* ... removes all three with it (v5, v6, v7). */
+    CTL_OK(&r, via_f1, "quota", "rm", "org", "--recursive");
+    ck_assert_msg(strstr(r.out, "removed org (3 quotas, catalog version 7)") !=
+                      NULL,
+                  "stdout: %s", r.out);
+    harness_ctl_free(&r);
+    for (unsigned id = 1; id <= 3; id++) {
+        CTL(&r, harness_node_client_addr(id), "quota", "get", "org/ads/x");
+        assert_error(&r, "error: not_found: ");
+        harness_ctl_free(&r);
+    }
+    CTL_OK(&r, NULL, "-o", "json", "quota", "ls");
+    json_t *ls = parse_json(r.out);
+    ck_assert_uint_eq(json_array_size(json_object_get(ls, "quotas")), 0);
+    ck_assert_int_eq(json_int_at(ls, "catalog_version"), 7);
+    json_decref(ls);
+    harness_ctl_free(&r);
+
+    /* The audit trail: every change, oldest first, nothing refused. */
+    json_t *all = audit_json(NULL, NULL, NULL, NULL);
+    ck_assert_uint_eq(json_array_size(all), 7);
+    assert_audit_record(all, 0, 1, "capacity.set", "");
+    assert_audit_record(all, 1, 2, "quota.set", "org");
+    assert_audit_record(all, 2, 3, "quota.set", "org/ads");
+    assert_audit_record(all, 3, 4, "quota.set", "org/ads/x");
+    assert_audit_record(all, 4, 5, "quota.rm", "org");
+    assert_audit_record(all, 5, 6, "quota.rm", "org/ads");
+    assert_audit_record(all, 6, 7, "quota.rm", "org/ads/x");
+    /* Values: created from nothing, removed to nothing. */
+    const json_t *rec = json_array_get(all, 1);
+    ck_assert(json_is_null(json_object_get(rec, "old")));
+    ck_assert_str_eq(json_str_at(json_object_get(rec, "new"), "path"), "org");
+    rec = json_array_get(all, 3);
+    ck_assert_int_eq(
+        json_int_at(json_object_get(json_object_get(rec, "new"), "guaranteed"),
+                    "vcores"),
+        60);
+    rec = json_array_get(all, 5);
+    ck_assert_str_eq(json_str_at(json_object_get(rec, "old"), "path"),
+                     "org/ads");
+    ck_assert(json_is_null(json_object_get(rec, "new")));
+    rec = json_array_get(all, 0);
+    ck_assert_int_eq(json_int_at(json_object_get(rec, "new"), "vcores"), 200);
+    ck_assert(
+        json_is_null(json_object_get(json_object_get(rec, "old"), "vcores")));
+    /* One recursive removal: one request, one time. */
+    json_int_t t_rm = json_int_at(json_array_get(all, 4), "time_ms");
+    for (size_t i = 5; i < 7; i++) {
+        ck_assert_int_eq(json_int_at(json_array_get(all, i), "time_ms"), t_rm);
+        ck_assert_int_eq(json_int_at(json_array_get(all, i), "seq"),
+                         json_int_at(json_array_get(all, 4), "seq"));
+        ck_assert_int_eq(json_int_at(json_array_get(all, i), "client"),
+                         json_int_at(json_array_get(all, 4), "client"));
+    }
+
+    /* --since: the records at or after a time (epoch milliseconds, or a
+     * date). */
+    char since[32];
+    size_t n_since = 0;
+    for (size_t i = 0; i < 7; i++) {
+        n_since += json_int_at(json_array_get(all, i), "time_ms") >= t_rm;
+    }
+    snprintf(since, sizeof since, "%lld", (long long)t_rm);
+    json_t *recs = audit_json(NULL, "--since", since, NULL);
+    ck_assert_uint_eq(json_array_size(recs), n_since);
+    ck_assert_uint_ge(n_since, 3);
+    ck_assert(
+        json_equal(json_array_get(recs, n_since - 1), json_array_get(all, 6)));
+    json_decref(recs);
+    json_int_t t_last = json_int_at(json_array_get(all, 6), "time_ms");
+    snprintf(since, sizeof since, "%lld", (long long)t_last + 1);
+    recs = audit_json(NULL, "--since", since, NULL);
+    ck_assert_uint_eq(json_array_size(recs), 0);
+    json_decref(recs);
+    recs = audit_json(NULL, "--since", "2000-01-01T00:00:00Z", NULL);
+    ck_assert(json_equal(recs, all));
+    json_decref(recs);
+
+    /* A prefix: itself and what lies under it, like quota ls. */
+    recs = audit_json(via_f1, "org/ads", NULL, NULL);
+    ck_assert_uint_eq(json_array_size(recs), 4);
+    assert_audit_record(recs, 0, 3, "quota.set", "org/ads");
+    assert_audit_record(recs, 1, 4, "quota.set", "org/ads/x");
+    assert_audit_record(recs, 2, 6, "quota.rm", "org/ads");
+    assert_audit_record(recs, 3, 7, "quota.rm", "org/ads/x");
+    json_decref(recs);
+    recs = audit_json(NULL, "org/ad", NULL, NULL);
+    ck_assert_uint_eq(json_array_size(recs), 0);
+    json_decref(recs);
+    /* --principal. */
+    recs = audit_json(NULL, "--principal", "anonymous", NULL);
+    ck_assert(json_equal(recs, all));
+    json_decref(recs);
+    recs = audit_json(NULL, "--principal", "nobody", NULL);
+    ck_assert_uint_eq(json_array_size(recs), 0);
+    json_decref(recs);
+    /* The table: a header and one line per record. */
+    CTL_OK(&r, NULL, "audit");
+    ck_assert_uint_eq(count_lines(r.out), 8);
+    ck_assert_msg(strstr(r.out, "(cluster)") != NULL, "%s", r.out);
+    ck_assert_msg(strstr(r.out, "quota.rm") != NULL, "%s", r.out);
+    harness_ctl_free(&r);
+    json_decref(all);
+
+    /* Retention: set (v8), then read back. */
+    CTL_OK(&r, via_f1, "audit-retention", "max_records=500", "max_age=2d");
+    ck_assert_msg(strstr(r.out, "catalog version 8") != NULL, "%s", r.out);
+    harness_ctl_free(&r);
+    CTL_OK(&r, NULL, "audit-retention");
+    ck_assert_msg(strstr(r.out, "max_records 500") != NULL &&
+                      has_number(r.out, 172800000),
+                  "%s", r.out);
+    harness_ctl_free(&r);
+    CTL_OK(&r, NULL, "-o", "json", "audit-retention");
+    json_t *ret = parse_json(r.out);
+    ck_assert_int_eq(json_int_at(ret, "max_records"), 500);
+    ck_assert_int_eq(json_int_at(ret, "max_age_ms"), 172800000);
+    ck_assert_ptr_null(json_object_get(ret, "records"));
+    json_decref(ret);
+    harness_ctl_free(&r);
+    CTL(&r, NULL, "audit-retention", "max_age=forever");
+    ck_assert_int_eq(r.status, 2);
+    harness_ctl_free(&r);
+
+    all = audit_json(via_f1, NULL, NULL, NULL);
+    ck_assert_uint_eq(json_array_size(all), 8);
+    assert_audit_record(all, 7, 8, "audit.config", "");
+    ck_assert_int_eq(json_int_at(json_object_get(json_array_get(all, 7), "new"),
+                                 "max_records"),
+                     500);
+    converge(NULL);
+
+    /* SIGKILL the leader: the new leader serves the same trail, read
+     * through another node. */
+    harness_node_kill(leader, SIGKILL);
+    ck_assert_int_eq(harness_wait_exit(leader, &status), 0);
+    unsigned next = harness_wait_leader(HARNESS_LEADER_WAIT_MS);
+    ck_assert_msg(next != 0 && next != leader, "no new leader");
+    unsigned other = other_node(3, leader, next);
+    char eps[64];
+    snprintf(eps, sizeof eps, "%s", harness_node_client_addr(other));
+    recs = audit_json(eps, NULL, NULL, NULL);
+    ck_assert_msg(json_equal(recs, all),
+                  "the audit trail differs after the leader changed");
+    json_decref(recs);
+    /* ... and goes on from there. */
+    CTL_OK(&r, eps, "quota", "set", "after", "kind=rate", "rate=5");
+    harness_ctl_free(&r);
+    recs = audit_json(eps, NULL, NULL, NULL);
+    ck_assert_uint_eq(json_array_size(recs), 9);
+    for (size_t i = 0; i < 8; i++) {
+        ck_assert(json_equal(json_array_get(recs, i), json_array_get(all, i)));
+    }
+    assert_audit_record(recs, 8, 9, "quota.set", "after");
+    json_decref(recs);
+    json_decref(all);
+    harness_log("audit trail identical through node %u after SIGKILL of "
+                "leader %u (new leader %u)",
+                other, leader, next);
+    harness_end();
+}
+END_TEST
+
 static Suite *cluster_suite(void)
 {
     Suite *s = suite_create("cluster");
@@ -987,6 +1253,7 @@ static Suite *cluster_suite(void)
     tcase_add_test(tc, test_exactly_once);
     tcase_add_test(tc, test_ctl_failover);
     tcase_add_test(tc, test_snapshot_catchup);
+    tcase_add_test(tc, test_validation_and_audit);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -962,6 +962,9 @@ enum {
     QB_OWNERS_NOT_ARRAY,
     QB_OWNERS_TOO_MANY,
     QB_OWNER_NOT_STR,
+    QB_OWNER_NO_KIND,    /* "alice": neither user: nor group: */
+    QB_OWNER_EMPTY_NAME, /* "user:" */
+    QB_OWNER_BAD_NAME,   /* "group:a b" */
     QB_UNKNOWN_FIELD,
     QB_COUNT
 };
@@ -1019,6 +1022,15 @@ static void qb_build(msgpack_packer *pk)
         msgpack_pack_array(pk, 2);
         wire_pack_str(pk, "user:a");
         msgpack_pack_uint64(pk, 1);
+        break;
+    case QB_OWNER_NO_KIND:
+    case QB_OWNER_EMPTY_NAME:
+    case QB_OWNER_BAD_NAME:
+        msgpack_pack_array(pk, 2);
+        wire_pack_str(pk, "group:infra");
+        wire_pack_str(pk, qb_mode == QB_OWNER_NO_KIND      ? "alice"
+                          : qb_mode == QB_OWNER_EMPTY_NAME ? "user:"
+                                                           : "group:a b");
         break;
     default:
         msgpack_pack_array(pk, QUOTA_OWNERS_MAX);
@@ -1094,7 +1106,10 @@ START_TEST(quota_unpack_errors)
         [QB_NO_KIND] = "quota without a kind",
         [QB_OWNERS_NOT_ARRAY] = "owners must be an array of at most 32",
         [QB_OWNERS_TOO_MANY] = "owners must be an array of at most 32",
-        [QB_OWNER_NOT_STR] = "owners must be strings",
+        [QB_OWNER_NOT_STR] = "owners are user:NAME or group:NAME",
+        [QB_OWNER_NO_KIND] = "owners are user:NAME or group:NAME",
+        [QB_OWNER_EMPTY_NAME] = "owners are user:NAME or group:NAME",
+        [QB_OWNER_BAD_NAME] = "owners are user:NAME or group:NAME",
         [QB_UNKNOWN_FIELD] = "unknown field \"colour\"",
     };
     for (qb_mode = 0; qb_mode < QB_COUNT; qb_mode++) {
@@ -1118,13 +1133,17 @@ START_TEST(defaults_rate)
     {
         const char *rate;
         uint64_t burst;
-    } cases[] = {{"rate=10", 10},
-                 {"rate=10.2", 11},
-                 {"rate=0.3", 1},
-                 {"rate=0.999", 1},
-                 {"rate=1", 1},
-                 {"rate=1.0001", 2},
-                 {"rate=1e30", 1000000000000000000ull}};
+        bool valid; /* defaults plus patch make a valid quota */
+    } cases[] = {{"rate=10", 10, true},
+                 {"rate=10.2", 11, true},
+                 {"rate=0.3", 1, true},
+                 {"rate=0.999", 1, true},
+                 {"rate=1", 1, true},
+                 {"rate=1.0001", 2, true},
+                 {"rate=1e12", 1000000000000ull, true},
+                 /* Beyond QUOTA_RATE_MAX: the default burst is still
+                  * capped at 1e18, but merge refuses the rate itself. */
+                 {"rate=1e30", 1000000000000000000ull, false}};
     char msg[ALLOT_ERRMSG_SIZE];
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct quota_fields p, out;
@@ -1141,6 +1160,14 @@ START_TEST(defaults_rate)
         ck_assert(!out.per_key);
         ck_assert_uint_eq(out.max_delay_ms, 0);
         ck_assert_uint_eq(out.set, 0);
+        if (!cases[i].valid) {
+            struct quota_fields before;
+            memcpy(&before, &out, sizeof out);
+            ck_assert_int_eq(quota_fields_merge(&out, &p, msg), ALLOT_EINVALID);
+            assert_has(msg, "at most 1e12");
+            ck_assert_mem_eq(&before, &out, sizeof out);
+            continue;
+        }
         /* The defaults plus the patch make a valid quota. */
         ck_assert_msg(quota_fields_merge(&out, &p, msg) == 0, "%s", msg);
         ck_assert_uint_eq(out.burst, cases[i].burst);
@@ -1317,10 +1344,22 @@ START_TEST(merge_rate_rules)
     merge_refused(&rate, &p, "must be");
     /* Boundaries that are allowed. */
     struct quota_fields q = rate;
-    parse(&p, "rate=0.000001", "burst=1", NULL);
+    parse(&p, "rate=0.001", "burst=1", NULL);
     ck_assert_int_eq(quota_fields_merge(&q, &p, msg), 0);
-    ck_assert_double_eq(q.rate, 0.000001);
+    ck_assert_double_eq(q.rate, 0.001);
     ck_assert_uint_eq(q.burst, 1);
+    /* Below a thousandth the rules could not count it: refused. */
+    parse(&p, "rate=0.0009", NULL);
+    merge_refused(&q, &p, "at least 0.001");
+    /* QUOTA_RATE_MAX is allowed, anything above it is not. */
+    parse(&p, "rate=1e12", NULL);
+    ck_assert_int_eq(quota_fields_merge(&q, &p, msg), 0);
+    ck_assert_double_eq(q.rate, QUOTA_RATE_MAX);
+    parse(&p, "rate=1000000000000.001", NULL);
+    merge_refused(&q, &p, "at most 1e12");
+    parse(&p, "rate=1e13", NULL);
+    merge_refused(&q, &p, "at most 1e12");
+    ck_assert_double_eq(q.rate, QUOTA_RATE_MAX);
     /* A new rate quota built from kind=rate alone has no rate. */
     struct quota_fields out;
     parse(&p, "kind=rate", "burst=4", NULL);
