@@ -13,7 +13,6 @@
  * `timeout`. A forwarded write that fails this way may still have been
  * applied: the client's retry carries the same (client, seq). */
 #include <inttypes.h>
-#include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -232,18 +231,6 @@ static struct fwd *fwd_open(struct node *n, uint64_t leader_id,
     return f;
 }
 
-/* Re-encode what we decoded: the leader sees the same request, with our id
- * and the mark that it was forwarded. */
-static void pack_strv(msgpack_packer *pk, const char *key, char *const *v,
-                      uint32_t n)
-{
-    wire_pack_str(pk, key);
-    msgpack_pack_array(pk, n);
-    for (uint32_t i = 0; i < n; i++) {
-        wire_pack_str(pk, v[i]);
-    }
-}
-
 /* A signed request travels as it came: its body and claim, which the
  * leader verifies; only the id is ours. */
 static void pack_signed(msgpack_packer *pk, const struct node_req *r)
@@ -298,6 +285,8 @@ static void pack_credentials(msgpack_packer *pk, const struct node_req *r)
     }
 }
 
+/* Everything else travels as it came too: the args bytes the gateway kept
+ * (keep_args()), the request ids, and the credentials. */
 static void pack_request(msgpack_packer *pk, const struct node_req *r)
 {
     if (r->is_signed && !r->http_signed) {
@@ -317,157 +306,9 @@ static void pack_request(msgpack_packer *pk, const struct node_req *r)
         wire_pack_kv_u64(pk, "ack", r->cmd.ack);
     }
     wire_pack_str(pk, "args");
-    switch (r->op) {
-    case WIRE_OP_QUOTA_SET:
-        msgpack_pack_map(pk, r->cmd.has_if_version ? 6 : 5);
-        wire_pack_str(pk, "labels");
-        msgpack_pack_map(pk, r->n_label_edits);
-        for (uint32_t i = 0; i < r->n_label_edits; i++) {
-            wire_pack_str(pk, r->label_keys[i]);
-            if (r->label_values[i] != NULL) {
-                wire_pack_str(pk, r->label_values[i]);
-            } else {
-                msgpack_pack_nil(pk);
-            }
-        }
-        wire_pack_kv_str(pk, "path", r->path);
-        wire_pack_str(pk, "fields");
-        msgpack_pack_map(pk, quota_fields_pack(NULL, &r->cmd.patch, true));
-        quota_fields_pack(pk, &r->cmd.patch, true);
-        pack_strv(pk, "owners_add", r->owners_add, r->n_owners_add);
-        pack_strv(pk, "owners_rm", r->owners_rm, r->n_owners_rm);
-        if (r->cmd.has_if_version) {
-            wire_pack_kv_u64(pk, "if_version", r->cmd.if_version);
-        }
-        break;
-    case WIRE_OP_PRINCIPAL_ADD: {
-        char hex[65];
-        auth_pubkey_hex(r->cmd.pubkey, hex);
-        msgpack_pack_map(pk, 3);
-        wire_pack_kv_str(pk, "name", r->subject);
-        wire_pack_kv_str(pk, "pubkey", hex);
-        wire_pack_str(pk, "admin");
-        if (r->cmd.admin) {
-            msgpack_pack_true(pk);
-        } else {
-            msgpack_pack_false(pk);
-        }
-        break;
-    }
-    case WIRE_OP_PRINCIPAL_RM:
-    case WIRE_OP_GROUP_RM:
-        msgpack_pack_map(pk, 1);
-        wire_pack_kv_str(pk, "name", r->subject);
-        break;
-    case WIRE_OP_VALIDATOR_ADD: {
-        const struct fsm_validator *v = r->validator;
-        msgpack_pack_map(pk, 5);
-        wire_pack_kv_str(pk, "name", v->name);
-        wire_pack_kv_str(pk, "prefix", v->prefix);
-        wire_pack_kv_str(pk, v->is_url ? "url" : "exec", v->target);
-        wire_pack_kv_u64(pk, "timeout_ms", v->timeout_ms);
-        wire_pack_str(pk, "fail_open");
-        if (v->fail_open) {
-            msgpack_pack_true(pk);
-        } else {
-            msgpack_pack_false(pk);
-        }
-        break;
-    }
-    case WIRE_OP_VALIDATOR_RM:
-        msgpack_pack_map(pk, 1);
-        wire_pack_kv_str(pk, "name", r->subject);
-        break;
-    case WIRE_OP_TOKEN_CREATE:
-        msgpack_pack_map(pk, 3);
-        wire_pack_kv_str(pk, "name", r->subject);
-        wire_pack_str(pk, "hash");
-        msgpack_pack_bin(pk, 32);
-        msgpack_pack_bin_body(pk, r->cmd.token_hash, 32);
-        wire_pack_kv_u64(pk, "ttl_ms", r->cmd.ttl_ms);
-        break;
-    case WIRE_OP_TOKEN_REVOKE: {
-        char hex[17];
-        sodium_bin2hex(hex, sizeof hex, r->cmd.token_hash, 8);
-        msgpack_pack_map(pk, 1);
-        wire_pack_kv_str(pk, "id", hex);
-        break;
-    }
-    case WIRE_OP_GROUP_ADD:
-        msgpack_pack_map(pk, 2);
-        wire_pack_kv_str(pk, "name", r->subject);
-        pack_strv(pk, "members", r->members, r->n_members);
-        break;
-    case WIRE_OP_QUOTA_RM:
-        msgpack_pack_map(pk, r->cmd.has_if_version ? 3 : 2);
-        wire_pack_kv_str(pk, "path", r->path);
-        wire_pack_str(pk, "recursive");
-        if (r->cmd.recursive) {
-            msgpack_pack_true(pk);
-        } else {
-            msgpack_pack_false(pk);
-        }
-        if (r->cmd.has_if_version) {
-            wire_pack_kv_u64(pk, "if_version", r->cmd.if_version);
-        }
-        break;
-    case WIRE_OP_CAPACITY_SET: {
-        const struct fsm_capacity *cap = &r->cmd.capacity;
-        msgpack_pack_map(pk, (cap->has_memory_mb ? 1u : 0u) +
-                                 (cap->has_vcores ? 1u : 0u));
-        if (cap->has_memory_mb) {
-            wire_pack_kv_u64(pk, "memory_mb", cap->memory_mb);
-        }
-        if (cap->has_vcores) {
-            wire_pack_kv_u64(pk, "vcores", cap->vcores);
-        }
-        break;
-    }
-    case WIRE_OP_QUOTA_GET:
-        msgpack_pack_map(pk, 1);
-        wire_pack_kv_str(pk, "path", r->path);
-        break;
-    case WIRE_OP_QUOTA_LS:
-        msgpack_pack_map(pk, r->has_after ? 3 : 2);
-        wire_pack_kv_str(pk, "prefix", r->path);
-        wire_pack_kv_u64(pk, "limit", r->limit);
-        if (r->has_after) {
-            wire_pack_kv_str(pk, "after", r->after);
-        }
-        break;
-    case WIRE_OP_AUDIT_LS:
-        msgpack_pack_map(pk, r->has_principal_filter ? 5 : 4);
-        wire_pack_kv_str(pk, "prefix", r->path);
-        wire_pack_kv_u64(pk, "since_ms", r->since_ms);
-        wire_pack_kv_u64(pk, "after", r->after_version);
-        wire_pack_kv_u64(pk, "limit", r->limit);
-        if (r->has_principal_filter) {
-            wire_pack_kv_str(pk, "principal", r->principal_filter);
-        }
-        break;
-    case WIRE_OP_AUDIT_CONFIG: {
-        const struct fsm_audit_config *a = &r->cmd.audit;
-        msgpack_pack_map(pk, (a->has_max_records ? 1u : 0u) +
-                                 (a->has_max_age_ms ? 1u : 0u));
-        if (a->has_max_records) {
-            wire_pack_kv_u64(pk, "max_records", a->max_records);
-        }
-        if (a->has_max_age_ms) {
-            wire_pack_kv_u64(pk, "max_age_ms", a->max_age_ms);
-        }
-        break;
-    }
-    case WIRE_OP_CLUSTER_ADD:
-        msgpack_pack_map(pk, 2);
-        wire_pack_kv_u64(pk, "id", r->target_id);
-        wire_pack_kv_str(pk, "raft_addr", r->target_addr);
-        break;
-    case WIRE_OP_CLUSTER_REMOVE:
-    case WIRE_OP_CLUSTER_TRANSFER:
-        msgpack_pack_map(pk, 1);
-        wire_pack_kv_u64(pk, "id", r->target_id);
-        break;
-    default:
+    if (r->args != NULL) {
+        pk->callback(pk->data, r->args, r->args_len);
+    } else {
         msgpack_pack_map(pk, 0);
     }
 }
@@ -515,8 +356,19 @@ void forward_submit(struct node_req *r)
     msgpack_sbuffer_write(&f->out, zero, sizeof zero);
     msgpack_packer_init(&pk, &f->out, msgpack_sbuffer_write);
     pack_request(&pk, r);
-    wire_frame_header(f->out.data + start,
-                      (uint32_t)(f->out.size - start - WIRE_HEADER_LEN));
+    size_t body = f->out.size - start - WIRE_HEADER_LEN;
+    if (body > WIRE_FRAME_MAX) {
+        /* The envelope we add pushed a request near the limit over it: the
+         * leader would refuse the frame and drop the connection. */
+        f->out.size = start;
+        TAILQ_REMOVE(&f->pending, r, queue_link);
+        n->metrics.forwarded--;
+        node_reply_error(r, ALLOT_ETOO_BIG,
+                         "request too large to forward to the leader (1 MiB "
+                         "with the forwarding envelope): make it smaller");
+        return;
+    }
+    wire_frame_header(f->out.data + start, (uint32_t)body);
 }
 
 void forward_tick(struct node *n)

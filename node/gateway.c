@@ -91,6 +91,7 @@ void node_req_free(struct node_req *r)
     free(r->body);
     free(r->http_target);
     free(r->validator);
+    free(r->args);
     strv_free(r->owners_add, r->n_owners_add);
     strv_free(r->owners_rm, r->n_owners_rm);
     strv_free(r->members, r->n_members);
@@ -789,6 +790,25 @@ static int decode_args(struct node_req *r, const struct wire_request *wr,
 /* --- Dispatch
  * ------------------------------------------------------------------ */
 
+static int keep_args(struct node_req *r, const msgpack_object *args,
+                     char *msg)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_object(&pk, *args);
+    r->args_len = sb.size;
+    r->args = malloc(sb.size);
+    if (r->args == NULL) {
+        msgpack_sbuffer_destroy(&sb);
+        return allot_errf(msg, ALLOT_ENOMEM, "out of memory");
+    }
+    memcpy(r->args, sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
+    return 0;
+}
+
 /* Bearer token or HTTP signature material carried in the request. */
 static int decode_credentials(struct node_req *r, const msgpack_object *root,
                               char *msg)
@@ -966,6 +986,13 @@ void gateway_dispatch(struct conn *c, const char *body, size_t len)
     }
     if (rv == 0) {
         rv = decode_args(r, &wr, msg);
+    }
+    if (rv == 0 && wr.args != NULL && r->body == NULL &&
+        raft_state(&n->raft) != RAFT_LEADER &&
+        !(wire_op_flags(r->op) & WIRE_OP_LOCAL)) {
+        /* Headed for the leader: keep the args exactly as they came, so
+         * forwarding never re-encodes (and never drifts from) any op. */
+        rv = keep_args(r, wr.args, msg);
     }
     msgpack_unpacked_destroy(&ub);
     msgpack_unpacked_destroy(&u);

@@ -117,6 +117,9 @@ struct node_req
     struct auth_claim claim;
     char *body; /* owned */
     size_t body_len;
+    /* An unsigned request headed for the leader: its args as received. */
+    char *args; /* owned */
+    size_t args_len;
     /* quota.set owners, group.add members, principal.add: owned strings. */
     char **owners_add;
     uint32_t n_owners_add;
