@@ -377,16 +377,16 @@ static int create_parent(struct cluster *cl)
 {
     struct allot_client *c;
     char msg[ALLOT_ERRMSG_SIZE];
-    if (allot_client_open(cl->nodes[cl->leader].client_addr, 10000, &c,
-                          msg) != 0) {
+    if (allot_client_open(cl->nodes[cl->leader].client_addr, 10000, &c, msg) !=
+        0) {
         fprintf(stderr, "error: %s\n", msg);
         return -1;
     }
     struct allot_reply rep;
     int rv = allot_client_call(c, "quota.set", pack_parent, NULL, &rep);
     if (rv != 0) {
-        fprintf(stderr, "error: %s: creating bench: %s\n",
-                allot_error_name(rv), rep.message);
+        fprintf(stderr, "error: %s: creating bench: %s\n", allot_error_name(rv),
+                rep.message);
     }
     allot_reply_destroy(&rep);
     allot_client_close(c);

@@ -790,8 +790,7 @@ static int decode_args(struct node_req *r, const struct wire_request *wr,
 /* --- Dispatch
  * ------------------------------------------------------------------ */
 
-static int keep_args(struct node_req *r, const msgpack_object *args,
-                     char *msg)
+static int keep_args(struct node_req *r, const msgpack_object *args, char *msg)
 {
     msgpack_sbuffer sb;
     msgpack_packer pk;
