@@ -422,7 +422,23 @@ static void request_begin(struct http_conn *h, msgpack_sbuffer *sb,
                              (has_sig ? 1u : 0u));
     wire_pack_kv_u64(pk, "id", h->req_id);
     wire_pack_kv_str(pk, "op", op);
-    if (write) {
+    if (write && has_sig) {
+        /* A signed write's request id comes from its signature's nonce, so
+         * the same signed request replayed anywhere (a new leader has not
+         * seen the nonce) meets its own (client, seq) in the state machine
+         * and applies once. */
+        unsigned char id[8];
+        char seed[2 * AUTH_NONCE_LEN + AUTH_NAME_MAX + 2];
+        int n =
+            snprintf(seed, sizeof seed, "%s\n%s", h->h_nonce, h->h_principal);
+        crypto_generichash(id, sizeof id, (const unsigned char *)seed,
+                           n > 0 ? (size_t)n : 0, NULL, 0);
+        uint64_t client = 0;
+        memcpy(&client, id, sizeof client);
+        wire_pack_kv_u64(pk, "client", client | 1);
+        wire_pack_kv_u64(pk, "seq", 1);
+        wire_pack_kv_u64(pk, "ack", 1);
+    } else if (write) {
         /* One client id per HTTP connection; each write its own seq. */
         h->seq++;
         wire_pack_kv_u64(pk, "client", h->client_id);
