@@ -432,7 +432,7 @@ static void request_begin(struct http_conn *h, msgpack_sbuffer *sb,
         int n =
             snprintf(seed, sizeof seed, "%s\n%s", h->h_nonce, h->h_principal);
         crypto_generichash(id, sizeof id, (const unsigned char *)seed,
-                           n > 0 ? (size_t)n : 0, NULL, 0);
+                           (unsigned long long)(n > 0 ? n : 0), NULL, 0);
         uint64_t client = 0;
         memcpy(&client, id, sizeof client);
         wire_pack_kv_u64(pk, "client", client | 1);
