@@ -901,8 +901,12 @@ int node_verify(struct node *n, struct node_req *r, char *msg)
                           AUTH_CLOCK_SKEW_MS / 1000);
     }
     const char *body = r->body != NULL ? r->body : "";
-    int rv = auth_verify(pk, cl, wire_op_name(r->op), r->cmd.client, r->cmd.seq,
-                         r->cmd.ack, body, r->body_len, msg);
+    /* An HTTP signature covers "METHOD TARGET" with client = seq = ack = 0
+     * (docs/http.md), whatever ids the HTTP layer gave the request. */
+    bool http = r->http_signed;
+    int rv = auth_verify(pk, cl, http ? r->http_target : wire_op_name(r->op),
+                         http ? 0 : r->cmd.client, http ? 0 : r->cmd.seq,
+                         http ? 0 : r->cmd.ack, body, r->body_len, msg);
     if (rv != 0) {
         return rv;
     }
@@ -986,7 +990,7 @@ void gateway_dispatch(struct conn *c, const char *body, size_t len)
     if (rv == 0) {
         rv = decode_args(r, &wr, msg);
     }
-    if (rv == 0 && wr.args != NULL && r->body == NULL &&
+    if (rv == 0 && wr.args != NULL && wr.body == NULL &&
         raft_state(&n->raft) != RAFT_LEADER &&
         !(wire_op_flags(r->op) & WIRE_OP_LOCAL)) {
         /* Headed for the leader: keep the args exactly as they came, so

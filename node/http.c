@@ -856,11 +856,11 @@ static void feed(struct http_conn *h, const char *data, size_t len)
     } else if (e != HPE_OK || h->overflow) {
         h->overflow = true;
         h->keep_alive = false;
-        respond_error(
-            h, h->body_len >= HTTP_BODY_MAX ? ALLOT_ETOO_BIG : ALLOT_EINVALID,
-            h->overflow && e == HPE_CB_body ? "request body over 1 MiB"
-            : h->overflow                   ? "request line or header too long"
-                                            : http_errno_description(e));
+        respond_error(h, e == HPE_CB_body ? ALLOT_ETOO_BIG : ALLOT_EINVALID,
+                      h->overflow && e == HPE_CB_body
+                          ? "request body over 1 MiB"
+                      : h->overflow ? "request line or header too long"
+                                    : http_errno_description(e));
         uv_read_stop((uv_stream_t *)&h->tcp);
         return;
     }

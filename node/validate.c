@@ -97,7 +97,34 @@ static char *change_document(struct node *n, struct node_req *r, size_t *len)
                      ? (next = old->f, 0)
                      : quota_fields_defaults(&r->cmd.patch, &next, NULL);
         if (rv == 0 && quota_fields_merge(&next, &r->cmd.patch, NULL) == 0) {
+            /* The labels the change leaves: the old ones with its edits. */
+            char *lab[2 * QUOTA_LABELS_MAX];
+            uint32_t nl = 0;
+            for (uint32_t i = 0; old != NULL && i < old->n_labels; i++) {
+                lab[nl++] = strdup(old->labels[i]);
+            }
+            for (uint32_t e = 0; e < r->n_label_edits; e++) {
+                size_t kl = strlen(r->label_keys[e]);
+                for (uint32_t j = 0; j < nl; j++) {
+                    if (strncmp(lab[j], r->label_keys[e], kl) == 0 &&
+                        lab[j][kl] == '=') {
+                        free(lab[j]);
+                        lab[j] = lab[--nl];
+                        break;
+                    }
+                }
+                if (r->label_values[e] != NULL && nl < 2 * QUOTA_LABELS_MAX) {
+                    size_t vl = strlen(r->label_values[e]);
+                    lab[nl] = malloc(kl + vl + 2);
+                    memcpy(lab[nl], r->label_keys[e], kl);
+                    lab[nl][kl] = '=';
+                    memcpy(lab[nl] + kl + 1, r->label_values[e], vl + 1);
+                    nl++;
+                }
+            }
             struct quota preview = {
+                .labels = lab,
+                .n_labels = nl,
                 .path = r->path,
                 .version = old != NULL ? old->version : 0,
                 .created_ms = old != NULL ? old->created_ms : 0,
@@ -107,6 +134,9 @@ static char *change_document(struct node *n, struct node_req *r, size_t *len)
                 .n_owners = old != NULL ? old->n_owners : 0,
             };
             quota_pack(&pk, &preview);
+            for (uint32_t j = 0; j < nl; j++) {
+                free(lab[j]);
+            }
             msgpack_unpacked_destroy(&u);
             msgpack_unpacked_init(&u);
             if (wire_unpack(sb.data, sb.size, &u, NULL) == 0) {

@@ -383,7 +383,11 @@ int allot_client_call(struct allot_client *c, const char *op,
         }
         int rv = send_all(c->fd, sb.data, sb.size, attempt_deadline);
         msgpack_sbuffer_destroy(&sb);
-        if (rv != 0 || recv_reply(c, id, attempt_deadline, rep) != 0) {
+        /* A write may wait on validators (up to their --timeout-ms): once
+         * it is sent, wait for its answer until the call's deadline rather
+         * than re-sending it (which would run the validators again). */
+        if (rv != 0 ||
+            recv_reply(c, id, write ? deadline : attempt_deadline, rep) != 0) {
             snprintf(last_problem, sizeof last_problem, "no reply from %s",
                      c->eps[c->cur].name);
             conn_close(c);

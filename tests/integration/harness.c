@@ -73,6 +73,8 @@ struct hnode
     bool join;
     bool secure; /* started without --insecure (harness_set_secure) */
     const char *extra[EXTRA_ARGS_MAX + 1];
+    uint16_t http_port; /* 0: no --http (harness_set_http) */
+    char http_addr[32];
 };
 
 static struct
@@ -90,6 +92,7 @@ static struct
     unsigned ctl_runs;
     const char *const *extra;
     bool secure;                   /* harness_set_secure */
+    bool http;                     /* harness_set_http */
     bool has_identity;             /* harness_set_identity */
     struct auth_identity identity; /* signs harness_call */
     char endpoints[HARNESS_NODES_MAX * 32];
@@ -510,6 +513,7 @@ void harness_begin(const char *test_name)
     memset(&H.nodes, 0, sizeof H.nodes);
     H.extra = NULL;
     H.secure = false;
+    H.http = false;
     H.has_identity = false;
     memset(&H.identity, 0, sizeof H.identity);
     H.ctl_runs = 0;
@@ -652,6 +656,11 @@ void harness_set_secure(bool secure)
     H.secure = secure;
 }
 
+void harness_set_http(bool http)
+{
+    H.http = http;
+}
+
 void harness_set_identity(const struct auth_identity *id)
 {
     H.has_identity = id != NULL;
@@ -687,6 +696,14 @@ static void node_prepare(unsigned id, uint16_t raft_port, uint16_t client_port)
     n->extra[k] = NULL;
 }
 
+/* Give node id an HTTP listener on 127.0.0.1:port (harness_set_http). */
+static void node_set_http(unsigned id, uint16_t port)
+{
+    struct hnode *n = &H.nodes[id];
+    n->http_port = port;
+    snprintf(n->http_addr, sizeof n->http_addr, "127.0.0.1:%u", (unsigned)port);
+}
+
 static void node_spawn(unsigned id)
 {
     struct hnode *n = &H.nodes[id];
@@ -708,6 +725,10 @@ static void node_spawn(unsigned id)
     }
     argv[a++] = "--log-level";
     argv[a++] = H.log_level;
+    if (n->http_port != 0) {
+        argv[a++] = "--http";
+        argv[a++] = n->http_addr;
+    }
     for (unsigned k = 0; n->extra[k] != NULL && a < ARGS_MAX - 1; k++) {
         argv[a++] = n->extra[k];
     }
@@ -747,7 +768,10 @@ void harness_cluster_start(unsigned count)
     ck_assert_uint_ge(count, 1);
     ck_assert_uint_le(count, HARNESS_NODES_MAX);
     uint16_t ports[2 * HARNESS_NODES_MAX];
-    alloc_ports(ports, 2 * count);
+    /* With --http, a third port per node, allocated with the others. */
+    unsigned per_node = H.http ? 3 : 2;
+    ck_assert_uint_le(per_node * count, 2 * HARNESS_NODES_MAX);
+    alloc_ports(ports, per_node * count);
     char cluster[1024] = "";
     size_t off = 0;
     for (unsigned i = 0; i < count; i++) {
@@ -760,6 +784,9 @@ void harness_cluster_start(unsigned count)
         node_prepare(i + 1, ports[2 * i], ports[2 * i + 1]);
         snprintf(H.nodes[i + 1].mode_arg, sizeof H.nodes[i + 1].mode_arg, "%s",
                  cluster);
+        if (H.http) {
+            node_set_http(i + 1, ports[2 * count + i]);
+        }
     }
     for (unsigned i = 0; i < count; i++) {
         node_spawn(i + 1);
@@ -771,9 +798,12 @@ void harness_node_join(unsigned id, unsigned via)
     ck_assert_uint_ne(id, via);
     char via_addr[32];
     memcpy(via_addr, node_get(via)->client_addr, sizeof via_addr);
-    uint16_t ports[2];
-    alloc_ports(ports, 2);
+    uint16_t ports[3];
+    alloc_ports(ports, H.http ? 3 : 2);
     node_prepare(id, ports[0], ports[1]);
+    if (H.http) {
+        node_set_http(id, ports[2]);
+    }
     H.nodes[id].join = true;
     memcpy(H.nodes[id].mode_arg, via_addr, sizeof via_addr);
     node_spawn(id);
@@ -857,6 +887,16 @@ const char *harness_node_raft_addr(unsigned id)
 const char *harness_node_log(unsigned id)
 {
     return node_get(id)->log_path;
+}
+
+const char *harness_node_http_addr(unsigned id)
+{
+    return node_get(id)->http_addr;
+}
+
+uint16_t harness_node_http_port(unsigned id)
+{
+    return node_get(id)->http_port;
 }
 
 const char *harness_endpoints(unsigned except)
@@ -953,6 +993,109 @@ void harness_ctl_free(struct harness_ctl *r)
     free(r->out);
     free(r->err);
     r->out = r->err = NULL;
+}
+
+/* --- allotctl in the background ------------------------------------------- */
+
+void harness_ctl_start(struct harness_bg *bg, const char *endpoints, ...)
+{
+    memset(bg, 0, sizeof *bg);
+    char timeout[16];
+    snprintf(timeout, sizeof timeout, "%d", HARNESS_CTL_TIMEOUT_MS);
+    char eps[sizeof H.endpoints];
+    snprintf(eps, sizeof eps, "%s",
+             endpoints != NULL ? endpoints : harness_endpoints(0));
+    const char *argv[ARGS_MAX];
+    unsigned a = 0;
+    argv[a++] = H.allotctl;
+    argv[a++] = "--endpoints";
+    argv[a++] = eps;
+    argv[a++] = "--timeout-ms";
+    argv[a++] = timeout;
+    va_list ap;
+    va_start(ap, endpoints);
+    const char *arg;
+    while ((arg = va_arg(ap, const char *)) != NULL) {
+        ck_assert_uint_lt(a, ARGS_MAX - 1);
+        argv[a++] = arg;
+    }
+    va_end(ap);
+    argv[a] = NULL;
+    size_t off = 0;
+    for (unsigned i = 1; i < a && off < sizeof bg->args; i++) {
+        int w = snprintf(bg->args + off, sizeof bg->args - off, "%s%s",
+                         i > 1 ? " " : "", argv[i]);
+        off += w > 0 ? (size_t)w : 0;
+    }
+    bg->k = ++H.ctl_runs;
+    snprintf(bg->out_path, sizeof bg->out_path, "%s/ctl-%u.out", H.dir, bg->k);
+    snprintf(bg->err_path, sizeof bg->err_path, "%s/ctl-%u.err", H.dir, bg->k);
+    bg->t0 = harness_now();
+    bg->pid = spawn((char *const *)argv, bg->out_path, bg->err_path, false);
+    ck_assert_msg(bg->pid > 0, "cannot start allotctl: %s", strerror(errno));
+    record_pid(bg->pid, "allotctl");
+    if (H.log != NULL) {
+        fprintf(H.log,
+                "[%8.3fs] allotctl #%u started in the background "
+                "(pid %d): %s\n",
+                harness_elapsed(), bg->k, (int)bg->pid, bg->args);
+        fflush(H.log);
+    }
+}
+
+bool harness_ctl_done(struct harness_bg *bg)
+{
+    if (!bg->reaped && waitpid(bg->pid, &bg->status, WNOHANG) == bg->pid) {
+        bg->reaped = true;
+    }
+    return bg->reaped;
+}
+
+char *harness_ctl_out_now(const struct harness_bg *bg)
+{
+    char *s = read_file(bg->out_path, NULL);
+    return s != NULL ? s : strdup("");
+}
+
+int harness_ctl_wait(struct harness_bg *bg, int timeout_ms,
+                     struct harness_ctl *r)
+{
+    memset(r, 0, sizeof *r);
+    r->status = -1;
+    if (!bg->reaped) {
+        if (!wait_pid(bg->pid, timeout_ms, &bg->status)) {
+            return -1;
+        }
+        bg->reaped = true;
+    }
+    int status = bg->status;
+    r->seconds = harness_now() - bg->t0;
+    r->status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    r->out = read_file(bg->out_path, NULL);
+    r->err = read_file(bg->err_path, NULL);
+    ck_assert_msg(r->out != NULL && r->err != NULL, "cannot read %s",
+                  bg->out_path);
+    if (H.log != NULL) {
+        fprintf(H.log, "[%8.3fs] allotctl #%u %s -> %s after %.3f s\n",
+                harness_elapsed(), bg->k, bg->args, harness_status_text(status),
+                r->seconds);
+        fflush(H.log);
+    }
+    char line[512];
+    ck_assert_msg(!find_sanitizer_report(r->err, line, sizeof line),
+                  "allotctl %s: sanitizer report: %s", bg->args, line);
+    return 0;
+}
+
+void harness_ctl_stop(struct harness_bg *bg)
+{
+    if (bg->pid <= 0 || harness_ctl_done(bg)) {
+        return;
+    }
+    kill(bg->pid, SIGKILL);
+    if (wait_pid(bg->pid, HARNESS_EXIT_WAIT_MS, &bg->status)) {
+        bg->reaped = true;
+    }
 }
 
 /* --- Replies -------------------------------------------------------------- */
@@ -1247,6 +1390,26 @@ int harness_wait_converged(int timeout_ms, struct harness_status *leader_st)
 }
 
 /* --- Raw sockets ---------------------------------------------------------- */
+
+int harness_http_connect(unsigned id)
+{
+    struct hnode *n = node_get(id);
+    ck_assert_msg(n->http_port != 0, "node %u has no --http", id);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sa.sin_port = htons(n->http_port);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        return -1;
+    }
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        close(fd);
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
+}
 
 int harness_raw_connect(unsigned id)
 {

@@ -94,6 +94,11 @@ void harness_set_node_args(const char *const *args);
  * the node args. Reset by harness_begin(). */
 void harness_set_secure(bool secure);
 
+/* Nodes started after this call (harness_cluster_start, harness_node_join)
+ * also get --http 127.0.0.1:PORT, a free port allocated with their others;
+ * a restart keeps it. Reset (off) by harness_begin(). */
+void harness_set_http(bool http);
+
 /* Sign every harness_call() from now on with id (copied), and so
  * harness_status(), harness_wait_leader() and harness_wait_converged(),
  * which a secure cluster refuses unsigned; NULL: unsigned again (the
@@ -126,6 +131,9 @@ pid_t harness_node_pid(unsigned id);
 const char *harness_node_client_addr(unsigned id);
 const char *harness_node_raft_addr(unsigned id);
 const char *harness_node_log(unsigned id);
+/* Node id's --http address ("" without harness_set_http) and port (0). */
+const char *harness_node_http_addr(unsigned id);
+uint16_t harness_node_http_port(unsigned id);
 
 /* Comma-separated client addresses of the running nodes, leaving out node
  * `except` (0: none). Valid until the next call. */
@@ -152,6 +160,35 @@ struct harness_ctl
 void harness_ctl(struct harness_ctl *r, const char *endpoints, ...)
     __attribute__((sentinel));
 void harness_ctl_free(struct harness_ctl *r);
+
+/* allotctl in the background (a watch, a write waiting on a validator):
+ * started like harness_ctl() (same --endpoints and --timeout-ms, listed in
+ * the pids file, dies with the test), waited for later. */
+struct harness_bg
+{
+    pid_t pid;
+    bool reaped;
+    int status; /* waitpid's, once reaped */
+    unsigned k; /* its ctl-K.{out,err} */
+    double t0;
+    char args[2048];
+    char out_path[600];
+    char err_path[600];
+};
+
+void harness_ctl_start(struct harness_bg *bg, const char *endpoints, ...)
+    __attribute__((sentinel));
+/* Has it exited (reaped here)? Never blocks. */
+bool harness_ctl_done(struct harness_bg *bg);
+/* Its stdout so far (owned, NUL-terminated; "" if none yet). */
+char *harness_ctl_out_now(const struct harness_bg *bg);
+/* Wait up to timeout_ms for it to exit: 0 and r filled as harness_ctl()
+ * fills it (status -1 if it did not exit normally; its stderr checked for
+ * sanitizer reports), or -1 if it still runs (r not filled). */
+int harness_ctl_wait(struct harness_bg *bg, int timeout_ms,
+                     struct harness_ctl *r);
+/* SIGKILL it if it still runs, and reap it. */
+void harness_ctl_stop(struct harness_bg *bg);
 
 /* --- Protocol through proto/client.h -------------------------------------- */
 
@@ -225,6 +262,9 @@ unsigned harness_wait_leader(int timeout_ms);
 int harness_wait_converged(int timeout_ms, struct harness_status *leader_st);
 
 /* --- Raw sockets ---------------------------------------------------------- */
+
+/* A blocking TCP connection to node id's --http port; -1 on failure. */
+int harness_http_connect(unsigned id);
 
 /* A blocking TCP connection to node id's client port; -1 on failure. */
 int harness_raw_connect(unsigned id);
