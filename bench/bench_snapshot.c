@@ -130,6 +130,19 @@ static uint64_t fill(struct fsm *f, const struct opts *o, unsigned long count)
     uint64_t *seq = calloc(o->sessions, sizeof *seq);
     uint64_t apply_ns = 0;
     bool ok = cmds != NULL && paths != NULL && seq != NULL;
+    if (ok) {
+        /* The quotas live under "bench", which must exist first. */
+        struct fsm_cmd parent = {
+            .type = FSM_CMD_QUOTA_SET, .path = "bench", .path_len = 5};
+        struct raft_buffer buf;
+        void *result = NULL;
+        ok = quota_patch_parse_kv(&parent.patch, "kind=capacity", NULL) == 0 &&
+             fsm_batch_encode(&parent, 1, clock_wall_ms(), &buf) == 0;
+        if (ok) {
+            ok = rf->apply(rf, &buf, &result) == 0;
+            raft_free(buf.base);
+        }
+    }
     for (unsigned long i = 0; ok && i < count;) {
         unsigned n = 0;
         for (; n < o->batch && i < count; n++, i++) {
