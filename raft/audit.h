@@ -15,8 +15,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Defaults: about 4 MB at typical record sizes; see docs/architecture.md. */
-#define AUDIT_MAX_RECORDS_DEFAULT 20000
+/* Defaults: a record holds a change's old and new value (about 500 bytes
+ * with a typical quota), so 10,000 records cost about 5 MB. */
+#define AUDIT_MAX_RECORDS_DEFAULT 10000
 #define AUDIT_MAX_AGE_MS_DEFAULT  (7ull * 24 * 3600 * 1000)
 #define AUDIT_MAX_RECORDS_LIMIT   10000000
 

@@ -53,6 +53,7 @@ void catalog_free(struct catalog *c)
     {
         RB_REMOVE(cat_tree, &c->tree, n);
         quota_free(&n->q);
+        free(n->agg);
         free(n);
     }
     c->n_quotas = 0;
@@ -107,11 +108,21 @@ static size_t parent_len(const char *path, size_t len)
     return 0;
 }
 
+static const struct cat_agg no_children;
+
+/* A node's sums over its children (all zero for a leaf). */
+static const struct cat_agg *node_agg(const struct cat_node *n)
+{
+    return n->agg != NULL ? n->agg : &no_children;
+}
+
 /* The aggregate a path contributes to: its parent's, or the top level's.
  * *parent is the parent node (NULL at the top level). Returns NULL when the
- * parent does not exist. */
+ * parent does not exist, or when `make` is set and a leaf parent's sums
+ * cannot be allocated. */
 static struct cat_agg *agg_of_parent(const struct catalog *c, const char *path,
-                                     size_t len, struct cat_node **parent)
+                                     size_t len, struct cat_node **parent,
+                                     bool make)
 {
     size_t plen = parent_len(path, len);
     *parent = NULL;
@@ -119,7 +130,16 @@ static struct cat_agg *agg_of_parent(const struct catalog *c, const char *path,
         return (struct cat_agg *)&c->top;
     }
     *parent = catalog_find(c, path, plen);
-    return *parent != NULL ? &(*parent)->agg : NULL;
+    if (*parent == NULL) {
+        return NULL;
+    }
+    if ((*parent)->agg == NULL) {
+        if (!make) {
+            return (struct cat_agg *)&no_children;
+        }
+        (*parent)->agg = calloc(1, sizeof *(*parent)->agg);
+    }
+    return (*parent)->agg;
 }
 
 static void agg_add(struct cat_agg *a, const struct quota_fields *f)
@@ -333,8 +353,8 @@ static int check_capacity(const struct catalog *c, const char *path, size_t len,
         }
     }
     /* Against its own children. */
-    if (cur != NULL && cur->agg.n_children > 0) {
-        uint64_t ch[2] = {cur->agg.g_memory_mb, cur->agg.g_vcores};
+    if (cur != NULL && node_agg(cur)->n_children > 0) {
+        uint64_t ch[2] = {node_agg(cur)->g_memory_mb, node_agg(cur)->g_vcores};
         for (int i = 0; i < 2; i++) {
             if (ch[i] > g[i]) {
                 return allot_errf(msg, ALLOT_EVALIDATION_FAILED,
@@ -379,8 +399,8 @@ static int check_rate(const char *path, size_t len, const struct cat_node *cur,
                               parent->q.path, b);
         }
     }
-    if (cur != NULL && cur->agg.rate_milli[unit] > rate) {
-        fmt_rate(cur->agg.rate_milli[unit], a, sizeof a);
+    if (cur != NULL && node_agg(cur)->rate_milli[unit] > rate) {
+        fmt_rate(node_agg(cur)->rate_milli[unit], a, sizeof a);
         fmt_rate(rate, b, sizeof b);
         return allot_errf(msg, ALLOT_EVALIDATION_FAILED,
                           "children rate %s > parent %.*s %s", a, (int)len,
@@ -394,7 +414,7 @@ int catalog_check_set(const struct catalog *c, const char *path, size_t len,
                       const struct quota_fields *next, char *msg)
 {
     struct cat_node *parent;
-    const struct cat_agg *pagg = agg_of_parent(c, path, len, &parent);
+    const struct cat_agg *pagg = agg_of_parent(c, path, len, &parent, false);
     if (pagg == NULL) {
         size_t plen = parent_len(path, len);
         return allot_errf(msg, ALLOT_ENOT_FOUND,
@@ -423,9 +443,9 @@ struct cat_node *catalog_put(struct catalog *c, const char *path, size_t len,
                              uint64_t now_ms)
 {
     struct cat_node *parent;
-    struct cat_agg *pagg = agg_of_parent(c, path, len, &parent);
+    struct cat_agg *pagg = agg_of_parent(c, path, len, &parent, true);
     if (pagg == NULL) {
-        return NULL; /* catalog_check_set() refuses this first */
+        return NULL; /* no parent (refused by catalog_check_set()) or OOM */
     }
     if (cur == NULL) {
         cur = calloc(1, sizeof *cur);
@@ -469,13 +489,14 @@ int catalog_check_rm(const struct catalog *c, const struct cat_node *n,
                      bool recursive, char *msg)
 {
     (void)c;
-    if (n->agg.n_children > 0 && !recursive) {
+    const struct cat_agg *agg = node_agg(n);
+    if (agg->n_children > 0 && !recursive) {
         return allot_errf(msg, ALLOT_EVALIDATION_FAILED,
                           "%s has %u %s; remove %s first or remove "
                           "recursively (allotctl quota rm --recursive)",
-                          n->q.path, n->agg.n_children,
-                          n->agg.n_children == 1 ? "child" : "children",
-                          n->agg.n_children == 1 ? "it" : "them");
+                          n->q.path, agg->n_children,
+                          agg->n_children == 1 ? "child" : "children",
+                          agg->n_children == 1 ? "it" : "them");
     }
     return 0;
 }
@@ -484,9 +505,10 @@ uint64_t catalog_remove(struct catalog *c, struct cat_node *n,
                         catalog_removed_cb cb, void *arg)
 {
     struct cat_node *parent;
+    /* The parent has a child (n), so its sums exist: nothing to allocate. */
     struct cat_agg *pagg =
-        agg_of_parent(c, n->q.path, strlen(n->q.path), &parent);
-    if (pagg != NULL) {
+        agg_of_parent(c, n->q.path, strlen(n->q.path), &parent, false);
+    if (pagg != NULL && pagg != &no_children) {
         agg_sub(pagg, &n->q.f);
     }
     /* n, then its descendants: the range [path + "/", ...) right after it
@@ -513,6 +535,7 @@ uint64_t catalog_remove(struct catalog *c, struct cat_node *n,
         RB_REMOVE(cat_tree, &c->tree, d);
         c->n_quotas--;
         quota_free(&d->q);
+        free(d->agg);
         free(d);
         removed++;
         d = next;
@@ -542,7 +565,7 @@ int catalog_check_capacity(const struct catalog *c,
 
 int catalog_insert_restored(struct catalog *c, struct cat_node *n)
 {
-    memset(&n->agg, 0, sizeof n->agg);
+    n->agg = NULL;
     if (RB_INSERT(cat_tree, &c->tree, n) != NULL) {
         return ALLOT_EPROTOCOL;
     }
@@ -556,15 +579,18 @@ int catalog_rebuild(struct catalog *c)
     struct cat_node *n;
     RB_FOREACH(n, cat_tree, &c->tree)
     {
-        memset(&n->agg, 0, sizeof n->agg);
+        if (n->agg != NULL) {
+            memset(n->agg, 0, sizeof *n->agg);
+        }
     }
     RB_FOREACH(n, cat_tree, &c->tree)
     {
         struct cat_node *parent;
         struct cat_agg *pagg =
-            agg_of_parent(c, n->q.path, strlen(n->q.path), &parent);
+            agg_of_parent(c, n->q.path, strlen(n->q.path), &parent, true);
         if (pagg == NULL) {
-            return ALLOT_EPROTOCOL; /* an orphan: not a state we produce */
+            /* An orphan (not a state we produce), or out of memory. */
+            return parent == NULL ? ALLOT_EPROTOCOL : ALLOT_ENOMEM;
         }
         agg_add(pagg, &n->q.f);
     }

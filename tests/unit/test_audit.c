@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../raft/audit.h"
 #include "fsm_util.h"
 
 #define DAY_MS (24ull * 3600 * 1000)
@@ -248,7 +249,7 @@ START_TEST(set_records_old_and_new)
     page_all(F, &p);
     ck_assert_uint_eq(p.n, 3);
     ck_assert(!p.more);
-    ck_assert_uint_eq(p.max_records, 20000);
+    ck_assert_uint_eq(p.max_records, AUDIT_MAX_RECORDS_DEFAULT);
     ck_assert_uint_eq(p.max_age_ms, 7 * DAY_MS);
 
     /* Create: old nil, new the quota as stored. */
@@ -379,7 +380,7 @@ START_TEST(cluster_records)
     assert_record(r, 3, T0 + 2, "root", "audit.config", "", 5, 2);
     ck_assert_int_eq(
         wire_get_u64(rec_value(r, "old"), "max_records", true, &v, NULL), 0);
-    ck_assert_uint_eq(v, 20000);
+    ck_assert_uint_eq(v, AUDIT_MAX_RECORDS_DEFAULT);
     ck_assert_int_eq(
         wire_get_u64(rec_value(r, "old"), "max_age_ms", true, &v, NULL), 0);
     ck_assert_uint_eq(v, 7 * DAY_MS);
@@ -805,7 +806,7 @@ START_TEST(snapshot_bounds_only)
     struct page p;
     page_all(g, &p);
     ck_assert_uint_eq(p.n, 0);
-    ck_assert_uint_eq(p.max_records, 20000);
+    ck_assert_uint_eq(p.max_records, AUDIT_MAX_RECORDS_DEFAULT);
     ck_assert_uint_eq(p.max_age_ms, 7 * DAY_MS);
     page_free(&p);
     fsm_close(g);
