@@ -1,0 +1,205 @@
+/* core.h - the gossip instance, shared by gossip.c and swim.c (private).
+ *
+ * One struct gossip per member. Everything it knows about the others is in
+ * `members` (an array, shuffled for round-robin probing) and `by_name` (a
+ * hash on the same objects). It never blocks and never reads a clock or a
+ * socket itself: all of that goes through g->io. */
+#ifndef ALLOT_GOSSIP_CORE_H
+#define ALLOT_GOSSIP_CORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "crypt.h"
+#include "gossip.h"
+#include "hash.h"
+#include "msg.h"
+#include "queue.h"
+#include "timer.h"
+
+#define container_of(ptr, type, field) \
+    ((type *)(void *)((char *)(ptr)-offsetof(type, field)))
+
+/* Confirmations a suspicion can count: suspicion_mult - 2, bounded so the
+ * accusers fit in the struct. */
+#define SUSP_CONFIRM_MAX 16
+/* Probes relayed for others at once (ping-req); more are dropped. */
+#define RELAY_MAX 64
+/* Plain broadcast ids remembered to deliver each once. */
+#define SEEN_MAX 4096
+
+struct member;
+
+struct suspicion
+{
+    struct member *m;
+    uint64_t inc;   /* the incarnation suspected */
+    uint64_t start; /* ms */
+    uint64_t min_ms;
+    uint64_t max_ms;
+    uint32_t k;      /* confirmations that bring the timeout to min */
+    uint32_t n;      /* confirmations so far */
+    uint32_t n_from; /* accusers recorded in from[] */
+    uint64_t from[SUSP_CONFIRM_MAX + 1]; /* hashes of accusers' names */
+    struct gtimer timer;
+};
+
+struct member
+{
+    struct gossip_addr addr;
+    uint64_t inc;
+    uint64_t state_change; /* ms when state last changed */
+    enum gossip_state state;
+    enum gossip_role role;
+    uint32_t weight;
+    uint16_t app_len;
+    uint8_t name_len;
+    char *fleet;            /* owned; NULL for "" */
+    uint8_t *app;           /* owned; NULL when app_len 0 */
+    struct suspicion *susp; /* owned; only while suspect */
+    size_t idx;             /* position in g->members */
+    char name[];            /* NUL-terminated */
+};
+
+/* A probe this member relays for another (it received a PING_REQ). */
+struct relay
+{
+    bool used;
+    bool want_nack;
+    uint32_t seq;        /* of our PING to the target */
+    uint32_t origin_seq; /* of the requester's probe */
+    struct gossip_addr origin;
+    struct gtimer nack_timer;
+    struct gtimer expire_timer;
+};
+
+/* A keyed broadcast's newest value. */
+struct keyed_val
+{
+    uint64_t version;
+    size_t len;
+    uint8_t key_len;
+    char key[GOSSIP_KEY_NAME_MAX + 1];
+    uint8_t payload[];
+};
+
+struct gossip
+{
+    struct gossip_io *io;
+    struct gossip_config cfg; /* copy; name and meta pointers are not kept */
+    struct gossip_keyring keyring;
+
+    struct member *self;
+    struct member **members; /* every known member, self included */
+    size_t n_members;
+    size_t cap_members;
+    struct ghash by_name;
+    size_t n_state[4]; /* members per enum gossip_state */
+    size_t probe_idx;  /* next position to probe in members[] */
+
+    struct gbq queue;
+    struct gtimer_heap timers;
+    uint64_t timer_asked; /* deadline last handed to io->set_timer */
+
+    uint32_t seq;       /* probe sequence numbers */
+    uint32_t awareness; /* local health: 0 healthy .. awareness_max - 1 */
+    struct
+    {
+        bool active;
+        bool acked;
+        uint32_t seq;
+        uint64_t inc; /* the target's incarnation when the probe began */
+        unsigned expected_nacks;
+        unsigned nacks;
+        char target[GOSSIP_NAME_MAX + 1];
+        struct gtimer ack_timer; /* direct ack deadline: go indirect */
+    } probe;
+    struct gtimer probe_timer; /* ends a probe and starts the next */
+    struct relay relays[RELAY_MAX];
+
+    struct gtimer gossip_timer;
+    uint64_t last_gossip; /* ms of the last gossip round */
+    struct gtimer pushpull_timer;
+    struct gtimer reconnect_timer;
+    struct gtimer join_timer;
+    struct gossip_addr *seeds;
+    size_t n_seeds;
+
+    bool leaving;
+    bool leave_fire; /* call the leave callback at the end of the tick */
+    int leave_status;
+    struct gossip_leave *leave_req;
+    struct gtimer leave_timer;
+
+    struct
+    {
+        uint64_t ids[SEEN_MAX];
+        size_t next; /* ring position to overwrite */
+        size_t n;
+        struct ghash set; /* keys point into ids[] */
+    } seen;
+    struct ghash keyed; /* key -> struct keyed_val */
+
+    struct gossip_stats stats;
+    /* Scratch for one datagram: what is being built and what arrived. */
+    uint8_t out_plain[GOSSIP_PACKET_MAX];
+    uint8_t out_sealed[GOSSIP_PACKET_MAX];
+    uint8_t in_plain[GOSSIP_PACKET_MAX];
+};
+
+/* --- gossip.c: sending, arming the io's timer --------------------------- */
+
+uint64_t core_now(struct gossip *g);
+uint64_t core_random(struct gossip *g, uint64_t bound); /* [0, bound) */
+/* Start a datagram in g->out_plain. */
+void core_packet_begin(struct gossip *g, struct gbuf_w *w);
+/* Piggyback queued broadcasts if asked, seal and send what w holds. */
+void core_packet_send(struct gossip *g, const struct gossip_addr *to,
+                      struct gbuf_w *w, bool piggyback);
+/* Seal and send a stream message. */
+int core_stream_send(struct gossip *g, const struct gossip_addr *to,
+                     const uint8_t *plain, size_t len);
+/* Queue a broadcast; errors are counted (the news is lost only here). */
+void core_queue(struct gossip *g, const char *key, size_t key_len,
+                const struct gbuf_w *msg, unsigned flags);
+/* Retransmit limit for the current cluster size. */
+uint32_t core_retransmit_limit(struct gossip *g);
+/* Push-pull with addr (join: the first exchange with a seed). */
+void core_push_pull(struct gossip *g, const struct gossip_addr *to, bool join);
+void core_timer_start(struct gossip *g, struct gtimer *t, uint64_t at);
+/* Fill a member view. */
+void core_view(const struct member *m, bool self, struct gossip_member *out);
+
+/* --- swim.c: membership and failure detection --------------------------- */
+
+int swim_init(struct gossip *g);
+void swim_free(struct gossip *g);
+struct member *swim_find(struct gossip *g, const char *name, size_t len);
+/* Members counted in N for timeouts and retransmits: alive and suspect. */
+size_t swim_live_count(struct gossip *g);
+
+void swim_on_ping(struct gossip *g, const struct gmsg_ping *m);
+void swim_on_ping_req(struct gossip *g, const struct gmsg_ping_req *m);
+void swim_on_ack(struct gossip *g, uint32_t seq);
+void swim_on_nack(struct gossip *g, uint32_t seq);
+void swim_on_alive(struct gossip *g, const struct gmsg_alive *a);
+void swim_on_suspect(struct gossip *g, uint64_t inc, struct gmsg_str name,
+                     struct gmsg_str from);
+void swim_on_dead(struct gossip *g, uint64_t inc, struct gmsg_str name,
+                  struct gmsg_str from);
+/* Take new metadata for this member (a's name and inc are ignored) and
+ * announce it with a new incarnation. ALLOT_ENOMEM. */
+int swim_update_self(struct gossip *g, const struct gmsg_alive *a);
+/* Fill the ALIVE fields for m. */
+void swim_alive_of(const struct member *m, struct gmsg_alive *a);
+/* Pick up to k random members passing filter (not self). */
+enum swim_pick { SWIM_PICK_ALIVE, SWIM_PICK_GOSSIP, SWIM_PICK_DEAD };
+size_t swim_pick(struct gossip *g, enum swim_pick which, size_t k,
+                 const struct member *exclude, struct member **out);
+/* Begin leaving: this member's state becomes left, probing stops. */
+void swim_leave(struct gossip *g);
+void swim_start(struct gossip *g);
+
+#endif /* ALLOT_GOSSIP_CORE_H */

@@ -1,0 +1,214 @@
+/* msg.h - gossip message formats (private).
+ *
+ * A datagram or stream message, once opened (crypt.h), is one or more
+ * messages back to back, each
+ *
+ *   u8 type | uvarint body length | body
+ *
+ * so a reader can bound every body before looking inside it, and a member
+ * can skip a type it does not know (a newer peer's). Bodies are fields in a
+ * fixed order: uvarint integers, blobs (uvarint length + bytes), addresses
+ * (4 bytes IPv4 + 2 bytes port, big-endian), single bytes. The layout of
+ * each type is in docs/gossip.md and next to its struct below.
+ *
+ * Decoders check every length against what is left and against the limits
+ * in gossip.h, check names are printable, and never allocate: strings and
+ * blobs point into the input. gmsg_validate() decodes every message of a
+ * buffer, so a caller can refuse a buffer whole before acting on any of it.
+ *
+ * Why not msgpack: a datagram is filled with as many piggybacked messages
+ * as fit, which needs the exact encoded size of each; the formats are small
+ * and fixed, and a hand-written bounded reader has no allocation to guard
+ * (msgpack-c's unpacker needs proto's wire_check first). */
+#ifndef ALLOT_GOSSIP_MSG_H
+#define ALLOT_GOSSIP_MSG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "gossip.h"
+
+enum gmsg_type {
+    GMSG_PING = 1,
+    GMSG_PING_REQ = 2,
+    GMSG_ACK = 3,
+    GMSG_NACK = 4,
+    GMSG_ALIVE = 5,
+    GMSG_SUSPECT = 6,
+    GMSG_DEAD = 7,
+    GMSG_USER = 8,
+    GMSG_KEYED = 9,
+    GMSG_DIRECT = 10,
+    GMSG_PUSHPULL = 11,
+};
+
+/* A string in a message (not NUL-terminated). */
+struct gmsg_str
+{
+    const char *p;
+    size_t len;
+};
+
+/* PING: seq, target name, source name, source address (acks go there). */
+struct gmsg_ping
+{
+    uint32_t seq;
+    struct gmsg_str target;
+    struct gmsg_str source;
+    struct gossip_addr source_addr;
+};
+
+/* PING_REQ: seq, target name, target address, u8 want_nack, source name,
+ * source address. */
+struct gmsg_ping_req
+{
+    uint32_t seq;
+    struct gmsg_str target;
+    struct gossip_addr target_addr;
+    bool want_nack;
+    struct gmsg_str source;
+    struct gossip_addr source_addr;
+};
+
+/* ACK and NACK: seq. */
+struct gmsg_ack
+{
+    uint32_t seq;
+};
+
+/* ALIVE: incarnation, name, address, u8 role, weight, fleet, app blob.
+ * Push-pull member entries are a u8 state followed by the same fields. */
+struct gmsg_alive
+{
+    uint64_t inc;
+    struct gmsg_str name;
+    struct gossip_addr addr;
+    uint8_t role;
+    uint32_t weight;
+    struct gmsg_str fleet;
+    const uint8_t *app;
+    size_t app_len;
+};
+
+/* SUSPECT and DEAD: incarnation, name, from (who accuses; DEAD with from ==
+ * name means the member left). */
+struct gmsg_suspect
+{
+    uint64_t inc;
+    struct gmsg_str name;
+    struct gmsg_str from;
+};
+
+/* USER: a random 64-bit id, payload blob. */
+struct gmsg_user
+{
+    uint64_t id;
+    const uint8_t *payload;
+    size_t len;
+};
+
+/* KEYED: key, version, payload blob. */
+struct gmsg_keyed
+{
+    struct gmsg_str key;
+    uint64_t version;
+    const uint8_t *payload;
+    size_t len;
+};
+
+/* DIRECT: from name, payload blob (<= GOSSIP_MESSAGE_MAX). */
+struct gmsg_direct
+{
+    struct gmsg_str from;
+    const uint8_t *payload;
+    size_t len;
+};
+
+#define GMSG_PP_JOIN  1u
+#define GMSG_PP_REPLY 2u
+
+/* PUSHPULL (streams only): u8 flags, from name, from address,
+ * uvarint n_members, n_members entries (u8 state + ALIVE fields),
+ * uvarint n_keyed, n_keyed entries (KEYED fields), app blob.
+ * Decoding walks and checks every entry; the sections are kept as readers
+ * for gmsg_pp_next_member() / gmsg_pp_next_keyed(). */
+struct gmsg_pushpull
+{
+    uint8_t flags;
+    struct gmsg_str from;
+    struct gossip_addr from_addr;
+    uint64_t n_members;
+    uint64_t n_keyed;
+    struct gbuf_r members;
+    struct gbuf_r keyed;
+    const uint8_t *app;
+    size_t app_len;
+};
+
+/* --- Encoding: each appends one whole message to w (w->failed when it
+ * does not fit). Strings are NUL-terminated or given with a length. */
+
+void gmsg_put_ping(struct gbuf_w *w, uint32_t seq, const char *target,
+                   const char *source, const struct gossip_addr *source_addr);
+void gmsg_put_ping_req(struct gbuf_w *w, uint32_t seq, const char *target,
+                       const struct gossip_addr *target_addr, bool want_nack,
+                       const char *source,
+                       const struct gossip_addr *source_addr);
+void gmsg_put_ack(struct gbuf_w *w, enum gmsg_type type, uint32_t seq);
+void gmsg_put_alive(struct gbuf_w *w, const struct gmsg_alive *a);
+void gmsg_put_suspect(struct gbuf_w *w, enum gmsg_type type, uint64_t inc,
+                      const char *name, const char *from);
+void gmsg_put_user(struct gbuf_w *w, uint64_t id, const void *p, size_t len);
+void gmsg_put_keyed(struct gbuf_w *w, const char *key, size_t key_len,
+                    uint64_t version, const void *p, size_t len);
+void gmsg_put_direct(struct gbuf_w *w, const char *from, const void *p,
+                     size_t len);
+
+/* Push-pull is written in parts: head, the member entries, the keyed
+ * entries, then the tail with the app blob; counts come first, so the
+ * caller knows them before it starts. */
+size_t gmsg_pp_begin(struct gbuf_w *w, uint8_t flags, const char *from,
+                     const struct gossip_addr *from_addr, uint64_t n_members);
+void gmsg_pp_put_member(struct gbuf_w *w, uint8_t state,
+                        const struct gmsg_alive *a);
+void gmsg_pp_keyed_count(struct gbuf_w *w, uint64_t n_keyed);
+void gmsg_pp_put_keyed(struct gbuf_w *w, const char *key, size_t key_len,
+                       uint64_t version, const void *p, size_t len);
+void gmsg_pp_end(struct gbuf_w *w, size_t body_start, const void *app,
+                 size_t app_len);
+
+/* --- Decoding ----------------------------------------------------------- */
+
+/* Next message of r: 1 with its type and a reader over its body, 0 at the
+ * end, ALLOT_EPROTOCOL when the framing is broken. */
+int gmsg_next(struct gbuf_r *r, uint8_t *type, struct gbuf_r *body);
+
+/* Decode one body. 0, or ALLOT_EPROTOCOL when it is truncated, a field is
+ * out of its bounds or a name is not printable. Trailing bytes in a body
+ * are allowed (fields a newer version appends). */
+int gmsg_get_ping(struct gbuf_r *body, struct gmsg_ping *m);
+int gmsg_get_ping_req(struct gbuf_r *body, struct gmsg_ping_req *m);
+int gmsg_get_ack(struct gbuf_r *body, struct gmsg_ack *m);
+int gmsg_get_alive(struct gbuf_r *body, struct gmsg_alive *m);
+int gmsg_get_suspect(struct gbuf_r *body, struct gmsg_suspect *m);
+int gmsg_get_user(struct gbuf_r *body, struct gmsg_user *m);
+int gmsg_get_keyed(struct gbuf_r *body, struct gmsg_keyed *m);
+int gmsg_get_direct(struct gbuf_r *body, struct gmsg_direct *m);
+int gmsg_get_pushpull(struct gbuf_r *body, struct gmsg_pushpull *m);
+/* Iterate a decoded push-pull (already checked): 1 with the next entry, 0
+ * at the end of the section. */
+int gmsg_pp_next_member(struct gmsg_pushpull *m, uint8_t *state,
+                        struct gmsg_alive *a);
+int gmsg_pp_next_keyed(struct gmsg_pushpull *m, struct gmsg_keyed *k);
+
+/* Decode every message in buf (0 when all are well-formed and there is at
+ * least one; ALLOT_EPROTOCOL otherwise). stream says whether the buffer came
+ * on a stream: PUSHPULL is refused in datagrams. */
+int gmsg_validate(const uint8_t *buf, size_t len, bool stream);
+
+/* Equal to a NUL-terminated string. */
+bool gmsg_str_eq(struct gmsg_str s, const char *z);
+
+#endif /* ALLOT_GOSSIP_MSG_H */

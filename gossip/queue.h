@@ -1,0 +1,72 @@
+/* queue.h - the broadcast queue (private).
+ *
+ * Messages waiting to be piggybacked, each already encoded, each sent at
+ * most `limit` times (retransmit_mult * ceil(log10(N + 1))). A packet takes
+ * the least-sent messages first, newest first among equals, so fresh news
+ * spreads before old news is repeated. Items sit in one list per transmit
+ * count, so filling a packet touches only what it sends.
+ *
+ * A keyed item replaces the queued item with the same key: the queue holds
+ * at most one message about each member ("m" + name) and one per keyed
+ * broadcast ("k" + key), always the newest. */
+#ifndef ALLOT_GOSSIP_QUEUE_H
+#define ALLOT_GOSSIP_QUEUE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include "buf.h"
+#include "hash.h"
+
+#define GBQ_BUCKETS 64
+/* Plain (unkeyed) user broadcasts waiting at once; more are refused. */
+#define GBQ_USER_MAX 1024
+
+enum gbq_flags {
+    GBQ_USER = 1,   /* a plain user broadcast: counts against GBQ_USER_MAX */
+    GBQ_NOTIFY = 2, /* count it in gbq_fill's *retired_notify when retired */
+};
+
+struct gbq_item
+{
+    TAILQ_ENTRY(gbq_item) link;
+    uint32_t transmits;
+    unsigned flags;
+    const char *key; /* into data, after the message; NULL when unkeyed */
+    size_t key_len;
+    size_t len;
+    uint8_t data[]; /* the encoded message, then the key */
+};
+
+TAILQ_HEAD(gbq_list, gbq_item);
+
+struct gbq
+{
+    struct gbq_list buckets[GBQ_BUCKETS];
+    struct ghash by_key;
+    size_t n;
+    size_t n_user;
+};
+
+void gbq_init(struct gbq *q);
+void gbq_free(struct gbq *q);
+
+/* Queue an encoded message, replacing any item with the same key (key NULL:
+ * none). 0, ALLOT_ENOMEM, or ALLOT_EUNAVAILABLE for a GBQ_USER item when
+ * GBQ_USER_MAX are waiting. */
+int gbq_push(struct gbq *q, const char *key, size_t key_len, const uint8_t *msg,
+             size_t len, unsigned flags);
+
+/* Append queued messages to w while they fit, least-sent first; each one
+ * appended counts as a transmission, and reaching limit retires it. Adds to
+ * *retired_notify the GBQ_NOTIFY items retired. Returns how many were
+ * appended. */
+size_t gbq_fill(struct gbq *q, uint32_t limit, struct gbuf_w *w,
+                unsigned *retired_notify);
+
+/* Drop the item with this key, if any. */
+void gbq_drop(struct gbq *q, const char *key, size_t key_len);
+
+#endif /* ALLOT_GOSSIP_QUEUE_H */
