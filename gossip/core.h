@@ -30,6 +30,15 @@
 /* Plain broadcast ids remembered to deliver each once. */
 #define SEEN_MAX 4096
 
+/* Keyring command ids remembered to apply each once. A command's copies
+ * stop circulating after retransmit_mult * log10(N) sends, seconds at most;
+ * 1,024 ids cover far more commands than operators issue in that time. */
+#define KEYCMD_SEEN_MAX 1024
+/* Members a retry round re-sends a command to directly: bounds the burst. */
+#define KEYCMD_RETRY_BATCH 256
+/* Retry rounds per command, evenly spread over its timeout. */
+#define KEYCMD_RETRIES 3
+
 struct member;
 
 struct suspicion
@@ -85,6 +94,42 @@ struct keyed_val
     uint8_t payload[];
 };
 
+/* A member asked by a key command this member started. */
+struct keycmd_peer
+{
+    bool answered;
+    char name[GOSSIP_NAME_MAX + 1];
+};
+
+/* A key command this member started (gossip_key_cmd), until its callback.
+ * Results accumulate in req as answers arrive. */
+struct keycmd
+{
+    struct gossip_key_cmd *req;
+    uint64_t id;
+    uint8_t op;
+    bool has_key;
+    uint8_t key[GOSSIP_KEY_SIZE];
+    uint8_t reply_key_id[GCRYPT_KEY_ID]; /* this member's primary when sent */
+    uint64_t start;
+    uint64_t timeout;
+    unsigned retries;          /* retry rounds done */
+    int first_error;           /* the first refusal's code, 0 for none */
+    size_t n_peers;            /* members asked, this one excluded */
+    size_t n_answered;         /* of them */
+    size_t retry_next;         /* where the next retry round starts */
+    struct keycmd_peer *peers; /* owned, n_peers */
+    struct ghash by_name;      /* name -> peer in peers[] */
+    struct gtimer timer;       /* retry, deadline, or done */
+};
+
+/* A remembered key command id and what applying it gave. */
+struct keycmd_seen
+{
+    uint64_t id;
+    int status;
+};
+
 struct gossip
 {
     struct gossip_io *io;
@@ -124,6 +169,10 @@ struct gossip
     struct gtimer pushpull_timer;
     struct gtimer reconnect_timer;
     struct gtimer join_timer;
+    /* A seed answered our join. Until then the join timer keeps asking the
+     * seeds even if others found us: two nodes started at once can each
+     * miss the other's seed and form islands that never meet. */
+    bool joined;
     struct gossip_addr *seeds;
     size_t n_seeds;
 
@@ -142,6 +191,16 @@ struct gossip
     } seen;
     struct ghash keyed; /* key -> struct keyed_val */
 
+    struct keycmd *keycmds[GOSSIP_KEYCMD_MAX]; /* owned; NULL: free slot */
+    bool freeing;                              /* inside gossip_free() */
+    struct
+    {
+        struct keycmd_seen ent[KEYCMD_SEEN_MAX];
+        size_t next; /* ring position to overwrite */
+        size_t n;
+        struct ghash set; /* keys point into ent[].id */
+    } cmd_seen;
+
     struct gossip_stats stats;
     /* Scratch for one datagram: what is being built and what arrived. */
     uint8_t out_plain[GOSSIP_PACKET_MAX];
@@ -158,6 +217,10 @@ void core_packet_begin(struct gossip *g, struct gbuf_w *w);
 /* Piggyback queued broadcasts if asked, seal and send what w holds. */
 void core_packet_send(struct gossip *g, const struct gossip_addr *to,
                       struct gbuf_w *w, bool piggyback);
+/* The same, sealed with key instead of the primary key. */
+void core_packet_send_key(struct gossip *g, const struct gossip_addr *to,
+                          struct gbuf_w *w, bool piggyback,
+                          const uint8_t key[GOSSIP_KEY_SIZE]);
 /* Seal and send a stream message. */
 int core_stream_send(struct gossip *g, const struct gossip_addr *to,
                      const uint8_t *plain, size_t len);

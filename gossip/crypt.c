@@ -70,6 +70,32 @@ int gcrypt_find(const struct gossip_keyring *kr,
     return -1;
 }
 
+void gcrypt_key_id(const uint8_t key[GOSSIP_KEY_SIZE],
+                   uint8_t id[GCRYPT_KEY_ID])
+{
+    static const char domain[] = "allot-gossip-key-id";
+    uint8_t in[sizeof domain - 1 + GOSSIP_KEY_SIZE];
+    uint8_t out[crypto_generichash_BYTES_MIN];
+    memcpy(in, domain, sizeof domain - 1);
+    memcpy(in + sizeof domain - 1, key, GOSSIP_KEY_SIZE);
+    crypto_generichash(out, sizeof out, in, sizeof in, NULL, 0);
+    memcpy(id, out, GCRYPT_KEY_ID);
+    sodium_memzero(in, sizeof in);
+}
+
+int gcrypt_find_id(const struct gossip_keyring *kr,
+                   const uint8_t id[GCRYPT_KEY_ID])
+{
+    for (unsigned i = 0; i < kr->n && i < GOSSIP_KEYRING_MAX; i++) {
+        uint8_t k[GCRYPT_KEY_ID];
+        gcrypt_key_id(kr->keys[i], k);
+        if (memcmp(k, id, GCRYPT_KEY_ID) == 0) {
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
 /* --- Keyring files ------------------------------------------------------ */
 
 #define KEYRING_FILE_MAX 4096

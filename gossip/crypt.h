@@ -39,6 +39,17 @@ void gcrypt_seal(const uint8_t key[GOSSIP_KEY_SIZE],
 int gcrypt_open(const struct gossip_keyring *kr, enum gcrypt_channel channel,
                 const uint8_t *in, size_t len, uint8_t *pt, size_t *pt_len);
 
+/* A short public name for a key: the first GCRYPT_KEY_ID bytes of
+ * BLAKE2b("allot-gossip-key-id" || key). It lets a message say which key
+ * to answer with without carrying the key; it reveals nothing usable about
+ * a 256-bit random key. */
+#define GCRYPT_KEY_ID 8u
+void gcrypt_key_id(const uint8_t key[GOSSIP_KEY_SIZE],
+                   uint8_t id[GCRYPT_KEY_ID]);
+/* Index of the key of kr whose id is id, or -1. */
+int gcrypt_find_id(const struct gossip_keyring *kr,
+                   const uint8_t id[GCRYPT_KEY_ID]);
+
 /* Index of key in kr, or -1. */
 int gcrypt_find(const struct gossip_keyring *kr,
                 const uint8_t key[GOSSIP_KEY_SIZE]);

@@ -204,6 +204,13 @@ static void on_leave_timer(struct gtimer *t, void *arg);
 void core_packet_send(struct gossip *g, const struct gossip_addr *to,
                       struct gbuf_w *w, bool piggyback)
 {
+    core_packet_send_key(g, to, w, piggyback, g->keyring.keys[0]);
+}
+
+void core_packet_send_key(struct gossip *g, const struct gossip_addr *to,
+                          struct gbuf_w *w, bool piggyback,
+                          const uint8_t key[GOSSIP_KEY_SIZE])
+{
     if (w->failed) {
         g->stats.send_errors++;
         return;
@@ -219,7 +226,7 @@ void core_packet_send(struct gossip *g, const struct gossip_addr *to,
         return;
     }
     size_t sealed = w->len + GCRYPT_OVERHEAD;
-    gcrypt_seal(g->keyring.keys[0], GCRYPT_PACKET, w->p, w->len, g->out_sealed);
+    gcrypt_seal(key, GCRYPT_PACKET, w->p, w->len, g->out_sealed);
     if (g->io->send_packet(g->io, to, g->out_sealed, sealed) != 0) {
         g->stats.send_errors++;
         return;
@@ -444,6 +451,9 @@ static void on_push_pull(struct gossip *g, struct gmsg_pushpull *pp)
         return; /* our own seed list led us to ourselves */
     }
     bool join = (pp->flags & GMSG_PP_JOIN) != 0;
+    if (join && (pp->flags & GMSG_PP_REPLY) != 0) {
+        g->joined = true;
+    }
     /* Counts were checked against the bytes when the message was decoded. */
     for (uint64_t i = 0; i < pp->n_members; i++) {
         uint8_t state;
@@ -484,6 +494,9 @@ static void on_push_pull(struct gossip *g, struct gmsg_pushpull *pp)
 }
 
 /* --- Receiving ---------------------------------------------------------- */
+
+static void on_key_cmd(struct gossip *g, const struct gmsg_key_cmd *m);
+static void on_key_reply(struct gossip *g, const struct gmsg_key_reply *m);
 
 static void dispatch(struct gossip *g, const uint8_t *plain, size_t len)
 {
@@ -568,6 +581,24 @@ static void dispatch(struct gossip *g, const uint8_t *plain, size_t len)
             struct gmsg_pushpull m;
             if (gmsg_get_pushpull(&body, &m) == 0) {
                 on_push_pull(g, &m);
+            }
+            break;
+        }
+        case GMSG_KEY_CMD: {
+            struct gmsg_key_cmd m;
+            if (gmsg_get_key_cmd(&body, &m) == 0) {
+                if (getenv("KDBG"))
+                    fprintf(stderr, "KDBG t=%llu %s got cmd %llx\n",
+                            (unsigned long long)core_now(g), g->self->name,
+                            (unsigned long long)m.id);
+                on_key_cmd(g, &m);
+            }
+            break;
+        }
+        case GMSG_KEY_REPLY: {
+            struct gmsg_key_reply m;
+            if (gmsg_get_key_reply(&body, &m) == 0) {
+                on_key_reply(g, &m);
             }
             break;
         }
@@ -734,7 +765,7 @@ static void on_join_timer(struct gtimer *t, void *arg)
 {
     struct gossip *g = arg;
     core_timer_start(g, t, core_now(g) + g->cfg.join_retry_ms);
-    if (g->leaving || others_live(g) > 0) {
+    if (g->leaving || (g->joined && others_live(g) > 0)) {
         return;
     }
     for (size_t i = 0; i < g->n_seeds; i++) {
@@ -863,6 +894,7 @@ int gossip_new(struct gossip **out, struct gossip_io *io,
     gtimer_heap_init(&g->timers);
     ghash_init(&g->seen.set);
     ghash_init(&g->keyed);
+    ghash_init(&g->cmd_seen.set);
     g->timer_asked = UINT64_MAX;
     rv = swim_init(g);
     if (rv != 0) {
@@ -911,6 +943,7 @@ int gossip_join(struct gossip *g, const struct gossip_addr *seeds, size_t n)
     free(g->seeds);
     g->seeds = copy;
     g->n_seeds = n;
+    g->joined = false;
     for (size_t i = 0; i < n; i++) {
         if (!gossip_addr_eq(&seeds[i], &g->self->addr)) {
             core_push_pull(g, &seeds[i], true);
@@ -920,6 +953,8 @@ int gossip_join(struct gossip *g, const struct gossip_addr *seeds, size_t n)
     core_arm(g);
     return 0;
 }
+
+static void keycmd_finish(struct gossip *g, unsigned slot, int status);
 
 static void leave_done(struct gossip *g, int status)
 {
@@ -964,10 +999,16 @@ void gossip_free(struct gossip *g)
     if (g == NULL) {
         return;
     }
+    g->freeing = true;
     if (g->leave_req != NULL) {
         struct gossip_leave *req = g->leave_req;
         g->leave_req = NULL;
         req->cb(req, ALLOT_ESHUTDOWN);
+    }
+    for (unsigned i = 0; i < GOSSIP_KEYCMD_MAX; i++) {
+        if (g->keycmds[i] != NULL) {
+            keycmd_finish(g, i, ALLOT_ESHUTDOWN);
+        }
     }
     if (g->io->owner == g) {
         g->io->owner = NULL;
@@ -986,6 +1027,7 @@ void gossip_free(struct gossip *g)
     }
     ghash_free(&g->keyed);
     ghash_free(&g->seen.set);
+    ghash_free(&g->cmd_seen.set);
     free(g->seeds);
     sodium_memzero(&g->keyring, sizeof g->keyring);
     free(g);
@@ -1136,47 +1178,557 @@ void gossip_self(struct gossip *g, struct gossip_member *out)
 
 /* --- Keys --------------------------------------------------------------- */
 
+/* Apply op to kr. 0 when done (*changed says whether anything moved), or
+ * the refusal: ALLOT_EEXISTS (install, already there), ALLOT_EUNAVAILABLE
+ * (install, ring full), ALLOT_ENOT_FOUND (use or remove, absent),
+ * ALLOT_EINVALID (remove the primary). The fleet command turns EEXISTS and
+ * a removal's ENOT_FOUND into success: it must be safe to run again. */
+static int keyring_apply(struct gossip_keyring *kr, enum gossip_key_op op,
+                         const uint8_t *key, bool *changed)
+{
+    *changed = false;
+    if (op == GOSSIP_KEY_LIST) {
+        return 0;
+    }
+    int i = gcrypt_find(kr, key);
+    switch (op) {
+    case GOSSIP_KEY_INSTALL:
+        if (i >= 0) {
+            return ALLOT_EEXISTS;
+        }
+        if (kr->n >= GOSSIP_KEYRING_MAX) {
+            return ALLOT_EUNAVAILABLE;
+        }
+        memcpy(kr->keys[kr->n++], key, GOSSIP_KEY_SIZE);
+        break;
+    case GOSSIP_KEY_USE: {
+        if (i < 0) {
+            return ALLOT_ENOT_FOUND;
+        }
+        if (i == 0) {
+            return 0;
+        }
+        uint8_t tmp[GOSSIP_KEY_SIZE];
+        memcpy(tmp, kr->keys[0], sizeof tmp);
+        memcpy(kr->keys[0], kr->keys[i], sizeof tmp);
+        memcpy(kr->keys[i], tmp, sizeof tmp);
+        sodium_memzero(tmp, sizeof tmp);
+        break;
+    }
+    case GOSSIP_KEY_REMOVE: {
+        if (i < 0) {
+            return ALLOT_ENOT_FOUND;
+        }
+        if (i == 0) {
+            return ALLOT_EINVALID;
+        }
+        unsigned last = kr->n - 1;
+        memmove(kr->keys[i], kr->keys[i + 1],
+                (last - (unsigned)i) * GOSSIP_KEY_SIZE);
+        sodium_memzero(kr->keys[last], GOSSIP_KEY_SIZE);
+        kr->n = last;
+        break;
+    }
+    default:
+        return ALLOT_EINVALID;
+    }
+    *changed = true;
+    return 0;
+}
+
+static void keyring_notify(struct gossip *g)
+{
+    if (g->cfg.cb.keyring_changed != NULL) {
+        g->cfg.cb.keyring_changed(g->cfg.cb.data);
+    }
+}
+
+static int key_local(struct gossip *g, enum gossip_key_op op,
+                     const uint8_t key[GOSSIP_KEY_SIZE])
+{
+    bool changed;
+    int rv = keyring_apply(&g->keyring, op, key, &changed);
+    if (changed) {
+        keyring_notify(g);
+    }
+    return rv;
+}
+
 int gossip_key_install(struct gossip *g, const uint8_t key[GOSSIP_KEY_SIZE])
 {
-    if (gcrypt_find(&g->keyring, key) >= 0) {
-        return ALLOT_EEXISTS;
-    }
-    if (g->keyring.n >= GOSSIP_KEYRING_MAX) {
-        return ALLOT_EUNAVAILABLE;
-    }
-    memcpy(g->keyring.keys[g->keyring.n++], key, GOSSIP_KEY_SIZE);
-    return 0;
+    return key_local(g, GOSSIP_KEY_INSTALL, key);
 }
 
 int gossip_key_use(struct gossip *g, const uint8_t key[GOSSIP_KEY_SIZE])
 {
-    int i = gcrypt_find(&g->keyring, key);
-    if (i < 0) {
-        return ALLOT_ENOT_FOUND;
-    }
-    uint8_t tmp[GOSSIP_KEY_SIZE];
-    memcpy(tmp, g->keyring.keys[0], sizeof tmp);
-    memcpy(g->keyring.keys[0], g->keyring.keys[i], sizeof tmp);
-    memcpy(g->keyring.keys[i], tmp, sizeof tmp);
-    sodium_memzero(tmp, sizeof tmp);
-    return 0;
+    return key_local(g, GOSSIP_KEY_USE, key);
 }
 
 int gossip_key_remove(struct gossip *g, const uint8_t key[GOSSIP_KEY_SIZE])
 {
-    int i = gcrypt_find(&g->keyring, key);
-    if (i < 0) {
-        return ALLOT_ENOT_FOUND;
+    return key_local(g, GOSSIP_KEY_REMOVE, key);
+}
+
+/* --- Keys across the fleet ------------------------------------------------
+ * Happy path (gossip_key_cmd): the originator applies the op to a copy of
+ * its keyring, queues a KEY_CMD (spread like any broadcast), commits the
+ * copy, and waits. Each member that opens the command applies it, forwards
+ * it (once: the id is remembered) and sends a KEY_REPLY straight to the
+ * originator's address, sealed with the key the command names (the
+ * originator's primary): a member whose primary is another key, or that
+ * got the command from a member still sending with an old key, can still
+ * be heard. When every member asked has answered, the callback runs.
+ *
+ * Failure modes:
+ *   - the originator refuses the op itself: the call fails, nothing is
+ *     queued, the keyring is untouched;
+ *   - a member refuses (its primary, a full ring, an absent key): it
+ *     answers with the code and a text; the first one is reported;
+ *   - the command or the answer is lost: members still silent at 1/4, 2/4
+ *     and 3/4 of the timeout get the command again directly (flag RETRY),
+ *     and a member that already applied it answers again with the result it
+ *     remembered; still silent at the timeout: ALLOT_ETIMEOUT;
+ *   - a member holds none of the keys the command travels under, is down or
+ *     partitioned away: silent, never told later (re-run the command);
+ *   - more than GBQ_CMD_MAX commands waiting to be spread, or replies and
+ *     commands for unknown ids: refused or ignored, bounded either way. */
+
+_Static_assert(GMSG_KEY_ID_LEN == GCRYPT_KEY_ID, "one key id size");
+
+const char *gossip_key_op_name(enum gossip_key_op op)
+{
+    switch (op) {
+    case GOSSIP_KEY_LIST:
+        return "list";
+    case GOSSIP_KEY_INSTALL:
+        return "install";
+    case GOSSIP_KEY_USE:
+        return "use";
+    case GOSSIP_KEY_REMOVE:
+        return "remove";
     }
-    if (i == 0) {
+    return "unknown";
+}
+
+/* The fleet command's result for op: success when there is nothing to do. */
+static int keycmd_apply(struct gossip_keyring *kr, enum gossip_key_op op,
+                        const uint8_t *key, bool *changed)
+{
+    int rv = keyring_apply(kr, op, key, changed);
+    if ((op == GOSSIP_KEY_INSTALL && rv == ALLOT_EEXISTS) ||
+        (op == GOSSIP_KEY_REMOVE && rv == ALLOT_ENOT_FOUND)) {
+        rv = 0;
+    }
+    return rv;
+}
+
+/* What a member says when it refuses. */
+static const char *keycmd_refusal(enum gossip_key_op op, int status)
+{
+    switch (status) {
+    case 0:
+        return "";
+    case ALLOT_EUNAVAILABLE:
+        return "keyring full: remove a key first";
+    case ALLOT_ENOT_FOUND:
+        return "key not installed here: install it first";
+    case ALLOT_EINVALID:
+        return op == GOSSIP_KEY_REMOVE
+                   ? "key is this member's primary key: use another first"
+                   : "invalid key command";
+    default:
+        return allot_strerror(status);
+    }
+}
+
+static struct keycmd_seen *cmd_seen_find(struct gossip *g, uint64_t id)
+{
+    return ghash_get(&g->cmd_seen.set, &id, sizeof id);
+}
+
+static void cmd_seen_add(struct gossip *g, uint64_t id, int status)
+{
+    size_t slot = g->cmd_seen.next;
+    if (g->cmd_seen.n == KEYCMD_SEEN_MAX) {
+        ghash_del(&g->cmd_seen.set, &g->cmd_seen.ent[slot].id,
+                  sizeof(uint64_t));
+    } else {
+        g->cmd_seen.n++;
+    }
+    g->cmd_seen.ent[slot] = (struct keycmd_seen){id, status};
+    g->cmd_seen.next = (slot + 1) % KEYCMD_SEEN_MAX;
+    if (ghash_put(&g->cmd_seen.set, &g->cmd_seen.ent[slot].id, sizeof(uint64_t),
+                  &g->cmd_seen.ent[slot]) != 0) {
+        /* Forgotten at once: a copy arriving later is applied again, which
+         * the ops' idempotence makes harmless. */
+        gossip_count_drop(g, GOSSIP_DROP_OVERLOAD);
+    }
+}
+
+static void keycmd_encode(struct gbuf_w *w, struct gossip *g,
+                          const struct keycmd *kc, uint8_t flags)
+{
+    gmsg_put_key_cmd(w, kc->id, flags, g->self->name, &g->self->addr, kc->op,
+                     kc->reply_key_id, kc->has_key ? kc->key : NULL);
+}
+
+/* Queue key "c" + id: one entry per command, droppable by id. */
+static void keycmd_qkey(uint64_t id, char qkey[1 + sizeof(uint64_t)])
+{
+    qkey[0] = 'c';
+    memcpy(qkey + 1, &id, sizeof id);
+}
+
+/* LIST: count one member's keys (primary first) into the results. */
+static void keycmd_count_keys(struct gossip_key_cmd *req, const uint8_t *keys,
+                              unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) {
+        const uint8_t *k = keys + (size_t)i * GOSSIP_KEY_SIZE;
+        bool dup = false;
+        /* A member that lists a key twice still holds it once. */
+        for (unsigned j = 0; j < i && !dup; j++) {
+            dup = sodium_memcmp(k, keys + (size_t)j * GOSSIP_KEY_SIZE,
+                                GOSSIP_KEY_SIZE) == 0;
+        }
+        if (dup) {
+            continue;
+        }
+        unsigned at = 0;
+        while (at < req->n_keys &&
+               sodium_memcmp(req->keys[at].key, k, GOSSIP_KEY_SIZE) != 0) {
+            at++;
+        }
+        if (at == req->n_keys) {
+            if (req->n_keys == GOSSIP_KEY_LIST_MAX) {
+                req->keys_truncated = true;
+                continue;
+            }
+            memcpy(req->keys[at].key, k, GOSSIP_KEY_SIZE);
+            req->n_keys++;
+        }
+        req->keys[at].members++;
+        req->keys[at].primary += i == 0;
+    }
+}
+
+static void keycmd_free(struct gossip *g, struct keycmd *kc)
+{
+    gtimer_stop(&g->timers, &kc->timer);
+    ghash_free(&kc->by_name);
+    free(kc->peers);
+    sodium_memzero(kc->key, sizeof kc->key);
+    free(kc);
+}
+
+/* Fill the last results, release the slot, call back. */
+static void keycmd_finish(struct gossip *g, unsigned slot, int status)
+{
+    struct keycmd *kc = g->keycmds[slot];
+    struct gossip_key_cmd *req = kc->req;
+    for (size_t i = 0; i < kc->n_peers; i++) {
+        if (!kc->peers[i].answered) {
+            snprintf(req->silent_member, sizeof req->silent_member, "%s",
+                     kc->peers[i].name);
+            break;
+        }
+    }
+    if (status == 0) {
+        status = kc->first_error != 0           ? kc->first_error
+                 : kc->n_answered < kc->n_peers ? ALLOT_ETIMEOUT
+                                                : 0;
+    }
+    LOGI(COMP, "key command done",
+         "name=%s op=%s asked=%u acks=%u errors=%u status=%s", g->self->name,
+         gossip_key_op_name(req->op), req->asked, req->acks, req->errors,
+         allot_error_name(status));
+    /* Released first: the callback may start the next command. */
+    g->keycmds[slot] = NULL;
+    keycmd_free(g, kc);
+    req->priv = NULL;
+    req->cb(req, status);
+}
+
+static uint64_t keycmd_next_at(const struct keycmd *kc)
+{
+    if (kc->retries >= KEYCMD_RETRIES) {
+        return kc->start + kc->timeout;
+    }
+    return kc->start + kc->timeout * (kc->retries + 1) / (KEYCMD_RETRIES + 1);
+}
+
+/* Send the command straight to up to KEYCMD_RETRY_BATCH silent members. */
+static void keycmd_retry(struct gossip *g, struct keycmd *kc)
+{
+    size_t sent = 0;
+    for (size_t n = 0; n < kc->n_peers && sent < KEYCMD_RETRY_BATCH; n++) {
+        struct keycmd_peer *p = &kc->peers[kc->retry_next];
+        kc->retry_next = (kc->retry_next + 1) % kc->n_peers;
+        if (p->answered) {
+            continue;
+        }
+        struct member *m = swim_find(g, p->name, strlen(p->name));
+        if (m == NULL ||
+            (m->state != GOSSIP_ALIVE && m->state != GOSSIP_SUSPECT)) {
+            continue;
+        }
+        struct gbuf_w w;
+        core_packet_begin(g, &w);
+        keycmd_encode(&w, g, kc, GMSG_KC_RETRY);
+        core_packet_send(g, &m->addr, &w, true);
+        sent++;
+    }
+}
+
+static void on_keycmd_timer(struct gtimer *t, void *arg)
+{
+    struct gossip *g = arg;
+    struct keycmd *kc = container_of(t, struct keycmd, timer);
+    uint64_t now = core_now(g);
+    unsigned slot = 0;
+    while (slot < GOSSIP_KEYCMD_MAX && g->keycmds[slot] != kc) {
+        slot++;
+    }
+    if (slot == GOSSIP_KEYCMD_MAX) {
+        return; /* cannot happen: a finished command's timer is stopped */
+    }
+    if (kc->n_answered == kc->n_peers || now >= kc->start + kc->timeout) {
+        keycmd_finish(g, slot, 0);
+        return;
+    }
+    if (now >= keycmd_next_at(kc)) {
+        keycmd_retry(g, kc);
+        kc->retries++;
+    }
+    core_timer_start(g, &kc->timer, keycmd_next_at(kc));
+}
+
+/* Members asked: every other member alive or suspect now. */
+static int keycmd_peers(struct gossip *g, struct keycmd *kc)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < g->n_members; i++) {
+        const struct member *m = g->members[i];
+        n += m != g->self &&
+             (m->state == GOSSIP_ALIVE || m->state == GOSSIP_SUSPECT);
+    }
+    ghash_init(&kc->by_name);
+    if (n == 0) {
+        return 0;
+    }
+    kc->peers = calloc(n, sizeof *kc->peers);
+    if (kc->peers == NULL) {
+        return ALLOT_ENOMEM;
+    }
+    for (size_t i = 0; i < g->n_members; i++) {
+        const struct member *m = g->members[i];
+        if (m == g->self ||
+            (m->state != GOSSIP_ALIVE && m->state != GOSSIP_SUSPECT)) {
+            continue;
+        }
+        struct keycmd_peer *p = &kc->peers[kc->n_peers];
+        memcpy(p->name, m->name, (size_t)m->name_len + 1);
+        if (ghash_put(&kc->by_name, p->name, m->name_len, p) != 0) {
+            return ALLOT_ENOMEM;
+        }
+        kc->n_peers++;
+    }
+    return 0;
+}
+
+int gossip_key_cmd(struct gossip *g, struct gossip_key_cmd *req,
+                   enum gossip_key_op op, const uint8_t *key,
+                   uint32_t timeout_ms, gossip_key_cmd_cb cb)
+{
+    if (req == NULL || cb == NULL || (unsigned)op > GOSSIP_KEY_REMOVE ||
+        (op != GOSSIP_KEY_LIST && key == NULL) || timeout_ms == 0 ||
+        timeout_ms > 3600000) {
         return ALLOT_EINVALID;
     }
-    unsigned last = g->keyring.n - 1;
-    memmove(g->keyring.keys[i], g->keyring.keys[i + 1],
-            (last - (unsigned)i) * GOSSIP_KEY_SIZE);
-    sodium_memzero(g->keyring.keys[last], GOSSIP_KEY_SIZE);
-    g->keyring.n = last;
+    if (g->freeing) {
+        return ALLOT_ESHUTDOWN;
+    }
+    unsigned slot = 0;
+    while (slot < GOSSIP_KEYCMD_MAX && g->keycmds[slot] != NULL) {
+        slot++;
+    }
+    if (slot == GOSSIP_KEYCMD_MAX || g->queue.n_cmd >= GBQ_CMD_MAX) {
+        return ALLOT_EUNAVAILABLE;
+    }
+    /* Refused here: nothing is sent, nothing changes. The change is made on
+     * a copy and committed once the command is queued. */
+    struct gossip_keyring kr = g->keyring;
+    bool changed;
+    int rv = keycmd_apply(&kr, op, key, &changed);
+    if (rv != 0) {
+        gossip_keyring_wipe(&kr);
+        return rv;
+    }
+    struct keycmd *kc = calloc(1, sizeof *kc);
+    if (kc == NULL) {
+        gossip_keyring_wipe(&kr);
+        return ALLOT_ENOMEM;
+    }
+    kc->req = req;
+    kc->op = (uint8_t)op;
+    kc->has_key = op != GOSSIP_KEY_LIST;
+    if (kc->has_key) {
+        memcpy(kc->key, key, GOSSIP_KEY_SIZE);
+    }
+    /* The key this member will send with, so answers use one it holds. */
+    gcrypt_key_id(kr.keys[0], kc->reply_key_id);
+    kc->start = core_now(g);
+    kc->timeout = timeout_ms;
+    gtimer_init(&kc->timer, on_keycmd_timer);
+    /* A fresh id: never one this member has seen or is waiting on. */
+    do {
+        kc->id = g->io->random(g->io);
+    } while (cmd_seen_find(g, kc->id) != NULL);
+    rv = keycmd_peers(g, kc);
+    char qkey[1 + sizeof(uint64_t)];
+    keycmd_qkey(kc->id, qkey);
+    if (rv == 0) {
+        uint8_t buf[256];
+        struct gbuf_w w;
+        gbuf_w_fixed(&w, buf, sizeof buf);
+        keycmd_encode(&w, g, kc, 0);
+        rv = w.failed
+                 ? ALLOT_EINTERNAL
+                 : gbq_push(&g->queue, qkey, sizeof qkey, w.p, w.len, GBQ_CMD);
+    }
+    if (rv != 0) {
+        gossip_keyring_wipe(&kr);
+        keycmd_free(g, kc);
+        return rv;
+    }
+    g->keyring = kr;
+    gossip_keyring_wipe(&kr);
+    cmd_seen_add(g, kc->id, 0);
+    g->keycmds[slot] = kc;
+
+    void *data = req->data;
+    memset(req, 0, sizeof *req);
+    req->data = data;
+    req->op = op;
+    req->asked = (uint32_t)kc->n_peers + 1;
+    req->acks = 1; /* this member applied it */
+    req->cb = cb;
+    req->priv = kc;
+    if (op == GOSSIP_KEY_LIST) {
+        keycmd_count_keys(req, g->keyring.keys[0], g->keyring.n);
+    }
+    if (getenv("KDBG"))
+        fprintf(stderr, "KDBG t=%llu %s START %llx\n",
+                (unsigned long long)core_now(g), g->self->name,
+                (unsigned long long)kc->id);
+    LOGI(COMP, "key command sent", "name=%s op=%s asked=%zu", g->self->name,
+         gossip_key_op_name(op), kc->n_peers + 1);
+    /* Never from inside this call, even when nobody else is there. */
+    core_timer_start(g, &kc->timer,
+                     kc->n_peers == 0 ? kc->start : keycmd_next_at(kc));
+    gossip_soon(g);
+    core_arm(g);
+    if (changed) {
+        keyring_notify(g);
+    }
     return 0;
+}
+
+static void key_reply_send(struct gossip *g, const struct gmsg_key_cmd *m,
+                           int status)
+{
+    struct gbuf_w w;
+    core_packet_begin(g, &w);
+    bool list = m->op == GOSSIP_KEY_LIST && status == 0;
+    gmsg_put_key_reply(&w, m->id, g->self->name, status,
+                       keycmd_refusal((enum gossip_key_op)m->op, status),
+                       list ? g->keyring.keys[0] : NULL,
+                       list ? g->keyring.n : 0);
+    /* Sealed with the originator's primary when we hold it: the command may
+     * have reached us through a member still sending with another key. */
+    int k = gcrypt_find_id(&g->keyring, m->reply_key_id);
+    core_packet_send_key(g, &m->origin_addr, &w, true,
+                         g->keyring.keys[k >= 0 ? k : 0]);
+}
+
+static void on_key_cmd(struct gossip *g, const struct gmsg_key_cmd *m)
+{
+    if (gmsg_str_eq(m->origin, g->self->name)) {
+        return; /* our own, coming back */
+    }
+    const struct keycmd_seen *seen = cmd_seen_find(g, m->id);
+    if (seen != NULL) {
+        /* Asked again directly: our answer was lost, or the command was. */
+        if (m->flags & GMSG_KC_RETRY) {
+            key_reply_send(g, m, seen->status);
+        }
+        return;
+    }
+    bool changed;
+    int status =
+        keycmd_apply(&g->keyring, (enum gossip_key_op)m->op, m->key, &changed);
+    cmd_seen_add(g, m->id, status);
+    g->stats.key_cmds_recv++;
+    LOGI(COMP, "key command applied", "name=%s op=%s from=%.*s status=%s",
+         g->self->name, gossip_key_op_name((enum gossip_key_op)m->op),
+         (int)m->origin.len, m->origin.p, allot_error_name(status));
+    /* Passed on as received, minus the retry flag. */
+    uint8_t buf[256];
+    struct gbuf_w w;
+    gbuf_w_fixed(&w, buf, sizeof buf);
+    char origin[GOSSIP_NAME_MAX + 1];
+    memcpy(origin, m->origin.p, m->origin.len);
+    origin[m->origin.len] = '\0';
+    gmsg_put_key_cmd(&w, m->id, 0, origin, &m->origin_addr, m->op,
+                     m->reply_key_id, m->key);
+    char qkey[1 + sizeof(uint64_t)];
+    keycmd_qkey(m->id, qkey);
+    core_queue(g, qkey, sizeof qkey, &w, GBQ_CMD);
+    gossip_soon(g);
+    key_reply_send(g, m, status);
+    if (changed) {
+        keyring_notify(g);
+    }
+}
+
+static void on_key_reply(struct gossip *g, const struct gmsg_key_reply *m)
+{
+    struct keycmd *kc = NULL;
+    for (unsigned i = 0; i < GOSSIP_KEYCMD_MAX && kc == NULL; i++) {
+        if (g->keycmds[i] != NULL && g->keycmds[i]->id == m->id) {
+            kc = g->keycmds[i];
+        }
+    }
+    /* Late (the command is done), or not one of ours. */
+    if (kc == NULL) {
+        return;
+    }
+    struct keycmd_peer *p = ghash_get(&kc->by_name, m->from.p, m->from.len);
+    /* Not asked (it joined since), or heard already. */
+    if (p == NULL || p->answered) {
+        return;
+    }
+    p->answered = true;
+    kc->n_answered++;
+    struct gossip_key_cmd *req = kc->req;
+    if (m->status == 0) {
+        req->acks++;
+        if (kc->op == GOSSIP_KEY_LIST) {
+            keycmd_count_keys(req, m->keys, m->n_keys);
+        }
+    } else {
+        req->errors++;
+        if (kc->first_error == 0) {
+            kc->first_error = m->status;
+            snprintf(req->error_member, sizeof req->error_member, "%s",
+                     p->name);
+            snprintf(req->error, sizeof req->error, "%.*s", (int)m->error.len,
+                     m->error.p != NULL ? m->error.p : "");
+        }
+    }
+    if (kc->n_answered == kc->n_peers) {
+        core_timer_start(g, &kc->timer, core_now(g));
+    }
 }
 
 void gossip_keyring_get(struct gossip *g, struct gossip_keyring *out)

@@ -169,8 +169,9 @@ const char *gossip_role_name(enum gossip_role r);
 
 /* --- Callbacks ------------------------------------------------------------
  * All run on the loop, from inside the library. A callback may call
- * gossip_broadcast*(), gossip_send(), gossip_set_meta(), gossip_member_*()
- * and gossip_stats(), but not gossip_free() (the leave callback may). */
+ * gossip_broadcast*(), gossip_send(), gossip_set_meta(), gossip_member_*(),
+ * gossip_keyring_get(), gossip_key_cmd() and gossip_stats(), but not
+ * gossip_free() (the leave callback may). */
 
 enum gossip_event {
     GOSSIP_EV_JOIN,    /* first seen alive, or alive again after dead/left */
@@ -209,6 +210,15 @@ struct gossip_callbacks
     /* Push-pull: the peer's application state (buf valid during the call
      * only). Called after the peer's membership has been merged. */
     void (*merge_state)(void *data, bool join, const void *buf, size_t len);
+
+    /* This member's keyring changed, by any route: gossip_key_install(),
+     * _use() or _remove() (from inside the call), gossip_key_cmd() (from
+     * inside the call, for the originator's own change) or another
+     * member's key command arriving. Not called when an operation changed
+     * nothing (installing a key already there). Meant for persisting it:
+     * gossip_keyring_get() then gossip_keyring_save(). It must not change
+     * the keyring itself. */
+    void (*keyring_changed)(void *data);
 };
 
 /* --- I/O interface -------------------------------------------------------
@@ -392,6 +402,106 @@ int gossip_key_remove(struct gossip *g, const uint8_t key[GOSSIP_KEY_SIZE]);
 /* A copy of the current keyring (to save it). */
 void gossip_keyring_get(struct gossip *g, struct gossip_keyring *out);
 
+/* --- Keys across the fleet ------------------------------------------------
+ * One call changes or lists the keyring of every member, the way Serf's
+ * `serf keys` does (docs/gossip.md, "Rotating keys across the fleet"):
+ *
+ *   1. this member applies the operation to its own keyring; if it refuses,
+ *      the call fails at once and nothing is sent;
+ *   2. a KEY_CMD message (random id, this member's name and address, op,
+ *      key) spreads like any broadcast, sealed under the primary key;
+ *   3. every member that opens it applies it once (dedupe by id) and
+ *      answers this member directly: done, refused with an error, or (LIST)
+ *      its keys, primary first;
+ *   4. cb runs when every member asked has answered or when timeout_ms has
+ *      passed. Members that have not answered by 1/4, 2/4 and 3/4 of the
+ *      timeout get the command again directly (at most 256 each time).
+ *
+ * Operations are idempotent, so a command can be re-run: installing a key
+ * already there and removing one that is absent succeed without a change.
+ * A member refuses USE of a key it does not hold (ALLOT_ENOT_FOUND),
+ * REMOVE of its primary key (ALLOT_EINVALID) and INSTALL into a full ring
+ * (ALLOT_EUNAVAILABLE).
+ *
+ * Members that are down, partitioned away or hold none of this member's
+ * keys do not get the command and are not told later: they show up as
+ * silent (ALLOT_ETIMEOUT); run the command again once they are back. USE
+ * before every member holds the key cuts the members without it off:
+ * INSTALL, check with LIST that `members` equals the fleet, then USE. */
+
+enum gossip_key_op {
+    GOSSIP_KEY_LIST = 0,    /* report every member's keys */
+    GOSSIP_KEY_INSTALL = 1, /* add a key (accepted, not used to send) */
+    GOSSIP_KEY_USE = 2,     /* make an installed key the primary one */
+    GOSSIP_KEY_REMOVE = 3,  /* stop accepting a key (not the primary) */
+};
+
+const char *gossip_key_op_name(enum gossip_key_op op);
+
+/* Commands one member may have outstanding at once. */
+#define GOSSIP_KEYCMD_MAX 4
+/* Distinct keys a LIST reports (8 per member, usually the same ones). */
+#define GOSSIP_KEY_LIST_MAX 32
+/* Error text a member sends back, NUL included. */
+#define GOSSIP_KEYCMD_ERROR_MAX 128
+
+/* One key seen by a LIST. */
+struct gossip_key_count
+{
+    uint8_t key[GOSSIP_KEY_SIZE];
+    uint32_t members; /* members (that answered) holding it */
+    uint32_t primary; /* members using it as their primary key */
+};
+
+struct gossip_key_cmd;
+typedef void (*gossip_key_cmd_cb)(struct gossip_key_cmd *req, int status);
+
+/* A fleet key command, owned by the caller; it must stay valid until cb
+ * runs. The results are filled when cb runs. Members count once each, this
+ * member included. */
+struct gossip_key_cmd
+{
+    void *data; /* the caller's */
+
+    /* Results, valid in cb. */
+    enum gossip_key_op op;
+    uint32_t asked;  /* members alive or suspect when it was sent */
+    uint32_t acks;   /* members that applied it (LIST: answered) */
+    uint32_t errors; /* members that refused it */
+    /* The first refusal: who and why ("" when none). */
+    char error_member[GOSSIP_NAME_MAX + 1];
+    char error[GOSSIP_KEYCMD_ERROR_MAX];
+    /* One member asked that never answered ("" when all did). */
+    char silent_member[GOSSIP_NAME_MAX + 1];
+    /* LIST: every key the answers named, in order of first sight. */
+    struct gossip_key_count keys[GOSSIP_KEY_LIST_MAX];
+    unsigned n_keys;
+    bool keys_truncated; /* more than GOSSIP_KEY_LIST_MAX distinct keys */
+
+    /* private */
+    gossip_key_cmd_cb cb;
+    void *priv;
+};
+
+/* Apply op (with key; NULL for LIST) here, then on every member; cb(req,
+ * status) runs once, from the loop, never from inside this call:
+ *   0                   every member asked applied it (LIST: answered);
+ *   the first refusal's code (ALLOT_EINVALID, ALLOT_ENOT_FOUND,
+ *                       ALLOT_EUNAVAILABLE) when any member refused, even
+ *                       if others were silent;
+ *   ALLOT_ETIMEOUT      none refused but some never answered in timeout_ms;
+ *   ALLOT_ESHUTDOWN     gossip_free() came first.
+ * The counts are filled in every case. Returns 0, or (and cb is never
+ * called, nothing is sent, the keyring is unchanged) ALLOT_EINVALID for a
+ * bad op, a NULL key or cb, or timeout_ms 0 or above 3,600,000;
+ * ALLOT_EUNAVAILABLE when GOSSIP_KEYCMD_MAX commands are outstanding or
+ * too many are waiting to be spread; ALLOT_ENOMEM; or this member's own
+ * refusal (ALLOT_EINVALID: removing the primary key, ALLOT_ENOT_FOUND: using
+ * an absent key, ALLOT_EUNAVAILABLE: installing into a full ring). */
+int gossip_key_cmd(struct gossip *g, struct gossip_key_cmd *req,
+                   enum gossip_key_op op, const uint8_t *key,
+                   uint32_t timeout_ms, gossip_key_cmd_cb cb);
+
 /* --- Counters ----------------------------------------------------------- */
 
 struct gossip_stats
@@ -411,6 +521,7 @@ struct gossip_stats
     uint64_t broadcasts_recv;  /* broadcasts delivered to the application */
     uint64_t broadcasts_stale; /* keyed broadcasts older than known */
     uint64_t messages_recv;    /* direct messages delivered */
+    uint64_t key_cmds_recv;    /* other members' key commands applied */
     uint32_t awareness;        /* current local health score, 0 = healthy */
     uint32_t queue_len;        /* broadcasts waiting to be retransmitted */
     uint64_t incarnation;      /* this member's */

@@ -9,7 +9,10 @@
  * a length past the end of the buffer; a varint longer than 10 bytes or
  * above a field's bound (seq > 2^32-1, weight > 2^32-1); a blob over its
  * limit; an empty or non-printable name; an unknown role or state; a
- * push-pull whose entry count is larger than the bytes could hold. */
+ * push-pull whose entry count is larger than the bytes could hold; a key
+ * command with an unknown op or flag or a key of the wrong length for its
+ * op; a key reply with more keys than a keyring holds, a status beyond 255
+ * or error text that is not printable. */
 #include "msg.h"
 
 #include <string.h>
@@ -143,6 +146,36 @@ void gmsg_put_direct(struct gbuf_w *w, const char *from, const void *p,
     size_t b = begin(w, GMSG_DIRECT);
     put_str(w, from);
     gbuf_put_blob(w, p, len);
+    end(w, b);
+}
+
+void gmsg_put_key_cmd(struct gbuf_w *w, uint64_t id, uint8_t flags,
+                      const char *origin, const struct gossip_addr *origin_addr,
+                      uint8_t op, const uint8_t reply_key_id[GMSG_KEY_ID_LEN],
+                      const uint8_t *key)
+{
+    size_t b = begin(w, GMSG_KEY_CMD);
+    gbuf_put_uvarint(w, id);
+    gbuf_put_u8(w, flags);
+    put_str(w, origin);
+    gbuf_put_addr(w, origin_addr);
+    gbuf_put_u8(w, op);
+    gbuf_put_bytes(w, reply_key_id, GMSG_KEY_ID_LEN);
+    gbuf_put_blob(w, key, key != NULL ? GOSSIP_KEY_SIZE : 0);
+    end(w, b);
+}
+
+void gmsg_put_key_reply(struct gbuf_w *w, uint64_t id, const char *from,
+                        int status, const char *error, const uint8_t *keys,
+                        unsigned n_keys)
+{
+    size_t b = begin(w, GMSG_KEY_REPLY);
+    gbuf_put_uvarint(w, id);
+    put_str(w, from);
+    gbuf_put_uvarint(w, (uint64_t)(status < 0 ? -(int64_t)status : 0));
+    put_str(w, error != NULL ? error : "");
+    gbuf_put_u8(w, (uint8_t)n_keys);
+    gbuf_put_bytes(w, keys, (size_t)n_keys * GOSSIP_KEY_SIZE);
     end(w, b);
 }
 
@@ -355,6 +388,67 @@ int gmsg_get_pushpull(struct gbuf_r *r, struct gmsg_pushpull *m)
     return done(r);
 }
 
+int gmsg_get_key_cmd(struct gbuf_r *r, struct gmsg_key_cmd *m)
+{
+    memset(m, 0, sizeof *m);
+    m->id = gbuf_get_uvarint(r);
+    m->flags = gbuf_get_u8(r);
+    if ((m->flags & ~GMSG_KC_RETRY) != 0) {
+        r->failed = true;
+    }
+    get_str(r, GOSSIP_NAME_MAX, false, &m->origin);
+    gbuf_get_addr(r, &m->origin_addr);
+    m->op = gbuf_get_u8(r);
+    if (m->op > GOSSIP_KEY_REMOVE) {
+        r->failed = true;
+    }
+    struct gbuf_r id;
+    gbuf_get_sub(r, GMSG_KEY_ID_LEN, &id);
+    m->reply_key_id = id.p;
+    size_t key_len;
+    gbuf_get_blob(r, GOSSIP_KEY_SIZE, &m->key, &key_len);
+    /* LIST names no key; every other op exactly one. */
+    if (key_len != (m->op == GOSSIP_KEY_LIST ? 0 : GOSSIP_KEY_SIZE)) {
+        r->failed = true;
+    }
+    return done(r);
+}
+
+/* Error text: it goes into logs and command output as it is. */
+static bool text_ok(const uint8_t *p, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (p[i] < 0x20 || p[i] > 0x7e) {
+            return false;
+        }
+    }
+    return true;
+}
+
+int gmsg_get_key_reply(struct gbuf_r *r, struct gmsg_key_reply *m)
+{
+    memset(m, 0, sizeof *m);
+    m->id = gbuf_get_uvarint(r);
+    get_str(r, GOSSIP_NAME_MAX, false, &m->from);
+    m->status = -(int)gbuf_get_uvarint_max(r, 255);
+    const uint8_t *p;
+    size_t len;
+    gbuf_get_blob(r, GOSSIP_KEYCMD_ERROR_MAX - 1, &p, &len);
+    if (!r->failed && !text_ok(p, len)) {
+        r->failed = true;
+    }
+    m->error.p = (const char *)p;
+    m->error.len = len;
+    m->n_keys = gbuf_get_u8(r);
+    if (m->n_keys > GOSSIP_KEYRING_MAX) {
+        r->failed = true;
+    }
+    struct gbuf_r keys;
+    gbuf_get_sub(r, (size_t)m->n_keys * GOSSIP_KEY_SIZE, &keys);
+    m->keys = keys.p;
+    return done(r);
+}
+
 int gmsg_pp_next_member(struct gmsg_pushpull *m, uint8_t *state,
                         struct gmsg_alive *a)
 {
@@ -402,6 +496,8 @@ int gmsg_validate(const uint8_t *buf, size_t len, bool stream)
             struct gmsg_keyed keyed;
             struct gmsg_direct direct;
             struct gmsg_pushpull pp;
+            struct gmsg_key_cmd key_cmd;
+            struct gmsg_key_reply key_reply;
         } u;
         switch (type) {
         case GMSG_PING:
@@ -432,6 +528,12 @@ int gmsg_validate(const uint8_t *buf, size_t len, bool stream)
             break;
         case GMSG_PUSHPULL:
             rv = stream ? gmsg_get_pushpull(&body, &u.pp) : ALLOT_EPROTOCOL;
+            break;
+        case GMSG_KEY_CMD:
+            rv = gmsg_get_key_cmd(&body, &u.key_cmd);
+            break;
+        case GMSG_KEY_REPLY:
+            rv = gmsg_get_key_reply(&body, &u.key_reply);
             break;
         default:
             /* A newer peer's type: skipped by the receiver. */

@@ -42,6 +42,8 @@ enum gmsg_type {
     GMSG_KEYED = 9,
     GMSG_DIRECT = 10,
     GMSG_PUSHPULL = 11,
+    GMSG_KEY_CMD = 12,
+    GMSG_KEY_REPLY = 13,
 };
 
 /* A string in a message (not NUL-terminated). */
@@ -147,6 +149,39 @@ struct gmsg_pushpull
     size_t app_len;
 };
 
+/* KEY_CMD: a keyring command for every member (gossip_key_cmd):
+ * uvarint id, u8 flags, origin name, origin address, u8 op
+ * (enum gossip_key_op), 8-byte reply key id, key blob (0 bytes for LIST, 32
+ * otherwise). The reply key id names the originator's primary key
+ * (gcrypt_key_id), so each member seals its reply with a key the originator
+ * holds, whichever key carried the command to it. */
+#define GMSG_KC_RETRY   1u /* sent directly to a member that has not answered */
+#define GMSG_KEY_ID_LEN 8u
+struct gmsg_key_cmd
+{
+    uint64_t id;
+    uint8_t flags;
+    struct gmsg_str origin;
+    struct gossip_addr origin_addr;
+    uint8_t op;
+    const uint8_t *reply_key_id; /* GMSG_KEY_ID_LEN bytes */
+    const uint8_t *key;          /* GOSSIP_KEY_SIZE bytes; NULL for LIST */
+};
+
+/* KEY_REPLY: uvarint id, from name, uvarint status (0 or minus an ALLOT_E
+ * code, <= 255), error text (0..GOSSIP_KEYCMD_ERROR_MAX - 1 bytes of
+ * 0x20-0x7e), u8 n_keys (<= GOSSIP_KEYRING_MAX), n_keys * 32 bytes of keys,
+ * the first one primary (LIST replies only; others carry none). */
+struct gmsg_key_reply
+{
+    uint64_t id;
+    struct gmsg_str from;
+    int status;
+    struct gmsg_str error;
+    unsigned n_keys;
+    const uint8_t *keys; /* n_keys * GOSSIP_KEY_SIZE bytes */
+};
+
 /* --- Encoding: each appends one whole message to w (w->failed when it
  * does not fit). Strings are NUL-terminated or given with a length. */
 
@@ -165,6 +200,15 @@ void gmsg_put_keyed(struct gbuf_w *w, const char *key, size_t key_len,
                     uint64_t version, const void *p, size_t len);
 void gmsg_put_direct(struct gbuf_w *w, const char *from, const void *p,
                      size_t len);
+/* key is NULL for LIST. */
+void gmsg_put_key_cmd(struct gbuf_w *w, uint64_t id, uint8_t flags,
+                      const char *origin, const struct gossip_addr *origin_addr,
+                      uint8_t op, const uint8_t reply_key_id[GMSG_KEY_ID_LEN],
+                      const uint8_t *key);
+/* error may be NULL; keys holds n_keys keys, primary first. */
+void gmsg_put_key_reply(struct gbuf_w *w, uint64_t id, const char *from,
+                        int status, const char *error, const uint8_t *keys,
+                        unsigned n_keys);
 
 /* Push-pull is written in parts: head, the member entries, the keyed
  * entries, then the tail with the app blob; counts come first, so the
@@ -197,6 +241,8 @@ int gmsg_get_user(struct gbuf_r *body, struct gmsg_user *m);
 int gmsg_get_keyed(struct gbuf_r *body, struct gmsg_keyed *m);
 int gmsg_get_direct(struct gbuf_r *body, struct gmsg_direct *m);
 int gmsg_get_pushpull(struct gbuf_r *body, struct gmsg_pushpull *m);
+int gmsg_get_key_cmd(struct gbuf_r *body, struct gmsg_key_cmd *m);
+int gmsg_get_key_reply(struct gbuf_r *body, struct gmsg_key_reply *m);
 /* Iterate a decoded push-pull (already checked): 1 with the next entry, 0
  * at the end of the section. */
 int gmsg_pp_next_member(struct gmsg_pushpull *m, uint8_t *state,

@@ -16,7 +16,7 @@ void gbq_init(struct gbq *q)
         TAILQ_INIT(&q->buckets[i]);
     }
     ghash_init(&q->by_key);
-    q->n = q->n_user = 0;
+    q->n = q->n_user = q->n_cmd = 0;
 }
 
 static unsigned bucket_of(uint32_t transmits)
@@ -33,6 +33,9 @@ static void unlink_item(struct gbq *q, struct gbq_item *it)
     if (it->flags & GBQ_USER) {
         q->n_user--;
     }
+    if (it->flags & GBQ_CMD) {
+        q->n_cmd--;
+    }
     q->n--;
 }
 
@@ -46,7 +49,7 @@ void gbq_free(struct gbq *q)
         }
     }
     ghash_free(&q->by_key);
-    q->n = q->n_user = 0;
+    q->n = q->n_user = q->n_cmd = 0;
 }
 
 void gbq_drop(struct gbq *q, const char *key, size_t key_len)
@@ -62,6 +65,9 @@ int gbq_push(struct gbq *q, const char *key, size_t key_len, const uint8_t *msg,
              size_t len, unsigned flags)
 {
     if ((flags & GBQ_USER) && q->n_user >= GBQ_USER_MAX) {
+        return ALLOT_EUNAVAILABLE;
+    }
+    if ((flags & GBQ_CMD) && q->n_cmd >= GBQ_CMD_MAX) {
         return ALLOT_EUNAVAILABLE;
     }
     struct gbq_item *it =
@@ -93,6 +99,9 @@ int gbq_push(struct gbq *q, const char *key, size_t key_len, const uint8_t *msg,
     q->n++;
     if (flags & GBQ_USER) {
         q->n_user++;
+    }
+    if (flags & GBQ_CMD) {
+        q->n_cmd++;
     }
     return 0;
 }

@@ -23,10 +23,14 @@
 #define GBQ_BUCKETS 64
 /* Plain (unkeyed) user broadcasts waiting at once; more are refused. */
 #define GBQ_USER_MAX 1024
+/* Keyring commands (gossip_key_cmd) waiting at once; more are refused.
+ * Operators send a handful; the cap only stops a flood of distinct ids. */
+#define GBQ_CMD_MAX 64
 
 enum gbq_flags {
     GBQ_USER = 1,   /* a plain user broadcast: counts against GBQ_USER_MAX */
     GBQ_NOTIFY = 2, /* count it in gbq_fill's *retired_notify when retired */
+    GBQ_CMD = 4,    /* a keyring command: counts against GBQ_CMD_MAX */
 };
 
 struct gbq_item
@@ -48,6 +52,7 @@ struct gbq
     struct ghash by_key;
     size_t n;
     size_t n_user;
+    size_t n_cmd;
 };
 
 void gbq_init(struct gbq *q);
@@ -55,7 +60,7 @@ void gbq_free(struct gbq *q);
 
 /* Queue an encoded message, replacing any item with the same key (key NULL:
  * none). 0, ALLOT_ENOMEM, or ALLOT_EUNAVAILABLE for a GBQ_USER item when
- * GBQ_USER_MAX are waiting. */
+ * GBQ_USER_MAX are waiting (a GBQ_CMD item when GBQ_CMD_MAX are). */
 int gbq_push(struct gbq *q, const char *key, size_t key_len, const uint8_t *msg,
              size_t len, unsigned flags);
 

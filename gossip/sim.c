@@ -464,3 +464,20 @@ void sim_stats(const struct sim *s, struct sim_stats *out)
 {
     *out = s->stats;
 }
+
+bool sim_all_alive(struct sim *s, void *data)
+{
+    (void)data;
+    size_t running = 0;
+    for (int i = 0; i < sim_count(s); i++) {
+        running += sim_gossip(s, i) != NULL;
+    }
+    for (int i = 0; i < sim_count(s); i++) {
+        struct gossip *g = sim_gossip(s, i);
+        if (g != NULL && (gossip_member_count(g, GOSSIP_ALIVE) != running ||
+                          gossip_member_count(g, GOSSIP_SUSPECT) != 0)) {
+            return false;
+        }
+    }
+    return true;
+}

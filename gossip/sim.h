@@ -75,6 +75,10 @@ void sim_run_for(struct sim *s, uint64_t ms);
 bool sim_run_until_true(struct sim *s, uint64_t max_ms, uint64_t step_ms,
                         bool (*pred)(struct sim *s, void *data), void *data);
 
+/* A sim_run_until_true() predicate: every running member sees exactly the
+ * running members alive, and none suspect (data unused). */
+bool sim_all_alive(struct sim *s, void *data);
+
 void sim_stats(const struct sim *s, struct sim_stats *out);
 
 #endif /* ALLOT_GOSSIP_SIM_H */

@@ -225,24 +225,6 @@ static void world_free(struct world *w)
     free(w);
 }
 
-/* Every running member sees exactly the running members alive. */
-static bool all_alive(struct sim *s, void *data)
-{
-    struct world *w = data;
-    size_t running = 0;
-    for (int i = 0; i < w->n; i++) {
-        running += sim_gossip(s, i) != NULL;
-    }
-    for (int i = 0; i < w->n; i++) {
-        struct gossip *g = sim_gossip(s, i);
-        if (g != NULL && (gossip_member_count(g, GOSSIP_ALIVE) != running ||
-                          gossip_member_count(g, GOSSIP_SUSPECT) != 0)) {
-            return false;
-        }
-    }
-    return true;
-}
-
 static enum gossip_state state_at(struct world *w, int observer, int about)
 {
     struct gossip_member m;
@@ -293,10 +275,38 @@ START_TEST(converge_small)
 {
     struct world *w = world_new(10, 1);
     world_start_all(w);
-    ck_assert(sim_run_until_true(w->sim, 60000, 100, all_alive, w));
+    ck_assert(sim_run_until_true(w->sim, 60000, 100, sim_all_alive, w));
     REPORT("converge_small: 10 members all alive at %" PRIu64 " ms\n",
            sim_now(w->sim));
     ck_assert_uint_eq(total_dead_events(w), 0);
+    world_free(w);
+}
+END_TEST
+
+/* Members started before their seed: n1 asks n0 (not up yet) and n2..n3
+ * join through n1, so n1 is not alone when n0 comes up. n1 keeps asking
+ * its seed until the seed answers, so the two groups meet instead of
+ * living on as islands (what happened when allotd nodes started at once). */
+START_TEST(late_seed_no_islands)
+{
+    struct world *w = world_new(5, 14);
+    struct gossip_addr seed0 = sim_addr(w->sim, 0);
+    struct gossip_addr seed1 = sim_addr(w->sim, 1);
+    world_start(w, 1);
+    ck_assert_int_eq(gossip_join(sim_gossip(w->sim, 1), &seed0, 1), 0);
+    for (int i = 2; i < 4; i++) {
+        world_start(w, i);
+        ck_assert_int_eq(gossip_join(sim_gossip(w->sim, i), &seed1, 1), 0);
+    }
+    sim_run_for(w->sim, 5000);
+    ck_assert_uint_eq(gossip_member_count(sim_gossip(w->sim, 1), GOSSIP_ALIVE),
+                      3);
+    world_start(w, 0); /* the seed, up at last, with a member of its own */
+    world_start(w, 4);
+    ck_assert_int_eq(gossip_join(sim_gossip(w->sim, 4), &seed0, 1), 0);
+    ck_assert(sim_run_until_true(w->sim, 30000, 100, sim_all_alive, w));
+    REPORT("late_seed_no_islands: 5 members all alive at %" PRIu64 " ms\n",
+           sim_now(w->sim));
     world_free(w);
 }
 END_TEST
@@ -305,7 +315,7 @@ START_TEST(converge_1000)
 {
     struct world *w = world_new(1000, 2);
     world_start_all(w);
-    ck_assert(sim_run_until_true(w->sim, 600000, 250, all_alive, w));
+    ck_assert(sim_run_until_true(w->sim, 600000, 250, sim_all_alive, w));
     uint64_t t_conv = sim_now(w->sim);
     struct sim_stats ss;
     sim_stats(w->sim, &ss);
@@ -355,7 +365,7 @@ static uint64_t detection_ms(int n, uint32_t probe_ms, uint64_t seed)
     struct world *w = world_new(n, seed);
     w->probe_interval_ms = probe_ms;
     world_start_all(w);
-    ck_assert(sim_run_until_true(w->sim, 120000, 100, all_alive, w));
+    ck_assert(sim_run_until_true(w->sim, 120000, 100, sim_all_alive, w));
     uint64_t t0 = sim_now(w->sim);
     sim_kill(w->sim, 1);
     struct verdict v = {w, 1, GOSSIP_DEAD, 0, w->n};
@@ -388,7 +398,7 @@ START_TEST(kill_detected)
 {
     struct world *w = world_new(50, 3);
     world_start_all(w);
-    ck_assert(sim_run_until_true(w->sim, 120000, 100, all_alive, w));
+    ck_assert(sim_run_until_true(w->sim, 120000, 100, sim_all_alive, w));
     uint64_t t0 = sim_now(w->sim);
     sim_kill(w->sim, 7);
     struct verdict v = {w, 7, GOSSIP_DEAD, 0, w->n};
@@ -415,7 +425,7 @@ START_TEST(loss_no_false_dead)
 {
     struct world *w = world_new(50, 4);
     world_start_all(w);
-    ck_assert(sim_run_until_true(w->sim, 120000, 100, all_alive, w));
+    ck_assert(sim_run_until_true(w->sim, 120000, 100, sim_all_alive, w));
     sim_set_loss(w->sim, 0.05);
     sim_run_for(w->sim, 600000);
     uint64_t suspicions = 0, refutes = 0, probes = 0;
@@ -438,7 +448,7 @@ START_TEST(loss_no_false_dead)
            probes, ss.lost, suspicions, refutes, total_dead_events(w), max_aw);
     ck_assert_uint_eq(total_dead_events(w), 0);
     sim_set_loss(w->sim, 0);
-    ck_assert(sim_run_until_true(w->sim, 60000, 100, all_alive, w));
+    ck_assert(sim_run_until_true(w->sim, 60000, 100, sim_all_alive, w));
     world_free(w);
 }
 END_TEST
@@ -464,7 +474,7 @@ START_TEST(partition_heals)
     struct world *w = world_new(40, 5);
     w->push_pull_interval_ms = 10000;
     world_start_all(w);
-    ck_assert(sim_run_until_true(w->sim, 120000, 100, all_alive, w));
+    ck_assert(sim_run_until_true(w->sim, 120000, 100, sim_all_alive, w));
     uint64_t t0 = sim_now(w->sim);
     for (int i = w->n / 2; i < w->n; i++) {
         sim_set_group(w->sim, i, 1);
@@ -482,7 +492,7 @@ START_TEST(partition_heals)
     sim_run_for(w->sim, 60000);
     sim_heal(w->sim);
     uint64_t t1 = sim_now(w->sim);
-    ck_assert(sim_run_until_true(w->sim, 300000, 250, all_alive, w));
+    ck_assert(sim_run_until_true(w->sim, 300000, 250, sim_all_alive, w));
     REPORT("partition_heals: N=40 split 20/20: each side declared the other "
            "dead after %" PRIu64 " ms; healed and all alive after %" PRIu64
            " ms (virtual)\n",
@@ -496,13 +506,13 @@ START_TEST(pause_refutes)
     struct world *w = world_new(20, 6);
     w->push_pull_interval_ms = 10000;
     world_start_all(w);
-    ck_assert(sim_run_until_true(w->sim, 120000, 100, all_alive, w));
+    ck_assert(sim_run_until_true(w->sim, 120000, 100, sim_all_alive, w));
 
     /* Short pause: suspected, refuted, never dead. */
     sim_pause(w->sim, 5, 3500);
     sim_run_for(w->sim, 3500);
     ck_assert_uint_gt(w->suspect_about[5], 0);
-    ck_assert(sim_run_until_true(w->sim, 60000, 100, all_alive, w));
+    ck_assert(sim_run_until_true(w->sim, 60000, 100, sim_all_alive, w));
     struct gossip_stats st = stats_of(w, 5);
     REPORT("pause_refutes: a 3.5 s pause: %" PRIu64
            " suspect events, refuted at incarnation %" PRIu64
@@ -523,7 +533,7 @@ START_TEST(pause_refutes)
     ck_assert_int_eq(gossip_member_find(sim_gossip(w->sim, 0), "n6", &m), 0);
     dead_inc = m.incarnation;
     sim_run_until(w->sim, t0 + 60000);
-    ck_assert(sim_run_until_true(w->sim, 120000, 100, all_alive, w));
+    ck_assert(sim_run_until_true(w->sim, 120000, 100, sim_all_alive, w));
     ck_assert_int_eq(gossip_member_find(sim_gossip(w->sim, 0), "n6", &m), 0);
     REPORT("pause_refutes: a 60 s pause: dead everywhere after %" PRIu64
            " ms; alive again %" PRIu64 " ms after waking, incarnation %" PRIu64
@@ -538,7 +548,7 @@ START_TEST(restart_rejoins)
 {
     struct world *w = world_new(10, 7);
     world_start_all(w);
-    ck_assert(sim_run_until_true(w->sim, 60000, 100, all_alive, w));
+    ck_assert(sim_run_until_true(w->sim, 60000, 100, sim_all_alive, w));
     /* Give n3 an incarnation above 0 first, so the restart must beat it. */
     struct gossip_meta meta = {.role = GOSSIP_ROLE_AGENT, .fleet = "a"};
     ck_assert_int_eq(gossip_set_meta(sim_gossip(w->sim, 3), &meta), 0);
@@ -556,7 +566,7 @@ START_TEST(restart_rejoins)
     struct gossip_addr seed = sim_addr(w->sim, 0);
     ck_assert_int_eq(gossip_join(sim_gossip(w->sim, 3), &seed, 1), 0);
     uint64_t t0 = sim_now(w->sim);
-    ck_assert(sim_run_until_true(w->sim, 60000, 100, all_alive, w));
+    ck_assert(sim_run_until_true(w->sim, 60000, 100, sim_all_alive, w));
     ck_assert_int_eq(gossip_member_find(sim_gossip(w->sim, 0), "n3", &m), 0);
     REPORT("restart_rejoins: restarted at incarnation 0, alive everywhere "
            "after %" PRIu64 " ms at incarnation %" PRIu64 " (was %" PRIu64
@@ -597,7 +607,7 @@ START_TEST(keyed_newest)
 {
     struct world *w = world_new(30, 8);
     world_start_all(w);
-    ck_assert(sim_run_until_true(w->sim, 60000, 100, all_alive, w));
+    ck_assert(sim_run_until_true(w->sim, 60000, 100, sim_all_alive, w));
     struct gossip *g4 = sim_gossip(w->sim, 4);
     struct gossip *g9 = sim_gossip(w->sim, 9);
     uint64_t t0 = sim_now(w->sim);
@@ -641,7 +651,7 @@ START_TEST(plain_broadcast)
 {
     struct world *w = world_new(30, 9);
     world_start_all(w);
-    ck_assert(sim_run_until_true(w->sim, 60000, 100, all_alive, w));
+    ck_assert(sim_run_until_true(w->sim, 60000, 100, sim_all_alive, w));
     ck_assert_int_eq(gossip_broadcast(sim_gossip(w->sim, 2), "hello", 5), 0);
     ck_assert_int_eq(gossip_broadcast(sim_gossip(w->sim, 3), "again", 5), 0);
     sim_run_for(w->sim, 20000);
@@ -665,7 +675,7 @@ static bool repair_run(uint32_t push_pull_ms, uint64_t *when)
     struct world *w = world_new(20, 10);
     w->push_pull_interval_ms = push_pull_ms;
     world_start_all(w);
-    ck_assert(sim_run_until_true(w->sim, 60000, 100, all_alive, w));
+    ck_assert(sim_run_until_true(w->sim, 60000, 100, sim_all_alive, w));
     sim_pause(w->sim, 8, 3000);
     ck_assert_int_eq(
         gossip_broadcast_keyed(sim_gossip(w->sim, 1), "catalog", 7, "v7", 2),
@@ -715,7 +725,7 @@ START_TEST(meta_spreads)
 {
     struct world *w = world_new(30, 11);
     world_start_all(w);
-    ck_assert(sim_run_until_true(w->sim, 60000, 100, all_alive, w));
+    ck_assert(sim_run_until_true(w->sim, 60000, 100, sim_all_alive, w));
     struct gossip_meta meta = {.role = GOSSIP_ROLE_SERVER,
                                .weight = 7,
                                .fleet = "blue",
@@ -756,7 +766,7 @@ START_TEST(leave)
 {
     struct world *w = world_new(10, 12);
     world_start_all(w);
-    ck_assert(sim_run_until_true(w->sim, 60000, 100, all_alive, w));
+    ck_assert(sim_run_until_true(w->sim, 60000, 100, sim_all_alive, w));
     struct gossip_leave req;
     uint64_t t0 = sim_now(w->sim);
     leave_status = 1;
@@ -786,7 +796,7 @@ START_TEST(local_health)
 {
     struct world *w = world_new(10, 13);
     world_start_all(w);
-    ck_assert(sim_run_until_true(w->sim, 60000, 100, all_alive, w));
+    ck_assert(sim_run_until_true(w->sim, 60000, 100, sim_all_alive, w));
     /* n0 can send but hears nothing: no acks, no nacks. */
     for (int i = 1; i < w->n; i++) {
         ck_assert_int_eq(sim_set_link_loss(w->sim, i, 0, 1.0), 0);
@@ -817,7 +827,7 @@ START_TEST(key_rotation)
     struct world *w = world_new(7, 14);
     world_start_all(w);
     /* n6 is restarted below with only the new key. */
-    ck_assert(sim_run_until_true(w->sim, 60000, 100, all_alive, w));
+    ck_assert(sim_run_until_true(w->sim, 60000, 100, sim_all_alive, w));
     uint8_t old_key[GOSSIP_KEY_SIZE], new_key[GOSSIP_KEY_SIZE];
     test_key(old_key, 0x42);
     test_key(new_key, 0x77);
@@ -850,7 +860,7 @@ START_TEST(key_rotation)
         ck_assert_int_eq(gossip_key_use(sim_gossip(w->sim, i), new_key), 0);
     }
     uint64_t t0 = sim_now(w->sim);
-    ck_assert(sim_run_until_true(w->sim, 60000, 100, all_alive, w));
+    ck_assert(sim_run_until_true(w->sim, 60000, 100, sim_all_alive, w));
     REPORT("key_rotation: the new-key member admitted %" PRIu64
            " ms after the others switched\n",
            sim_now(w->sim) - t0);
@@ -866,7 +876,7 @@ START_TEST(key_rotation)
         ck_assert_mem_eq(kr.keys[0], new_key, GOSSIP_KEY_SIZE);
     }
     sim_run_for(w->sim, 10000);
-    ck_assert(all_alive(w->sim, w));
+    ck_assert(sim_all_alive(w->sim, w));
     world_free(w);
 }
 END_TEST
@@ -878,6 +888,7 @@ static Suite *gossip_sim_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_checked_fixture(tc, setup, NULL);
     tcase_add_test(tc, converge_small);
+    tcase_add_test(tc, late_seed_no_islands);
     tcase_add_test(tc, kill_detected);
     tcase_add_test(tc, detection_n30);
     tcase_add_test(tc, loss_no_false_dead);
