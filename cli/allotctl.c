@@ -93,6 +93,11 @@ static void usage(FILE *out)
             "  validator add NAME --prefix P (--exec CMD | --url URL) "
             "[--timeout-ms N] [--fail-open]\n"
             "  validator rm NAME | validator ls\n"
+            "  gossip members                  this node's view of the gossip "
+            "fleet\n"
+            "  gossip keys list | gossip keys install|use|remove KEY   rotate "
+            "fleet-wide\n"
+            "  gossip keygen                   print a new gossip key\n"
             "Signing: --identity FILE (or ALLOT_IDENTITY) signs every request;"
             " --token T\n(or ALLOT_TOKEN) sends a bearer token instead."
             "\n"
@@ -136,6 +141,14 @@ static void print_json(json_t *j)
         puts(s);
         free(s);
     }
+}
+
+/* A reply's result as JSON (-o json). */
+static void print_object_json(const msgpack_object *o)
+{
+    json_t *j = wire_to_json(o);
+    print_json(j);
+    json_decref(j);
 }
 
 /* Scalar as text into buf. */
@@ -380,9 +393,7 @@ static int cmd_quota_set(struct cli *cli)
         return rv;
     }
     if (cli->json) {
-        json_t *j = wire_to_json(rep.result);
-        print_json(j);
-        json_decref(j);
+        print_object_json(rep.result);
     } else {
         char v[32];
         text_of(rep.result, "version", NULL, v, sizeof v);
@@ -409,9 +420,7 @@ static int cmd_quota_get(struct cli *cli)
         return rv;
     }
     if (cli->json) {
-        json_t *j = wire_to_json(rep.result);
-        print_json(j);
-        json_decref(j);
+        print_object_json(rep.result);
     } else {
         print_kv(rep.result, "");
     }
@@ -436,9 +445,7 @@ static int cmd_quota_rm(struct cli *cli)
         return rv;
     }
     if (cli->json) {
-        json_t *j = wire_to_json(rep.result);
-        print_json(j);
-        json_decref(j);
+        print_object_json(rep.result);
     } else {
         char v[32];
         text_of(rep.result, "version", NULL, v, sizeof v);
@@ -610,9 +617,7 @@ static int cmd_cluster(struct cli *cli)
             return rv;
         }
         if (cli->json) {
-            json_t *j = wire_to_json(rep.result);
-            print_json(j);
-            json_decref(j);
+            print_object_json(rep.result);
             allot_reply_destroy(&rep);
             return 0;
         }
@@ -690,9 +695,7 @@ static int cmd_cluster(struct cli *cli)
         return rv;
     }
     if (cli->json) {
-        json_t *j = wire_to_json(rep.result);
-        print_json(j);
-        json_decref(j);
+        print_object_json(rep.result);
     } else if (strcmp(op, "cluster.transfer") == 0) {
         char l[24];
         text_of(rep.result, "leader", NULL, l, sizeof l);
@@ -703,6 +706,143 @@ static int cmd_cluster(struct cli *cli)
                (unsigned long long)a.id);
     }
     allot_reply_destroy(&rep);
+    return 0;
+}
+
+/* gossip ------------------------------------------------------------------ */
+
+struct gossip_keys_args
+{
+    const char *action;
+    const char *key;
+};
+
+static void pack_gossip_keys(msgpack_packer *pk, void *arg)
+{
+    struct gossip_keys_args *a = arg;
+    msgpack_pack_map(pk, a->key != NULL ? 2 : 1);
+    wire_pack_kv_str(pk, "action", a->action);
+    if (a->key != NULL) {
+        wire_pack_kv_str(pk, "key", a->key);
+    }
+}
+
+/* A new gossip key: 32 random bytes in base64, the keyring file's format.
+ * Local: no cluster involved. */
+static int gossip_keygen(void)
+{
+    unsigned char key[32];
+    char b64[sodium_base64_ENCODED_LEN(32, sodium_base64_VARIANT_ORIGINAL)];
+    if (sodium_init() < 0) {
+        return fail(ALLOT_EINTERNAL, "libsodium cannot initialize");
+    }
+    randombytes_buf(key, sizeof key);
+    sodium_bin2base64(b64, sizeof b64, key, sizeof key,
+                      sodium_base64_VARIANT_ORIGINAL);
+    sodium_memzero(key, sizeof key);
+    puts(b64);
+    sodium_memzero(b64, sizeof b64);
+    return 0;
+}
+
+static void print_gossip_members(const msgpack_object *ms)
+{
+    printf("%-24s %-21s %-6s %-12s %-8s %s\n", "NAME", "ADDR", "ROLE", "FLEET",
+           "STATE", "INCARNATION");
+    for (uint32_t i = 0;
+         ms->type == MSGPACK_OBJECT_ARRAY && i < ms->via.array.size; i++) {
+        const msgpack_object *m = &ms->via.array.ptr[i];
+        char name[80], addr[32], role[16], fleet[80], st[16], inc[24];
+        text_of(m, "name", NULL, name, sizeof name);
+        text_of(m, "addr", NULL, addr, sizeof addr);
+        text_of(m, "role", NULL, role, sizeof role);
+        text_of(m, "fleet", NULL, fleet, sizeof fleet);
+        text_of(m, "state", NULL, st, sizeof st);
+        text_of(m, "incarnation", NULL, inc, sizeof inc);
+        printf("%-24s %-21s %-6s %-12s %-8s %s\n", name, addr, role,
+               fleet[0] != '\0' ? fleet : "-", st, inc);
+    }
+}
+
+static int cmd_gossip(struct cli *cli)
+{
+    const char *sub = cli->n_pos > 1 ? cli->pos[1] : "";
+    struct allot_reply rep;
+    int rv;
+    if (strcmp(sub, "members") == 0) {
+        if (cli->n_pos != 2) {
+            return fail(ALLOT_EINVALID, "usage: gossip members [-o json]");
+        }
+        rv = call(cli, "gossip.members", NULL, NULL, &rep);
+        if (rv != 0) {
+            return rv;
+        }
+        if (cli->json) {
+            print_object_json(rep.result);
+        } else {
+            print_gossip_members(rep.result);
+        }
+        allot_reply_destroy(&rep);
+        return 0;
+    }
+    if (strcmp(sub, "keys") != 0) {
+        return fail(ALLOT_EINVALID,
+                    "unknown gossip command \"%s\" (members, keys, keygen)",
+                    sub);
+    }
+    struct gossip_keys_args a = {
+        .action = cli->n_pos > 2 ? cli->pos[2] : "",
+        .key = cli->n_pos > 3 ? cli->pos[3] : NULL,
+    };
+    bool list = strcmp(a.action, "list") == 0;
+    bool change = strcmp(a.action, "install") == 0 ||
+                  strcmp(a.action, "use") == 0 ||
+                  strcmp(a.action, "remove") == 0;
+    if (!(list && cli->n_pos == 3) && !(change && cli->n_pos == 4)) {
+        return fail(ALLOT_EINVALID, "usage: gossip keys list | gossip keys "
+                                    "install|use|remove KEY");
+    }
+    rv = call(cli, "gossip.keys", pack_gossip_keys, &a, &rep);
+    if (rv != 0) {
+        return rv;
+    }
+    const msgpack_object *r = rep.result;
+    char status[32], asked[24], acks[24], errors[24], err[256];
+    text_of(r, "status", NULL, status, sizeof status);
+    text_of(r, "asked", NULL, asked, sizeof asked);
+    text_of(r, "acks", NULL, acks, sizeof acks);
+    text_of(r, "errors", NULL, errors, sizeof errors);
+    text_of(r, "error", NULL, err, sizeof err);
+    /* Partial answers are answers, but not success: a rotation step must
+     * reach every member before the next one. */
+    bool complete = strcmp(status, "ok") == 0;
+    if (cli->json) {
+        print_object_json(r);
+    } else {
+        printf("%s: %s of %s members answered, %s refused%s%s\n", a.action,
+               acks, asked, errors, strcmp(errors, "0") != 0 ? ": " : "",
+               strcmp(errors, "0") != 0 ? err : "");
+        const msgpack_object *ks = wire_map_get(r, "keys");
+        if (list && ks != NULL && ks->type == MSGPACK_OBJECT_ARRAY) {
+            printf("%-44s %-8s %s\n", "KEY", "MEMBERS", "PRIMARY_ON");
+            for (uint32_t i = 0; i < ks->via.array.size; i++) {
+                const msgpack_object *k = &ks->via.array.ptr[i];
+                char key[64], members[24], primary[24];
+                text_of(k, "key", NULL, key, sizeof key);
+                text_of(k, "members", NULL, members, sizeof members);
+                text_of(k, "primary", NULL, primary, sizeof primary);
+                printf("%-44s %-8s %s\n", key, members, primary);
+            }
+        }
+    }
+    allot_reply_destroy(&rep);
+    if (!complete) {
+        fprintf(stderr,
+                "error: %s: not every member answered; rerun before "
+                "the next rotation step\n",
+                status);
+        return 1;
+    }
     return 0;
 }
 
@@ -769,9 +909,7 @@ static int cmd_capacity(struct cli *cli)
         return rv;
     }
     if (cli->json) {
-        json_t *j = wire_to_json(rep.result);
-        print_json(j);
-        json_decref(j);
+        print_object_json(rep.result);
     } else if (strcmp(sub, "set") == 0) {
         char v[32];
         text_of(rep.result, "version", NULL, v, sizeof v);
@@ -1217,9 +1355,7 @@ static int cmd_access(struct cli *cli, bool group)
             return rv;
         }
         if (cli->json) {
-            json_t *j = wire_to_json(rep.result);
-            print_json(j);
-            json_decref(j);
+            print_object_json(rep.result);
         } else {
             printf(group ? "%-24s %s\n" : "%-24s %-6s %s\n", "NAME",
                    group ? "MEMBERS" : "ADMIN", group ? "" : "PUBKEY");
@@ -1273,9 +1409,7 @@ static int cmd_access(struct cli *cli, bool group)
         return rv;
     }
     if (cli->json) {
-        json_t *j = wire_to_json(rep.result);
-        print_json(j);
-        json_decref(j);
+        print_object_json(rep.result);
     } else {
         char v[32];
         text_of(rep.result, "version", NULL, v, sizeof v);
@@ -1444,9 +1578,7 @@ static int cmd_token(struct cli *cli)
             return rv;
         }
         if (cli->json) {
-            json_t *j = wire_to_json(rep.result);
-            print_json(j);
-            json_decref(j);
+            print_object_json(rep.result);
         } else {
             printf("%-18s %-24s %s\n", "ID", "PRINCIPAL", "EXPIRES");
             for (uint32_t i = 0; rep.result != NULL &&
@@ -1527,9 +1659,7 @@ static int cmd_validator(struct cli *cli)
             return rv;
         }
         if (cli->json) {
-            json_t *j = wire_to_json(rep.result);
-            print_json(j);
-            json_decref(j);
+            print_object_json(rep.result);
         } else {
             printf("%-16s %-24s %-5s %-8s %-9s %s\n", "NAME", "PREFIX", "KIND",
                    "TIMEOUT", "FAIL_OPEN", "TARGET");
@@ -1717,6 +1847,13 @@ int main(int argc, char **argv)
     if (strcmp(group, "identity") == 0) {
         return cmd_identity(&cli); /* local: no cluster involved */
     }
+    if (strcmp(group, "gossip") == 0 && cli.n_pos > 1 &&
+        strcmp(cli.pos[1], "keygen") == 0) {
+        if (cli.n_pos != 2) {
+            return fail(ALLOT_EINVALID, "usage: gossip keygen");
+        }
+        return gossip_keygen();
+    }
     char msg[ALLOT_ERRMSG_SIZE];
     /* validator add takes --timeout-ms for the validator itself. */
     int request_timeout =
@@ -1765,6 +1902,8 @@ int main(int argc, char **argv)
         }
     } else if (strcmp(group, "capacity") == 0) {
         rv = cmd_capacity(&cli);
+    } else if (strcmp(group, "gossip") == 0) {
+        rv = cmd_gossip(&cli);
     } else if (strcmp(group, "audit") == 0) {
         rv = cmd_audit(&cli);
     } else if (strcmp(group, "token") == 0) {
@@ -1781,7 +1920,8 @@ int main(int argc, char **argv)
         rv = fail(
             ALLOT_EINVALID,
             "unknown command \"%s\" (cluster, quota, capacity, audit, "
-            "audit-retention, identity, principal, group, token, validator)",
+            "audit-retention, identity, principal, group, token, validator, "
+            "gossip)",
             group);
     }
     allot_client_close(cli.client);

@@ -93,20 +93,37 @@ static void on_member(void *data, enum gossip_event ev,
     print_view(d->g);
 }
 
+/* A payload on one line: printable ASCII as is, other bytes (an
+ * application's binary payload, such as allotd's msgpack announcement) and
+ * the backslash as \xHH. */
+static void print_payload(const void *buf, size_t len)
+{
+    const unsigned char *p = buf;
+    for (size_t i = 0; i < len; i++) {
+        if (p[i] >= 0x20 && p[i] < 0x7f && p[i] != '\\') {
+            putchar(p[i]);
+        } else {
+            printf("\\x%02x", p[i]);
+        }
+    }
+    putchar('\n');
+}
+
 static void on_broadcast(void *data, const char *key, size_t key_len,
                          uint64_t version, const void *buf, size_t len)
 {
     (void)data;
-    printf("broadcast key=%.*s version=%" PRIu64 " payload=%.*s\n",
-           key != NULL ? (int)key_len : 1, key != NULL ? key : "-", version,
-           (int)len, (const char *)buf);
+    printf("broadcast key=%.*s version=%" PRIu64 " payload=",
+           key != NULL ? (int)key_len : 1, key != NULL ? key : "-", version);
+    print_payload(buf, len);
 }
 
 static void on_message(void *data, const char *from, const void *buf,
                        size_t len)
 {
     (void)data;
-    printf("message from=%s payload=%.*s\n", from, (int)len, (const char *)buf);
+    printf("message from=%s payload=", from);
+    print_payload(buf, len);
 }
 
 static void print_one(void *data, const struct gossip_member *m)

@@ -92,6 +92,8 @@ void node_req_free(struct node_req *r)
     free(r->http_target);
     free(r->validator);
     free(r->args);
+    free(r->key_cmd);
+    sodium_memzero(r->gossip_key, sizeof r->gossip_key);
     strv_free(r->owners_add, r->n_owners_add);
     strv_free(r->owners_rm, r->n_owners_rm);
     strv_free(r->members, r->n_members);
@@ -399,6 +401,48 @@ static int arg_labels(struct node_req *r, const msgpack_object *args, char *msg)
             wire_memcpy(r->label_values[i], v->via.str.ptr, v->via.str.size);
             r->label_values[i][v->via.str.size] = '\0';
         }
+    }
+    return 0;
+}
+
+/* gossip.keys {action, key}: key (base64 of 32 bytes) for every action
+ * but list. */
+static int arg_gossip_keys(struct node_req *r, const msgpack_object *args,
+                           char *msg)
+{
+    static const char *const actions[] = {"list", "install", "use", "remove"};
+    const char *s;
+    size_t len;
+    int rv = wire_get_str(args, "action", true, &s, &len, msg);
+    if (rv != 0) {
+        return rv;
+    }
+    bool known = false;
+    for (unsigned i = 0; i < 4 && !known; i++) {
+        known = len == strlen(actions[i]) && memcmp(s, actions[i], len) == 0;
+    }
+    if (!known) {
+        return allot_errf(msg, ALLOT_EINVALID,
+                          "action must be list, install, use or remove");
+    }
+    memcpy(r->gossip_action, s, len);
+    r->gossip_action[len] = '\0';
+    rv = wire_get_str(args, "key", strcmp(r->gossip_action, "list") != 0, &s,
+                      &len, msg);
+    if (rv == ALLOT_ENOT_FOUND) {
+        return 0;
+    }
+    if (rv != 0) {
+        return rv;
+    }
+    size_t bin_len = 0;
+    if (sodium_base642bin(r->gossip_key, sizeof r->gossip_key, s, len, NULL,
+                          &bin_len, NULL,
+                          sodium_base64_VARIANT_ORIGINAL) != 0 ||
+        bin_len != sizeof r->gossip_key) {
+        return allot_errf(msg, ALLOT_EINVALID,
+                          "key must be the base64 of 32 bytes (allotctl "
+                          "gossip keygen prints one)");
     }
     return 0;
 }
@@ -778,6 +822,8 @@ static int decode_args(struct node_req *r, const struct wire_request *wr,
     case WIRE_OP_CLUSTER_STATUS:
         rv = wire_get_bool(args, "digest", false, &r->want_digest, msg);
         return rv == ALLOT_ENOT_FOUND ? 0 : rv;
+    case WIRE_OP_GOSSIP_KEYS:
+        return arg_gossip_keys(r, args, msg);
     case WIRE_OP_CLUSTER_TRANSFER:
         /* id 0 (or absent) lets raft pick the most up-to-date voter. */
         rv = wire_get_u64(args, "id", false, &r->target_id, msg);
@@ -1034,6 +1080,9 @@ void gateway_dispatch(struct conn *c, const char *body, size_t len)
             handle_ping(r);
         } else if (r->op == WIRE_OP_QUOTA_WATCH) {
             gateway_watch_start(r);
+        } else if (r->op == WIRE_OP_GOSSIP_MEMBERS ||
+                   r->op == WIRE_OP_GOSSIP_KEYS) {
+            announce_handle(r);
         } else {
             gateway_handle_status(r);
         }
@@ -1223,7 +1272,9 @@ void gateway_handle_status(struct node_req *r)
         fsm_digest(n->fsm, digest);
     }
 
-    msgpack_pack_map(&pk, r->want_digest ? 12 : 11);
+    char catalog_digest[33];
+    fsm_catalog_digest(n->fsm, catalog_digest);
+    msgpack_pack_map(&pk, r->want_digest ? 13 : 12);
     wire_pack_kv_u64(&pk, "id", n->cfg.id);
     wire_pack_kv_str(&pk, "state", state_name(raft_state(raft)));
     wire_pack_str(&pk, "leader");
@@ -1237,6 +1288,7 @@ void gateway_handle_status(struct node_req *r)
     wire_pack_kv_u64(&pk, "applied_index", raft_last_applied(raft));
     wire_pack_kv_u64(&pk, "last_index", raft_last_index(raft));
     wire_pack_kv_u64(&pk, "catalog_version", fsm_catalog_version(n->fsm));
+    wire_pack_kv_str(&pk, "catalog_digest", catalog_digest);
     wire_pack_kv_u64(&pk, "quotas", fsm_quota_count(n->fsm));
     if (r->want_digest) {
         wire_pack_kv_str(&pk, "digest", digest);

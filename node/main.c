@@ -22,6 +22,8 @@ static void usage(FILE *out)
             "[--snapshot-trailing N]\n"
             "              [--election-timeout-ms N] "
             "[--heartbeat-timeout-ms N] [--log-level LEVEL]\n"
+            "              [--gossip HOST:PORT --gossip-keyring FILE "
+            "[--gossip-seeds LIST]]\n"
             "\n"
             "  --id N                 this node's id (1 or more), fixed for "
             "the life of DIR\n"
@@ -49,6 +51,16 @@ static void usage(FILE *out)
             "flight before\n"
             "                         holding new writes for the next one "
             "(default 1)\n"
+            "  --gossip HOST:PORT     join the fleet's gossip here (UDP and "
+            "TCP) and announce\n"
+            "                         each catalog version (docs/gossip.md)\n"
+            "  --gossip-keyring FILE  gossip keys, one base64 key per line, "
+            "primary first;\n"
+            "                         rewritten when keys rotate\n"
+            "  --gossip-seeds LIST    HOST:PORT,... of members to join "
+            "through\n"
+            "  --gossip-probe-interval-ms N  failure-detection probe period "
+            "(default 1000)\n"
             "  --log-level LEVEL      debug, info (default), warn, error\n");
 }
 
@@ -97,6 +109,10 @@ int main(int argc, char **argv)
         OPT_INFLIGHT,
         OPT_HTTP,
         OPT_IDENTITY,
+        OPT_GOSSIP,
+        OPT_GOSSIP_KEYRING,
+        OPT_GOSSIP_SEEDS,
+        OPT_GOSSIP_PROBE,
         OPT_HELP,
     };
     static const struct option opts[] = {
@@ -116,6 +132,10 @@ int main(int argc, char **argv)
         {"http", required_argument, NULL, OPT_HTTP},
         {"max-inflight-entries", required_argument, NULL, OPT_INFLIGHT},
         {"identity", required_argument, NULL, OPT_IDENTITY},
+        {"gossip", required_argument, NULL, OPT_GOSSIP},
+        {"gossip-keyring", required_argument, NULL, OPT_GOSSIP_KEYRING},
+        {"gossip-seeds", required_argument, NULL, OPT_GOSSIP_SEEDS},
+        {"gossip-probe-interval-ms", required_argument, NULL, OPT_GOSSIP_PROBE},
         {"help", no_argument, NULL, OPT_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -217,6 +237,22 @@ int main(int argc, char **argv)
         case OPT_IDENTITY:
             cfg.identity = optarg;
             break;
+        case OPT_GOSSIP:
+            cfg.gossip_addr = optarg;
+            break;
+        case OPT_GOSSIP_KEYRING:
+            cfg.gossip_keyring = optarg;
+            break;
+        case OPT_GOSSIP_SEEDS:
+            cfg.gossip_seeds = optarg;
+            break;
+        case OPT_GOSSIP_PROBE:
+            if (parse_uint("--gossip-probe-interval-ms", optarg, 50, 60000,
+                           &v)) {
+                return 2;
+            }
+            cfg.gossip_probe_interval_ms = (unsigned)v;
+            break;
         case OPT_HELP:
             usage(stdout);
             return 0;
@@ -242,6 +278,20 @@ int main(int argc, char **argv)
     }
     if (cfg.cluster != NULL && cfg.join != NULL) {
         fprintf(stderr, "error: invalid: give --cluster or --join, not both\n");
+        return 2;
+    }
+    if ((cfg.gossip_keyring != NULL || cfg.gossip_seeds != NULL ||
+         cfg.gossip_probe_interval_ms != 0) &&
+        cfg.gossip_addr == NULL) {
+        fprintf(stderr, "error: invalid: --gossip-keyring, --gossip-seeds and "
+                        "--gossip-probe-interval-ms need --gossip HOST:PORT\n");
+        return 2;
+    }
+    if (cfg.gossip_addr != NULL && cfg.gossip_keyring == NULL) {
+        /* Gossip is always encrypted: there is no plaintext mode. */
+        fprintf(stderr, "error: invalid: --gossip needs --gossip-keyring FILE "
+                        "(one base64 key per line; allotctl gossip keygen "
+                        "prints one)\n");
         return 2;
     }
     if (cfg.snapshot_trailing > cfg.snapshot_threshold) {

@@ -63,6 +63,11 @@ struct node_config
     unsigned election_timeout_ms;
     unsigned max_inflight; /* write entries in flight before holding back */
     unsigned heartbeat_timeout_ms;
+    /* Gossip (node/announce.c): off unless gossip_addr is set. */
+    const char *gossip_addr;    /* --gossip HOST:PORT */
+    const char *gossip_keyring; /* --gossip-keyring FILE (required with it) */
+    const char *gossip_seeds;   /* --gossip-seeds HOST:PORT,... or NULL */
+    unsigned gossip_probe_interval_ms; /* 0: the library's default */
 };
 
 struct node;
@@ -98,7 +103,10 @@ struct node_req
     unsigned limit;
     uint64_t target_id; /* cluster.add/remove/transfer */
     char target_addr[64];
-    bool want_digest; /* cluster.status */
+    bool want_digest;       /* cluster.status */
+    char gossip_action[16]; /* gossip.keys: list, install, use, remove */
+    unsigned char gossip_key[32];
+    struct gossip_key_cmd *key_cmd; /* gossip.keys in progress, owned */
     /* audit.ls */
     uint64_t since_ms;
     uint64_t after_version; /* audit.ls; quota.watch: from_version */
@@ -250,6 +258,14 @@ struct node
     struct nonce_cache *nonces;
     struct metrics metrics;
 
+    /* Gossip (announce.c); NULL when --gossip is not given. */
+    struct gossip_uv *guv;
+    struct gossip *gossip;
+    uv_timer_t announce_timer; /* the trailing announcement of a burst */
+    bool announce_timer_live;
+    uint64_t announced_version;
+    uint64_t announced_ns;
+
     bool hooks_started; /* prepare, sweep and signal handles are live */
     bool stopping;
     bool raft_closed;
@@ -319,6 +335,18 @@ void http_close_all(struct node *n);
  * request (it will queue or answer it). */
 bool validate_submit(struct node_req *r);
 void validate_abort_all(struct node *n);
+
+/* announce.c: this server's gossip member. announce_start() joins the
+ * seeds (0, or -1 after logging why); announce_tick() (once per loop turn)
+ * broadcasts a new catalog version, at most every ANNOUNCE_MIN_MS;
+ * announce_stop() leaves gracefully, then frees it (bounded by the
+ * library's leave timeout). gossip.members and gossip.keys are answered by
+ * announce_handle(). */
+#define ANNOUNCE_MIN_MS 50
+int announce_start(struct node *n);
+void announce_tick(struct node *n);
+void announce_stop(struct node *n);
+void announce_handle(struct node_req *r);
 
 /* forward.c */
 void forward_submit(struct node_req *r);

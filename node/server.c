@@ -313,6 +313,7 @@ static void prepare_cb(uv_prepare_t *h)
     leader_tick(n);
     forward_tick(n);
     gateway_watch_tick(n);
+    announce_tick(n);
     gateway_flush(n);
     if (raft_state(&n->raft) == RAFT_UNAVAILABLE) {
         /* canonical/raft shut itself down: an I/O error or a log that
@@ -351,7 +352,8 @@ int node_start(struct node *n)
     }
     n->seen_state = raft_state(&n->raft);
     n->seen_term = n->raft.current_term;
-    if (gateway_listen(n) != 0 || http_listen(n) != 0) {
+    if (gateway_listen(n) != 0 || http_listen(n) != 0 ||
+        announce_start(n) != 0) {
         return -1;
     }
     uv_prepare_init(n->loop, &n->prepare);
@@ -400,6 +402,7 @@ void node_stop(struct node *n)
     gateway_close_all(n);
     leader_fail_all(n, ALLOT_ESHUTDOWN, "node is shutting down");
     forward_close(n);
+    announce_stop(n);
     if (n->hooks_started) {
         uv_close((uv_handle_t *)&n->prepare, NULL);
         uv_close((uv_handle_t *)&n->sweep, NULL);

@@ -72,7 +72,9 @@ enum wire_op_flags {
     X(TOKEN_LS, "token.ls", WIRE_OP_READ)                  \
     X(VALIDATOR_ADD, "validator.add", WIRE_OP_WRITE)       \
     X(VALIDATOR_RM, "validator.rm", WIRE_OP_WRITE)         \
-    X(VALIDATOR_LS, "validator.ls", WIRE_OP_READ)
+    X(VALIDATOR_LS, "validator.ls", WIRE_OP_READ)          \
+    X(GOSSIP_MEMBERS, "gossip.members", WIRE_OP_LOCAL)     \
+    X(GOSSIP_KEYS, "gossip.keys", WIRE_OP_LOCAL)
 
 enum wire_op {
     WIRE_OP_UNKNOWN = 0,

@@ -12,6 +12,7 @@
  * the project's capacity) is checked against its rate siblings only. */
 #include "catalog.h"
 
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,24 @@ uint64_t catalog_rate_milli(double rate)
         rate = RATE_MAX;
     }
     return (uint64_t)(rate * 1000.0 + 0.5);
+}
+
+void catalog_digest_toggle(struct catalog *c, const char *path, size_t len,
+                           uint64_t version)
+{
+    uint8_t le[9] = {0};
+    uint8_t h[CATALOG_DIGEST_SIZE];
+    for (unsigned i = 0; i < 8; i++) {
+        le[1 + i] = (uint8_t)(version >> (8 * i));
+    }
+    crypto_generichash_state st;
+    crypto_generichash_init(&st, NULL, 0, sizeof h);
+    crypto_generichash_update(&st, (const unsigned char *)path, len);
+    crypto_generichash_update(&st, le, sizeof le); /* NUL, then version */
+    crypto_generichash_final(&st, h, sizeof h);
+    for (unsigned i = 0; i < sizeof h; i++) {
+        c->digest[i] ^= h[i];
+    }
 }
 
 void catalog_init(struct catalog *c)
@@ -464,7 +483,9 @@ struct cat_node *catalog_put(struct catalog *c, const char *path, size_t len,
         c->n_quotas++;
     } else {
         agg_sub(pagg, &cur->q.f);
+        catalog_digest_toggle(c, path, len, cur->q.version);
     }
+    catalog_digest_toggle(c, path, len, version);
     cur->q.f = *next;
     cur->q.f.set = 0;
     for (uint32_t i = 0; i < cur->q.n_owners; i++) {
@@ -534,6 +555,7 @@ uint64_t catalog_remove(struct catalog *c, struct cat_node *n,
         }
         RB_REMOVE(cat_tree, &c->tree, d);
         c->n_quotas--;
+        catalog_digest_toggle(c, d->q.path, strlen(d->q.path), d->q.version);
         quota_free(&d->q);
         free(d->agg);
         free(d);
@@ -570,6 +592,7 @@ int catalog_insert_restored(struct catalog *c, struct cat_node *n)
         return ALLOT_EPROTOCOL;
     }
     c->n_quotas++;
+    catalog_digest_toggle(c, n->q.path, strlen(n->q.path), n->q.version);
     return 0;
 }
 

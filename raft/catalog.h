@@ -42,10 +42,16 @@ struct cat_node
 
 RB_HEAD(cat_tree, cat_node);
 
+#define CATALOG_DIGEST_SIZE 16
+
 struct catalog
 {
     struct cat_tree tree;
     uint64_t n_quotas;
+    /* XOR over quotas of BLAKE2b-128(path, NUL, version as 8 bytes little
+     * endian): order-free, so it is kept up to date in O(1) per change and
+     * any holder of (path, version) pairs (an agent) can recompute it. */
+    uint8_t digest[CATALOG_DIGEST_SIZE];
     struct cat_agg top; /* over top-level quotas */
     struct fsm_capacity capacity;
 };
@@ -97,6 +103,11 @@ int catalog_check_capacity(const struct catalog *c,
  * checks that every parent exists (ALLOT_EPROTOCOL otherwise). */
 int catalog_insert_restored(struct catalog *c, struct cat_node *n);
 int catalog_rebuild(struct catalog *c);
+
+/* XOR one quota's term into c->digest (adding and removing are the same
+ * operation). */
+void catalog_digest_toggle(struct catalog *c, const char *path, size_t len,
+                           uint64_t version);
 
 /* Iteration in path order. */
 struct cat_node *catalog_first(const struct catalog *c);

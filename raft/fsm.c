@@ -2218,6 +2218,11 @@ uint64_t fsm_catalog_version(const struct fsm *f)
     return f->st->version;
 }
 
+void fsm_catalog_digest(const struct fsm *f, char hex[33])
+{
+    sodium_bin2hex(hex, 33, f->st->cat.digest, sizeof f->st->cat.digest);
+}
+
 uint64_t fsm_quota_count(const struct fsm *f)
 {
     return f->st->cat.n_quotas;

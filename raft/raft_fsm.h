@@ -179,6 +179,10 @@ struct raft_fsm *fsm_raft(struct fsm *f);
 /* --- Reads (on the state applied so far) -------------------------------- */
 
 uint64_t fsm_catalog_version(const struct fsm *f);
+/* The catalog's order-free digest (raft/catalog.h explains it), as 32 hex
+ * digits: what servers announce by gossip with the catalog version, so a
+ * host can check the rules it pulled. O(1). */
+void fsm_catalog_digest(const struct fsm *f, char hex[33]);
 uint64_t fsm_quota_count(const struct fsm *f);
 
 /* The quota at path, or NULL. Valid until the next apply or restore. */

@@ -36,6 +36,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -75,6 +76,10 @@ struct hnode
     const char *extra[EXTRA_ARGS_MAX + 1];
     uint16_t http_port; /* 0: no --http (harness_set_http) */
     char http_addr[32];
+    uint16_t gossip_port; /* 0: no --gossip (harness_set_gossip) */
+    char gossip_addr[32];
+    char gossip_keyring[600]; /* DIR/nodeN.keyring, the node's own copy */
+    char gossip_seeds[32];
 };
 
 static struct
@@ -93,6 +98,8 @@ static struct
     const char *const *extra;
     bool secure;                   /* harness_set_secure */
     bool http;                     /* harness_set_http */
+    char gossip_keyring[600];      /* harness_set_gossip; "" for none */
+    char gossip_seed[32];          /* the first gossip node's address */
     bool has_identity;             /* harness_set_identity */
     struct auth_identity identity; /* signs harness_call */
     char endpoints[HARNESS_NODES_MAX * 32];
@@ -341,10 +348,13 @@ static int wait_pid(pid_t pid, int timeout_ms, int *status)
 
 /* n distinct free ports: every socket stays bound until all are read back,
  * so the kernel cannot hand out the same port twice. */
+/* raft, client, http, gossip */
+#define PORTS_PER_NODE_MAX 4
+
 static void alloc_ports(uint16_t *ports, unsigned n)
 {
-    int fds[2 * HARNESS_NODES_MAX];
-    ck_assert_uint_le(n, 2 * HARNESS_NODES_MAX);
+    int fds[PORTS_PER_NODE_MAX * HARNESS_NODES_MAX];
+    ck_assert_uint_le(n, PORTS_PER_NODE_MAX * HARNESS_NODES_MAX);
     for (unsigned i = 0; i < n; i++) {
         struct sockaddr_in sa = {.sin_family = AF_INET};
         sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -514,6 +524,8 @@ void harness_begin(const char *test_name)
     H.extra = NULL;
     H.secure = false;
     H.http = false;
+    H.gossip_keyring[0] = '\0';
+    H.gossip_seed[0] = '\0';
     H.has_identity = false;
     memset(&H.identity, 0, sizeof H.identity);
     H.ctl_runs = 0;
@@ -661,6 +673,36 @@ void harness_set_http(bool http)
     H.http = http;
 }
 
+void harness_set_gossip(const char *keyring)
+{
+    snprintf(H.gossip_keyring, sizeof H.gossip_keyring, "%s",
+             keyring != NULL ? keyring : "");
+    H.gossip_seed[0] = '\0';
+}
+
+/* Give node id --gossip 127.0.0.1:port, its own copy of the keyring (a
+ * rotation rewrites it) and the first gossip node as its seed. */
+static void node_set_gossip(unsigned id, uint16_t port)
+{
+    struct hnode *n = &H.nodes[id];
+    n->gossip_port = port;
+    snprintf(n->gossip_addr, sizeof n->gossip_addr, "127.0.0.1:%u",
+             (unsigned)port);
+    snprintf(n->gossip_keyring, sizeof n->gossip_keyring, "%s/node%u.keyring",
+             H.dir, id);
+    size_t len;
+    char *text = read_file(H.gossip_keyring, &len);
+    ck_assert_msg(text != NULL, "cannot read %s", H.gossip_keyring);
+    FILE *f = fopen(n->gossip_keyring, "w");
+    ck_assert_msg(f != NULL && fwrite(text, 1, len, f) == len && fclose(f) == 0,
+                  "cannot write %s", n->gossip_keyring);
+    free(text);
+    if (H.gossip_seed[0] == '\0') {
+        memcpy(H.gossip_seed, n->gossip_addr, sizeof H.gossip_seed);
+    }
+    memcpy(n->gossip_seeds, H.gossip_seed, sizeof n->gossip_seeds);
+}
+
 void harness_set_identity(const struct auth_identity *id)
 {
     H.has_identity = id != NULL;
@@ -729,6 +771,14 @@ static void node_spawn(unsigned id)
         argv[a++] = "--http";
         argv[a++] = n->http_addr;
     }
+    if (n->gossip_port != 0) {
+        argv[a++] = "--gossip";
+        argv[a++] = n->gossip_addr;
+        argv[a++] = "--gossip-keyring";
+        argv[a++] = n->gossip_keyring;
+        argv[a++] = "--gossip-seeds";
+        argv[a++] = n->gossip_seeds;
+    }
     for (unsigned k = 0; n->extra[k] != NULL && a < ARGS_MAX - 1; k++) {
         argv[a++] = n->extra[k];
     }
@@ -767,10 +817,11 @@ void harness_cluster_start(unsigned count)
 {
     ck_assert_uint_ge(count, 1);
     ck_assert_uint_le(count, HARNESS_NODES_MAX);
-    uint16_t ports[2 * HARNESS_NODES_MAX];
-    /* With --http, a third port per node, allocated with the others. */
-    unsigned per_node = H.http ? 3 : 2;
-    ck_assert_uint_le(per_node * count, 2 * HARNESS_NODES_MAX);
+    uint16_t ports[PORTS_PER_NODE_MAX * HARNESS_NODES_MAX];
+    /* With --http and --gossip, more ports per node, allocated with the
+     * others: raft and client ports first, then http, then gossip. */
+    bool gossip = H.gossip_keyring[0] != '\0';
+    unsigned per_node = 2u + (H.http ? 1u : 0u) + (gossip ? 1u : 0u);
     alloc_ports(ports, per_node * count);
     char cluster[1024] = "";
     size_t off = 0;
@@ -787,6 +838,9 @@ void harness_cluster_start(unsigned count)
         if (H.http) {
             node_set_http(i + 1, ports[2 * count + i]);
         }
+        if (gossip) {
+            node_set_gossip(i + 1, ports[(H.http ? 3u : 2u) * count + i]);
+        }
     }
     for (unsigned i = 0; i < count; i++) {
         node_spawn(i + 1);
@@ -798,11 +852,15 @@ void harness_node_join(unsigned id, unsigned via)
     ck_assert_uint_ne(id, via);
     char via_addr[32];
     memcpy(via_addr, node_get(via)->client_addr, sizeof via_addr);
-    uint16_t ports[3];
-    alloc_ports(ports, H.http ? 3 : 2);
+    uint16_t ports[PORTS_PER_NODE_MAX];
+    bool gossip = H.gossip_keyring[0] != '\0';
+    alloc_ports(ports, 2u + (H.http ? 1u : 0u) + (gossip ? 1u : 0u));
     node_prepare(id, ports[0], ports[1]);
     if (H.http) {
         node_set_http(id, ports[2]);
+    }
+    if (gossip) {
+        node_set_gossip(id, ports[H.http ? 3 : 2]);
     }
     H.nodes[id].join = true;
     memcpy(H.nodes[id].mode_arg, via_addr, sizeof via_addr);
@@ -887,6 +945,16 @@ const char *harness_node_raft_addr(unsigned id)
 const char *harness_node_log(unsigned id)
 {
     return node_get(id)->log_path;
+}
+
+const char *harness_node_gossip_addr(unsigned id)
+{
+    return node_get(id)->gossip_addr;
+}
+
+const char *harness_node_gossip_keyring(unsigned id)
+{
+    return node_get(id)->gossip_keyring;
 }
 
 const char *harness_node_http_addr(unsigned id)
@@ -1607,4 +1675,75 @@ unsigned harness_raw_exchange(int fd, const void *buf, size_t len,
     fcntl(fd, F_SETFL, fl);
     *closed = peer_closed;
     return got;
+}
+
+/* --- Other processes (allot-agent) ---------------------------------------- */
+
+static char proc_log_path[sizeof H.dir + 80];
+
+const char *harness_proc_log(const char *name)
+{
+    snprintf(proc_log_path, sizeof proc_log_path, "%s/%s.log", H.dir, name);
+    return proc_log_path;
+}
+
+pid_t harness_proc_start(const char *name, char *const argv[])
+{
+    ck_assert_msg(H.begun, "harness_proc_start before harness_begin");
+    char log[sizeof proc_log_path];
+    snprintf(log, sizeof log, "%s", harness_proc_log(name));
+    pid_t pid = spawn(argv, log, NULL, true);
+    ck_assert_msg(pid > 0, "cannot start %s (%s)", name, argv[0]);
+    record_pid(pid, name);
+    harness_log("started %s: pid %d, log %s", name, (int)pid, log);
+    return pid;
+}
+
+int harness_proc_stop(pid_t pid, int sig, int *status)
+{
+    kill(pid, sig);
+    if (wait_pid(pid, HARNESS_EXIT_WAIT_MS, status)) {
+        return 0;
+    }
+    kill(pid, SIGKILL);
+    wait_pid(pid, HARNESS_EXIT_WAIT_MS, status);
+    return -1;
+}
+
+bool harness_proc_exited(pid_t pid, int *status)
+{
+    return waitpid(pid, status, WNOHANG) == pid;
+}
+
+void harness_assert_log_clean(const char *path)
+{
+    char *text = read_file(path, NULL);
+    char line[512];
+    bool found = find_sanitizer_report(text, line, sizeof line);
+    free(text);
+    ck_assert_msg(!found, "sanitizer report in %s: %s", path, line);
+}
+
+int harness_unix_connect(const char *path, int timeout_ms)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path) {
+        return -1;
+    }
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    double deadline = harness_now() + timeout_ms / 1000.0;
+    for (;;) {
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            return -1;
+        }
+        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
+            return fd;
+        }
+        close(fd);
+        if (harness_now() >= deadline) {
+            return -1;
+        }
+        harness_sleep_ms(20);
+    }
 }

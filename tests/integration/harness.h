@@ -98,6 +98,12 @@ void harness_set_secure(bool secure);
  * also get --http 127.0.0.1:PORT, a free port allocated with their others;
  * a restart keeps it. Reset (off) by harness_begin(). */
 void harness_set_http(bool http);
+/* Nodes started after this call also get --gossip 127.0.0.1:PORT (a free
+ * port allocated with their others), --gossip-keyring with their own copy
+ * of the keyring file at `keyring` (DIR/nodeN.keyring: a rotation rewrites
+ * it) and --gossip-seeds with the first such node's gossip address. NULL:
+ * off (the default; reset by harness_begin()). */
+void harness_set_gossip(const char *keyring);
 
 /* Sign every harness_call() from now on with id (copied), and so
  * harness_status(), harness_wait_leader() and harness_wait_converged(),
@@ -131,6 +137,9 @@ pid_t harness_node_pid(unsigned id);
 const char *harness_node_client_addr(unsigned id);
 const char *harness_node_raft_addr(unsigned id);
 const char *harness_node_log(unsigned id);
+/* Node id's --gossip address and keyring file ("" without gossip). */
+const char *harness_node_gossip_addr(unsigned id);
+const char *harness_node_gossip_keyring(unsigned id);
 /* Node id's --http address ("" without harness_set_http) and port (0). */
 const char *harness_node_http_addr(unsigned id);
 uint16_t harness_node_http_port(unsigned id);
@@ -291,5 +300,32 @@ unsigned harness_raw_exchange(int fd, const void *buf, size_t len,
                               unsigned want, int timeout_ms,
                               harness_reply_cb cb, void *arg, bool *closed,
                               unsigned *bad);
+
+/* --- Other processes (allot-agent) ---------------------------------------- */
+
+/* Start argv (argv[0] a path; NULL-terminated) as a helper process of this
+ * test: stdout and stderr appended to DIR/NAME.log, dying with the test,
+ * listed in the pids file like the nodes. Asserts it started; returns its
+ * PID. harness_end() does not stop it: the test does, with
+ * harness_proc_stop(). */
+pid_t harness_proc_start(const char *name, char *const argv[]);
+
+/* DIR/NAME.log of a helper process. Valid until the next call. */
+const char *harness_proc_log(const char *name);
+
+/* Send sig to pid (one harness_proc_start() returned) and wait up to
+ * HARNESS_EXIT_WAIT_MS for it: 0 and *status (waitpid's) when it exited,
+ * -1 if not (it is then SIGKILLed and reaped). */
+int harness_proc_stop(pid_t pid, int sig, int *status);
+
+/* Has it exited (reaped here, *status set)? Never blocks. */
+bool harness_proc_exited(pid_t pid, int *status);
+
+/* Fail the test if the log at path holds a sanitizer report. */
+void harness_assert_log_clean(const char *path);
+
+/* A blocking connection to the Unix stream socket at path, retried until
+ * timeout_ms while the socket does not exist or refuses; -1 on failure. */
+int harness_unix_connect(const char *path, int timeout_ms);
 
 #endif /* ALLOT_HARNESS_H */

@@ -8,6 +8,7 @@
 #include <msgpack.h>
 #include <raft.h>
 #include <raft/fixture.h>
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -1377,6 +1378,9 @@ static void assert_same_state(struct fsm *a, struct fsm *b)
     digest(b, db);
     ck_assert_str_eq(da, db);
     assert_same_audit(a, b);
+    fsm_catalog_digest(a, da);
+    fsm_catalog_digest(b, db);
+    ck_assert_str_eq(da, db);
     ck_assert_uint_eq(fsm_catalog_version(a), fsm_catalog_version(b));
     ck_assert_uint_eq(fsm_quota_count(a), fsm_quota_count(b));
     ck_assert_uint_eq(fsm_session_count(a), fsm_session_count(b));
@@ -1454,6 +1458,73 @@ START_TEST(snapshot_restore_round_trip)
     ck_assert_uint_eq(fsm_session_count(F), 0);
     ck_assert_uint_eq(fsm_session_count(g), 0);
     fsm_close(g);
+}
+END_TEST
+
+/* The digest a host would compute from (path, version) pairs alone. */
+static void host_digest(struct fsm *f, const char *const *paths, unsigned n,
+                        char hex[33])
+{
+    unsigned char x[16] = {0};
+    for (unsigned i = 0; i < n; i++) {
+        const struct quota *q = fsm_get(f, paths[i], strlen(paths[i]));
+        ck_assert_ptr_nonnull(q);
+        unsigned char h[16], term[9] = {0};
+        for (unsigned b = 0; b < 8; b++) {
+            term[1 + b] = (unsigned char)(q->version >> (8 * b));
+        }
+        crypto_generichash_state st;
+        crypto_generichash_init(&st, NULL, 0, sizeof h);
+        crypto_generichash_update(&st, (const unsigned char *)paths[i],
+                                  strlen(paths[i]));
+        crypto_generichash_update(&st, term, sizeof term);
+        crypto_generichash_final(&st, h, sizeof h);
+        for (unsigned b = 0; b < 16; b++) {
+            x[b] ^= h[b];
+        }
+    }
+    sodium_bin2hex(hex, 33, x, sizeof x);
+}
+
+START_TEST(catalog_digest_follows_changes)
+{
+    static const char zero[] = "00000000000000000000000000000000";
+    char hex[33], want[33];
+    fsm_catalog_digest(F, hex);
+    ck_assert_str_eq(hex, zero);
+    apply1(F, cmd_set("org", "max_apps=10"), T0);
+    apply1(F, cmd_set("org/a", "max_apps=2"), T0 + 1);
+    apply1(F, cmd_set("org/b", "max_apps=3"), T0 + 2);
+    const char *const all[] = {"org", "org/a", "org/b"};
+    fsm_catalog_digest(F, hex);
+    host_digest(F, all, 3, want);
+    ck_assert_str_eq(hex, want);
+    /* An update changes it (new version) ... */
+    char before[33];
+    memcpy(before, hex, sizeof before);
+    apply1(F, cmd_set("org/a", "max_apps=4"), T0 + 3);
+    fsm_catalog_digest(F, hex);
+    ck_assert_str_ne(hex, before);
+    host_digest(F, all, 3, want);
+    ck_assert_str_eq(hex, want);
+    /* ... a refused write does not ... */
+    memcpy(before, hex, sizeof before);
+    apply1(F, cmd_set("org/a", "max_apps=40"), T0 + 4); /* > parent's 10 */
+    fsm_catalog_digest(F, hex);
+    ck_assert_str_eq(hex, before);
+    /* ... a restored replica has the same ... */
+    struct fsm *g;
+    ck_assert_int_eq(fsm_init(&g), 0);
+    ck_assert_int_eq(snapshot_restore(g, snapshot_take(F)), 0);
+    fsm_catalog_digest(g, want);
+    ck_assert_str_eq(hex, want);
+    fsm_close(g);
+    /* ... and removing everything brings it back to zero. */
+    struct fsm_cmd rm = cmd_rm("org");
+    rm.recursive = true;
+    apply1(F, rm, T0 + 5);
+    fsm_catalog_digest(F, hex);
+    ck_assert_str_eq(hex, zero);
 }
 END_TEST
 
@@ -2460,6 +2531,7 @@ static Suite *fsm_suite(void)
     tc = tcase_create("snapshot");
     tcase_add_checked_fixture(tc, fsm_setup, fsm_teardown);
     tcase_add_test(tc, snapshot_restore_round_trip);
+    tcase_add_test(tc, catalog_digest_follows_changes);
     tcase_add_test(tc, snapshot_of_empty);
     tcase_add_test(tc, snapshot_restore_node_addresses);
     tcase_add_test(tc, restore_hand_built);
