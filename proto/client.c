@@ -53,6 +53,8 @@ struct allot_client
     bool has_identity;
     struct auth_identity id;
     char token[129];
+    int cancel_fd;  /* -1: not interruptible (allot_client_set_cancel_fd) */
+    bool cancelled; /* the cancel fd became readable: every call ends */
 };
 
 int allot_client_open(const char *endpoints, int timeout_ms,
@@ -63,6 +65,7 @@ int allot_client_open(const char *endpoints, int timeout_ms,
         return allot_errf(errmsg, ALLOT_ENOMEM, "out of memory");
     }
     c->fd = -1;
+    c->cancel_fd = -1;
     c->timeout_ms = timeout_ms > 0 ? timeout_ms : 10000;
     c->next_id = 1;
     c->next_seq = 1;
@@ -140,6 +143,11 @@ void allot_client_set_identity(struct allot_client *c,
     c->has_identity = true;
 }
 
+void allot_client_set_cancel_fd(struct allot_client *c, int fd)
+{
+    c->cancel_fd = fd;
+}
+
 void allot_client_set_timeout(struct allot_client *c, int timeout_ms)
 {
     c->timeout_ms = timeout_ms > 0 ? timeout_ms : 10000;
@@ -156,16 +164,23 @@ static int64_t ms_until(uint64_t deadline_ns)
     return now >= deadline_ns ? 0 : (int64_t)((deadline_ns - now) / 1000000u);
 }
 
-/* Wait for fd to be ready for events; 0 ready, -1 timeout or error. */
-static int wait_fd(int fd, short events, uint64_t deadline_ns)
+/* Wait for fd to be ready for events; 0 ready, -1 timeout, error or
+ * cancellation (c->cancelled then set). */
+static int wait_fd(struct allot_client *c, int fd, short events,
+                   uint64_t deadline_ns)
 {
     for (;;) {
         int64_t ms = ms_until(deadline_ns);
-        if (ms <= 0) {
+        if (ms <= 0 || c->cancelled) {
             return -1;
         }
-        struct pollfd pfd = {.fd = fd, .events = events};
-        int rv = poll(&pfd, 1, (int)ms);
+        struct pollfd pfd[2] = {{.fd = fd, .events = events},
+                                {.fd = c->cancel_fd, .events = POLLIN}};
+        int rv = poll(pfd, c->cancel_fd >= 0 ? 2 : 1, (int)ms);
+        if (rv > 0 && c->cancel_fd >= 0 && pfd[1].revents != 0) {
+            c->cancelled = true;
+            return -1;
+        }
         if (rv > 0) {
             return 0;
         }
@@ -190,7 +205,7 @@ static int conn_open(struct allot_client *c, uint64_t deadline_ns)
     if (rv != 0) {
         int err = 0;
         socklen_t len = sizeof err;
-        if (wait_fd(fd, POLLOUT, deadline_ns) != 0 ||
+        if (wait_fd(c, fd, POLLOUT, deadline_ns) != 0 ||
             getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
             close(fd);
             return -1;
@@ -202,8 +217,10 @@ static int conn_open(struct allot_client *c, uint64_t deadline_ns)
     return 0;
 }
 
-static int send_all(int fd, const char *p, size_t n, uint64_t deadline_ns)
+static int send_all(struct allot_client *c, const char *p, size_t n,
+                    uint64_t deadline_ns)
 {
+    int fd = c->fd;
     while (n > 0) {
         ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
         if (w > 0) {
@@ -212,7 +229,7 @@ static int send_all(int fd, const char *p, size_t n, uint64_t deadline_ns)
             continue;
         }
         if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
-            if (wait_fd(fd, POLLOUT, deadline_ns) != 0) {
+            if (wait_fd(c, fd, POLLOUT, deadline_ns) != 0) {
                 return -1;
             }
             continue;
@@ -261,7 +278,7 @@ static int recv_reply(struct allot_client *c, uint64_t id, uint64_t deadline_ns,
         if (wire_rbuf_reserve(&c->rbuf, 65536, &tail, &avail) != 0) {
             return -1;
         }
-        if (wait_fd(c->fd, POLLIN, deadline_ns) != 0) {
+        if (wait_fd(c, c->fd, POLLIN, deadline_ns) != 0) {
             return -1;
         }
         ssize_t r = recv(c->fd, tail, avail, 0);
@@ -273,12 +290,40 @@ static int recv_reply(struct allot_client *c, uint64_t id, uint64_t deadline_ns,
     }
 }
 
-static void sleep_ms(int64_t ms)
+/* Sleep ms milliseconds, or until the cancel fd becomes readable. */
+static void sleep_ms(struct allot_client *c, int64_t ms)
 {
+    if (c->cancel_fd >= 0) {
+        uint64_t deadline = clock_mono_ns() + (uint64_t)ms * 1000000u;
+        for (;;) {
+            int64_t left = ms_until(deadline);
+            if (left <= 0 || c->cancelled) {
+                return;
+            }
+            struct pollfd pfd = {.fd = c->cancel_fd, .events = POLLIN};
+            int rv = poll(&pfd, 1, (int)left);
+            if (rv > 0) {
+                c->cancelled = true;
+                return;
+            }
+            if (rv < 0 && errno != EINTR) {
+                return;
+            }
+        }
+    }
     struct timespec ts = {.tv_sec = ms / 1000,
                           .tv_nsec = (long)(ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
     }
+}
+
+/* The answer of a call or watch ended by the cancel fd. */
+static int cancelled_reply(struct allot_reply *rep)
+{
+    rep->code = ALLOT_ESHUTDOWN;
+    rep->result = NULL;
+    snprintf(rep->message, sizeof rep->message, "cancelled");
+    return rep->code;
 }
 
 /* One request frame into sb (initialized here; the caller destroys it on
@@ -353,6 +398,9 @@ int allot_client_call(struct allot_client *c, const char *op,
     char last_problem[128] = "no attempt made";
 
     for (;;) {
+        if (c->cancelled) {
+            return cancelled_reply(rep);
+        }
         if (ms_until(deadline) <= 0) {
             rep->code = ALLOT_ETIMEOUT;
             snprintf(rep->message, sizeof rep->message,
@@ -381,7 +429,7 @@ int allot_client_call(struct allot_client *c, const char *op,
                      "request larger than %u bytes", WIRE_FRAME_MAX);
             return rep->code;
         }
-        int rv = send_all(c->fd, sb.data, sb.size, attempt_deadline);
+        int rv = send_all(c, sb.data, sb.size, attempt_deadline);
         msgpack_sbuffer_destroy(&sb);
         /* A write may wait on validators (up to their --timeout-ms): once
          * it is sent, wait for its answer until the call's deadline rather
@@ -406,7 +454,7 @@ int allot_client_call(struct allot_client *c, const char *op,
          * dead node should cost one connect, not a sleep. */
         if (c->cur == 0 || c->n_eps == 1 || rep->code == ALLOT_EUNAVAILABLE) {
             int64_t left = ms_until(deadline);
-            sleep_ms(backoff < left ? backoff : left);
+            sleep_ms(c, backoff < left ? backoff : left);
             backoff =
                 backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
         }
@@ -450,6 +498,10 @@ int allot_client_watch(struct allot_client *c, const char *prefix,
     msgpack_unpacked_init(&rep->u);
     int64_t backoff = BACKOFF_MIN_MS;
     for (;;) {
+        if (c->cancelled) {
+            conn_close(c);
+            return cancelled_reply(rep);
+        }
         /* Connect and ask; a node that cannot be reached costs a connect
          * attempt and, once per sweep over the endpoints, a backoff. */
         uint64_t deadline = clock_mono_ns() + ATTEMPT_MAX_MS * 1000000u;
@@ -459,7 +511,7 @@ int allot_client_watch(struct allot_client *c, const char *prefix,
         if ((c->fd >= 0 || conn_open(c, deadline) == 0) &&
             build_request(c, id, "quota.watch", pack_watch, &a, false, 0,
                           &sb) == 0) {
-            sent = send_all(c->fd, sb.data, sb.size, deadline) == 0;
+            sent = send_all(c, sb.data, sb.size, deadline) == 0;
             msgpack_sbuffer_destroy(&sb);
         }
         /* Then read the stream: the start frame, then one frame per change.
@@ -497,7 +549,7 @@ int allot_client_watch(struct allot_client *c, const char *prefix,
         conn_close(c);
         c->cur = (c->cur + 1) % c->n_eps;
         if (c->cur == 0 || c->n_eps == 1) {
-            sleep_ms(backoff);
+            sleep_ms(c, backoff);
             backoff =
                 backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
         }

@@ -44,6 +44,15 @@ void allot_client_set_token(struct allot_client *c, const char *token);
 /* Per-call deadline (ms); also bounds connect and each read. */
 void allot_client_set_timeout(struct allot_client *c, int timeout_ms);
 
+/* Make the client interruptible from another thread: once fd becomes
+ * readable (an eventfd or the read end of a pipe that someone writes to),
+ * every wait inside a call or a watch ends, and the call in progress and
+ * every later one return ALLOT_ESHUTDOWN ("cancelled"). The fd stays the
+ * caller's. -1 (the default) turns this off. Used by liballot to stop its
+ * background watch at allot_close(); a client without it behaves exactly
+ * as before. */
+void allot_client_set_cancel_fd(struct allot_client *c, int fd);
+
 /* Endpoint the last reply came from ("127.0.0.1:7001"). */
 const char *allot_client_endpoint(const struct allot_client *c);
 

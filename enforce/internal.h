@@ -1,0 +1,300 @@
+/* internal.h - liballot's private structures, shared by its modules.
+ *
+ *   allot.c         public API: open/close, decisions, stats, threads
+ *   rules.c         the rule set: mirror, table swaps, handles, shares, the
+ *                   sink rule sources feed (rules_replace/rules_apply_change)
+ *   source_watch.c  interim rule source: pull + watch from allotd
+ *   lkg.c           last-known-good file in data_dir
+ *   epoch.c         safe reclamation of swapped tables
+ *   keys.c slots.c  per-key table, slot pool
+ *   gcra.h          the rate algorithm (pure)
+ *
+ * Data: `struct allot_rule` (a handle) is stable for the instance's life
+ * and holds what must survive rule updates: GCRA words, slots in use,
+ * usage counters. `struct enf_params` (one rule as received) is immutable
+ * once published. `struct enf_table` maps handle ids to params; decisions
+ * reach it through one atomic pointer, and every update publishes a new
+ * table and retires the old one (and replaced params) after a grace period.
+ */
+#ifndef ALLOT_ENFORCE_INTERNAL_H
+#define ALLOT_ENFORCE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "../proto/quota.h"
+#include "allot.h"
+#include "epoch.h"
+#include "gcra.h"
+#include "keys.h"
+#include "slots.h"
+
+/* lib/tree.h must come after every system header. */
+#include "../lib/tree.h"
+
+#define ENF_PER_KEY_DEFAULT     4096u
+#define ENF_MAX_SLOTS_DEFAULT   65536u
+#define ENF_MAX_HANDLES_DEFAULT 65536u
+#define ENF_TICK_US_DEFAULT     1000u
+#define ENF_WINDOW_MS_DEFAULT   10000u
+/* A rule whose tolerance is below this many clock ticks reads the precise
+ * clock: the cached one would quantize its burst away. */
+#define ENF_PRECISE_TICKS 4u
+/* A health-shed request is told to retry after this long. */
+#define ENF_HEALTH_RETRY_NS 100000000u
+/* Instances open at once in one process (slot handles carry the number). */
+#define ENF_INSTANCES_MAX 255u
+
+/* One rule as received, with what the hot path needs precomputed.
+ * Immutable once published, except `link` (the mirror's, writer-only). */
+struct enf_params
+{
+    RB_ENTRY(enf_params) link;
+    char *path; /* owned */
+    uint64_t version;
+    /* The quota's fields enforcement uses (and writes back to disk). */
+    double rate;
+    uint64_t burst;
+    uint64_t max_delay_ms;
+    char *fleet;       /* owned; NULL = "default" (the common case) */
+    uint8_t unit;      /* enum quota_unit */
+    uint8_t share;     /* enum quota_share */
+    uint8_t kind;      /* enum quota_kind */
+    uint8_t on_exceed; /* enum quota_on_exceed */
+    bool per_key;
+    bool precise_clock;
+    bool fast;            /* rate, cached clock: allot_check's fast path */
+    struct gcra_params g; /* rate: this host's share */
+    uint64_t inc1;        /* ticks charged for a cost of 1 */
+    uint64_t units_fp32;  /* units per tick, 32.32 fixed point, rounded up */
+    double local_rate;
+    uint64_t local_burst;
+    uint64_t max_apps; /* capacity: UINT64_MAX = no limit */
+    uint64_t max_memory_mb;
+    uint64_t max_vcores;
+};
+
+RB_HEAD(enf_mirror, enf_params);
+
+/* What a decision reads of one handle's rule, copied out of its params so
+ * the fast path is three dependent loads deep (handle, table, entry). */
+struct enf_entry
+{
+    const struct enf_params *p; /* NULL = no rule */
+    uint64_t inc1;              /* p->inc1 */
+    uint64_t tau;               /* p->g.tau */
+    uint64_t units_fp32;        /* p->units_fp32 */
+    uint64_t version;           /* p->version */
+    uint32_t flags;             /* ENF_ENTRY_* */
+};
+
+#define ENF_ENTRY_FAST    1u /* p->fast */
+#define ENF_ENTRY_PER_KEY 2u /* p->per_key */
+
+/* Immutable once published, except that a writer may append entries past
+ * `n` and then raise `n` (release): no reader can have seen them. Changing
+ * an entry means publishing a new table. */
+struct enf_table
+{
+    uint64_t version;     /* catalog version it reflects */
+    _Atomic uint32_t n;   /* handle ids covered */
+    uint32_t cap;         /* entries allocated */
+    struct enf_entry e[]; /* by handle id */
+};
+
+/* Handles are carved from slabs (cache-line aligned, never freed before
+ * close), so a handle costs its size, not an aligned allocation's. */
+struct enf_slab
+{
+    struct enf_slab *next;
+    uint32_t used;
+    uint32_t cap;
+    alignas(64) unsigned char mem[];
+};
+
+/* Usage counters of one stripe (see epoch.h): monotonic. */
+struct enf_ctr
+{
+    _Atomic uint64_t admitted;
+    _Atomic uint64_t rejected;
+    _Atomic uint64_t shadowed;
+    _Atomic uint64_t delayed;
+    /* Units admitted beyond one per admitted or shadowed decision: the
+     * total cost is admitted + shadowed + cost_extra, so a decision of
+     * cost 1 (every request-counting rule) writes one counter, not two. */
+    _Atomic uint64_t cost_extra;
+};
+
+struct allot_rule
+{
+    alignas(64) _Atomic uint64_t tat; /* rule-wide GCRA word */
+    struct allot *a;
+    uint32_t id;
+    struct keys_table *_Atomic keys; /* per_key rules; set before the
+                                        table that needs it is published */
+    _Atomic uint64_t apps;           /* capacity held now */
+    _Atomic uint64_t memory_mb;
+    _Atomic uint64_t vcores;
+    _Atomic uint64_t peak; /* most apps held in this window */
+    char *path;            /* owned */
+    uint64_t path_hash;    /* keys_hash(0, path): the by_path index */
+    /* Windows, under a->stats_mu (the housekeeping thread rolls them). */
+    struct allot_usage win_base; /* totals when the current window began */
+    struct allot_usage win_last; /* the last complete window */
+    /* Usage counters: a->stripes owned stripes, then the shared one. */
+    struct enf_ctr ctr[];
+};
+
+struct enf_source;
+
+struct allot
+{
+    /* --- Read by every decision --------------------------------------- */
+    alignas(64) struct enf_table *_Atomic table;
+    _Atomic uint64_t now;     /* cached clock, ticks since base_ns */
+    _Atomic uint64_t reserve; /* health: 16-bit reserve per priority */
+    uint64_t base_ns;         /* CLOCK_MONOTONIC at open, minus 1 s */
+    uint64_t keys_seed;
+    unsigned inst;      /* 1..ENF_INSTANCES_MAX */
+    uint32_t slot_salt; /* xor'd into handle generations: a handle of a
+                           closed instance never matches a new one's */
+    bool manual_clock;  /* tests: `now` is set by hand, no clock thread */
+    struct slot_pool slots;
+
+    /* --- Configuration (read-only after open) -------------------------- */
+    char *data_dir;
+    char *fleet;
+    char *servers;
+    char *identity;
+    char *token;
+    double weight;
+    uint32_t per_key_max;
+    uint32_t max_handles;
+    uint32_t stripes; /* counter stripes per rule (the shared one apart) */
+    uint32_t tick_us;
+    uint32_t window_ms;
+    bool gossip_configured;
+
+    /* --- Rule set, under mu -------------------------------------------- */
+    alignas(64) pthread_mutex_t mu;
+    pthread_cond_t cv; /* version advanced, or stopping */
+    struct enf_mirror mirror;
+    uint64_t n_rules;
+    struct allot_rule **by_path; /* open addressing on path_hash */
+    uint32_t by_path_mask;       /* capacity - 1 (a power of two) */
+    struct allot_rule **handles; /* by id */
+    struct enf_slab *slabs;      /* where handles live */
+    uint32_t n_handles;
+    uint32_t cap_handles;
+    bool dirty;       /* the rule set changed since it was saved */
+    bool need_resync; /* a change could not be applied: pull again */
+    _Atomic uint64_t version;
+
+    /* --- Status (atomics, any thread) ---------------------------------- */
+    _Atomic uint64_t server_version;
+    _Atomic uint64_t confirmed_ms;
+    _Atomic uint64_t disk_saved_ms;
+    _Atomic uint64_t disk_version;
+    _Atomic uint64_t pulls;
+    _Atomic uint64_t changes;
+    _Atomic uint64_t resyncs;
+    _Atomic uint64_t persist_errors;
+    _Atomic uint64_t health_bits; /* the double given to allot_set_health */
+    _Atomic uint64_t last_contact_ms;
+    _Atomic int from_disk;
+
+    /* --- Threads -------------------------------------------------------- */
+    pthread_t clock_thr;
+    pthread_t house_thr;
+    bool clock_started;
+    bool house_started;
+    _Atomic int stopping;
+    int cancel_fd; /* eventfd: readable once stopping (ends blocking I/O) */
+    int lock_fd;   /* flock on data_dir/.lock */
+    struct enf_source *source;
+    pthread_mutex_t stats_mu;   /* windows */
+    uint64_t win_start_ms;      /* the current window's start */
+    uint64_t win_last_start_ms; /* the last complete one's */
+};
+
+/* --- rules.c -------------------------------------------------------------- */
+
+/* The fleet as far as this host knows it. Until the gossip member exists,
+ * the host knows only itself. */
+struct enf_fleet_view
+{
+    const char *fleet;   /* this host's fleet */
+    double own_weight;   /* this host's weight */
+    double total_weight; /* sum over the alive members of the fleet */
+    unsigned members;
+};
+
+/* The fraction of a global rate this host enforces: the one place the
+ * share policy lives (docs/enforce.md, "Shares"). */
+double rules_share_fraction(const struct enf_fleet_view *v,
+                            const struct quota_fields *f);
+
+/* Build the params of quota q for this host. ALLOT_ENOMEM. */
+int rules_params_new(struct allot *a, const struct quota *q,
+                     struct enf_params **out);
+void rules_params_free(struct enf_params *p);
+
+/* The sink every rule source feeds (source.h). All take a->mu. */
+
+/* Replace the whole rule set by qs[0..n) at catalog version `version`
+ * (quotas are borrowed). `from_disk`: loaded from data_dir (not marked
+ * dirty, staleness counted from the file's save time). */
+int rules_replace(struct allot *a, const struct quota *qs, size_t n,
+                  uint64_t version, bool from_disk);
+
+/* Apply one change record of a watch ({version, op, path, old, new}).
+ * Versions at or below the rule's own are skipped; records of other
+ * operations only advance the catalog version. A record that cannot be
+ * applied (a quota.set without its new value) sets need_resync. 0 or
+ * ALLOT_EINVALID/ALLOT_ENOMEM. */
+int rules_apply_change(struct allot *a, const msgpack_object *change,
+                       char *errmsg);
+
+/* A server reports its catalog at server_version. */
+void rules_confirm(struct allot *a, uint64_t server_version);
+
+/* Find or create the handle of path (allot_rule). */
+int rules_handle(struct allot *a, const char *path, struct allot_rule **out);
+
+/* Free everything of the rule set (allot_close; no reader may remain). */
+void rules_close(struct allot *a);
+
+/* Pack the current rule set for the file on disk (under mu). */
+struct msgpack_sbuffer;
+int rules_pack_for_disk(struct allot *a, struct msgpack_sbuffer *sb,
+                        uint64_t *version);
+
+/* --- allot.c -------------------------------------------------------------- */
+
+/* For tests: open with a hand-driven clock (no clock thread) and, when
+ * no_threads, no housekeeping thread and no rule source. */
+struct enf_test_hooks
+{
+    bool manual_clock;
+    bool no_threads;
+};
+
+int enf_open(const struct allot_options *opts, const struct enf_test_hooks *h,
+             struct allot **out);
+
+/* Hand-driven clock: set `now` in nanoseconds since the instance's base. */
+void enf_set_now_ns(struct allot *a, uint64_t ns);
+
+/* Roll the usage windows now (the housekeeping thread's work). */
+void enf_roll_windows(struct allot *a);
+
+/* Save the rule set to data_dir now if it changed (0 or ALLOT_EIO). */
+int enf_persist(struct allot *a, bool force);
+
+/* Wake allot_wait_version() callers (after a publish, under mu). */
+void enf_version_advanced(struct allot *a);
+
+#endif /* ALLOT_ENFORCE_INTERNAL_H */

@@ -1,0 +1,670 @@
+/* rules.c - liballot's rule set: what the sources feed, what decisions see.
+ *
+ * Writers (rule sources, allot_rule) hold a->mu. They keep the mirror, an
+ * ordered tree of every rule received (path -> params), and the handles
+ * (path -> struct allot_rule, with a dense id each). Decisions never touch
+ * either: they read the published table, an array from handle id to
+ * params, reached through one atomic pointer.
+ *
+ * An update: build the new params outside the lock (allocation may fail
+ * there and change nothing), then under the lock link them into the mirror,
+ * put the params they replace on the retired list, build and publish a new
+ * table, wait for a grace period (epoch_synchronize) and only then free
+ * the old table and everything retired. A path no handle resolved has no
+ * place in any table, so its replaced params are freed at once.
+ *
+ * Replays are harmless: every rule carries the version of its last change,
+ * and a change at or below the version already held for that path is
+ * skipped. That makes "pull every page, then watch from the first page's
+ * version" converge to the server's state. */
+#include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../lib/lib.h"
+#include "../proto/wire.h"
+#include "internal.h"
+
+static int params_cmp(const struct enf_params *x, const struct enf_params *y)
+{
+    return strcmp(x->path, y->path);
+}
+
+RB_GENERATE_STATIC(enf_mirror, enf_params, link, params_cmp)
+
+/* --- Shares --------------------------------------------------------------- */
+
+double rules_share_fraction(const struct enf_fleet_view *v,
+                            const struct quota_fields *f)
+{
+    /* Until the gossip member reports the fleet, a host knows only itself:
+     * total weight = own weight, so it enforces the whole rate. The shares
+     * issue replaces this view, not this function's callers. */
+    if (v->members <= 1 || !(v->total_weight > 0) || !(v->own_weight > 0)) {
+        return 1.0;
+    }
+    switch (f->share) {
+    case QUOTA_SHARE_EQUAL:
+        return 1.0 / (double)v->members;
+    case QUOTA_SHARE_WEIGHTED:
+    case QUOTA_SHARE_DEMAND: /* demand needs usage reports: weights for now */
+    default:
+        return v->own_weight / v->total_weight;
+    }
+}
+
+/* --- Params --------------------------------------------------------------- */
+
+static uint64_t sat_mul_ticks(double units, double t)
+{
+    double x = units * t + 0.5;
+    return x < 0x1p64 ? (uint64_t)x : UINT64_MAX;
+}
+
+int rules_params_new(struct allot *a, const struct quota *q,
+                     struct enf_params **out)
+{
+    struct enf_params *p = calloc(1, sizeof *p);
+    if (p == NULL) {
+        return ALLOT_ENOMEM;
+    }
+    p->path = strdup(q->path);
+    if (p->path == NULL) {
+        free(p);
+        return ALLOT_ENOMEM;
+    }
+    p->version = q->version;
+    p->rate = q->f.rate;
+    p->burst = q->f.burst;
+    p->max_delay_ms = q->f.max_delay_ms;
+    p->unit = q->f.unit;
+    p->share = q->f.share;
+    if (q->f.fleet[0] != '\0' && strcmp(q->f.fleet, "default") != 0) {
+        p->fleet = strdup(q->f.fleet);
+        if (p->fleet == NULL) {
+            free(p->path);
+            free(p);
+            return ALLOT_ENOMEM;
+        }
+    }
+    p->kind = q->f.kind;
+    p->on_exceed = q->f.on_exceed;
+    p->max_apps = p->max_memory_mb = p->max_vcores = UINT64_MAX;
+    if (p->kind == QUOTA_KIND_RATE) {
+        struct enf_fleet_view v = {.fleet = a->fleet,
+                                   .own_weight = a->weight,
+                                   .total_weight = a->weight,
+                                   .members = 1};
+        double frac = rules_share_fraction(&v, &q->f);
+        double rate = q->f.rate > 0 ? q->f.rate : QUOTA_RATE_MIN;
+        uint64_t burst = q->f.burst > 0 ? q->f.burst : (uint64_t)ceil(rate);
+        p->local_rate = rate * frac;
+        p->local_burst = burst;
+        if (frac < 1.0) {
+            double b = ceil((double)burst * frac);
+            p->local_burst = b < 1 ? 1 : (uint64_t)b;
+        }
+        p->per_key = q->f.per_key;
+        p->g.t = (double)GCRA_TICKS_PER_NS * 1e9 / p->local_rate;
+        p->g.inv_t = 1.0 / p->g.t;
+        p->g.tau = sat_mul_ticks((double)p->local_burst, p->g.t);
+        p->g.max_delay =
+            sat_mul_ticks((double)q->f.max_delay_ms, 1e6 * GCRA_TICKS_PER_NS);
+        p->g.mode = q->f.on_exceed <= QUOTA_EXCEED_DELAY ? q->f.on_exceed
+                                                         : QUOTA_EXCEED_REJECT;
+        uint64_t tick = (uint64_t)a->tick_us * 1000u * GCRA_TICKS_PER_NS;
+        p->precise_clock =
+            !a->manual_clock && p->g.tau < ENF_PRECISE_TICKS * tick;
+        p->fast = !p->precise_clock;
+        p->inc1 = gcra_cost_ticks(&p->g, 1);
+        double u = ceil(0x1p32 / p->g.t);
+        p->units_fp32 = u < 0x1p63 ? (uint64_t)u : (uint64_t)1 << 63;
+    } else {
+        if (q->f.max_apps > 0) {
+            p->max_apps = q->f.max_apps;
+        }
+        if (q->f.max_memory_mb > 0) {
+            p->max_memory_mb = q->f.max_memory_mb;
+        }
+        if (q->f.max_vcores > 0) {
+            p->max_vcores = q->f.max_vcores;
+        }
+    }
+    *out = p;
+    return 0;
+}
+
+void rules_params_free(struct enf_params *p)
+{
+    if (p != NULL) {
+        free(p->path);
+        free(p->fleet);
+        free(p);
+    }
+}
+
+/* Retired params wait here (linked through their mirror link's left
+ * pointer, unused once they leave the mirror) until a grace period passes
+ * after the table that stopped referencing them was published. */
+struct retired
+{
+    struct enf_params *head;
+};
+
+static void retire(struct retired *r, struct enf_params *p)
+{
+    RB_LEFT(p, link) = r->head;
+    r->head = p;
+}
+
+static void free_retired(struct retired *r)
+{
+    while (r->head != NULL) {
+        struct enf_params *p = r->head;
+        r->head = RB_LEFT(p, link);
+        rules_params_free(p);
+    }
+}
+
+/* --- Tables --------------------------------------------------------------- */
+
+/* The handle of path, or NULL. Under mu. */
+static struct allot_rule *handle_find(struct allot *a, const char *path)
+{
+    if (a->by_path == NULL) {
+        return NULL;
+    }
+    uint64_t h = keys_hash(0, path);
+    for (uint32_t i = (uint32_t)h;; i++) {
+        struct allot_rule *r = a->by_path[i & a->by_path_mask];
+        if (r == NULL) {
+            return NULL;
+        }
+        if (r->path_hash == h && strcmp(r->path, path) == 0) {
+            return r;
+        }
+    }
+}
+
+static void by_path_put(struct allot_rule **slots, uint32_t mask,
+                        struct allot_rule *r)
+{
+    uint32_t i = (uint32_t)r->path_hash;
+    while (slots[i & mask] != NULL) {
+        i++;
+    }
+    slots[i & mask] = r;
+}
+
+/* Room in the index for one more handle (kept at most half full). */
+static int by_path_reserve(struct allot *a)
+{
+    uint32_t cap = a->by_path != NULL ? a->by_path_mask + 1u : 0;
+    if ((a->n_handles + 1u) * 2u <= cap) {
+        return 0;
+    }
+    uint32_t ncap = cap ? cap * 2u : 64u;
+    struct allot_rule **slots = calloc(ncap, sizeof *slots);
+    if (slots == NULL) {
+        return ALLOT_ENOMEM;
+    }
+    for (uint32_t i = 0; i < a->n_handles; i++) {
+        by_path_put(slots, ncap - 1u, a->handles[i]);
+    }
+    free(a->by_path);
+    a->by_path = slots;
+    a->by_path_mask = ncap - 1u;
+    return 0;
+}
+
+static struct enf_params *mirror_find(struct allot *a, const char *path)
+{
+    struct enf_params key = {.path = (char *)path};
+    return RB_FIND(enf_mirror, &a->mirror, &key);
+}
+
+/* A per_key rule needs its handle's key table before any decision can see
+ * the rule: allocate it now (once; it is never freed before close). */
+static void ensure_keys(struct allot *a, struct allot_rule *h,
+                        const struct enf_params *p)
+{
+    if (p != NULL && p->per_key &&
+        atomic_load_explicit(&h->keys, memory_order_relaxed) == NULL) {
+        struct keys_table *k = keys_new(a->per_key_max);
+        /* NULL (out of memory): decisions on this rule say ALLOT_ENOMEM. */
+        atomic_store_explicit(&h->keys, k, memory_order_release);
+    }
+}
+
+static void entry_set(struct enf_entry *e, const struct enf_params *p)
+{
+    memset(e, 0, sizeof *e);
+    e->p = p;
+    if (p != NULL) {
+        e->inc1 = p->inc1;
+        e->tau = p->g.tau;
+        e->units_fp32 = p->units_fp32;
+        e->version = p->version;
+        e->flags = (p->fast ? ENF_ENTRY_FAST : 0u) |
+                   (p->per_key ? ENF_ENTRY_PER_KEY : 0u);
+    }
+}
+
+static uint32_t table_cap(uint32_t n)
+{
+    uint32_t cap = 16;
+    while (cap < n && cap < (1u << 31)) {
+        cap <<= 1;
+    }
+    return cap;
+}
+
+/* Publish a table for every handle, built from the mirror (changed ==
+ * NULL), or from the current table with one handle's entry replaced. Then
+ * wait out readers and free the old table and the retired params. Under
+ * mu. On ALLOT_ENOMEM nothing is published; retired params stay retired
+ * (the old table may still point to them) until the next publish.
+ *
+ * A handle just created (id == the table's n) whose entry fits in the
+ * table's spare capacity is appended in place instead: nothing a reader
+ * could see changes, so no copy and no grace period. */
+static int publish(struct allot *a, struct allot_rule *changed,
+                   const struct enf_params *p_changed, struct retired *r)
+{
+    struct enf_table *old =
+        atomic_load_explicit(&a->table, memory_order_relaxed);
+    uint32_t n = a->n_handles;
+    uint32_t old_n = old != NULL ? atomic_load(&old->n) : 0;
+    if (changed != NULL && old != NULL && changed->id == old_n &&
+        n == old_n + 1 && old_n < old->cap && r->head == NULL) {
+        ensure_keys(a, changed, p_changed);
+        entry_set(&old->e[old_n], p_changed);
+        atomic_store_explicit(&old->n, n, memory_order_release);
+        return 0;
+    }
+    uint32_t cap = table_cap(n);
+    struct enf_table *t = malloc(sizeof *t + (size_t)cap * sizeof t->e[0]);
+    if (t == NULL) {
+        return ALLOT_ENOMEM;
+    }
+    t->cap = cap;
+    t->version = atomic_load_explicit(&a->version, memory_order_relaxed);
+    if (changed != NULL && old != NULL && old_n <= n) {
+        memcpy(t->e, old->e, (size_t)old_n * sizeof t->e[0]);
+        for (uint32_t i = old_n; i < n; i++) {
+            const struct enf_params *p = mirror_find(a, a->handles[i]->path);
+            ensure_keys(a, a->handles[i], p);
+            entry_set(&t->e[i], p);
+        }
+        ensure_keys(a, changed, p_changed);
+        entry_set(&t->e[changed->id], p_changed);
+    } else {
+        for (uint32_t i = 0; i < n; i++) {
+            const struct enf_params *p = mirror_find(a, a->handles[i]->path);
+            ensure_keys(a, a->handles[i], p);
+            entry_set(&t->e[i], p);
+        }
+    }
+    atomic_init(&t->n, n);
+    atomic_store_explicit(&a->table, t, memory_order_seq_cst); /* epoch.h */
+    epoch_synchronize();
+    free(old);
+    free_retired(r);
+    return 0;
+}
+
+void enf_version_advanced(struct allot *a)
+{
+    pthread_cond_broadcast(&a->cv);
+}
+
+/* --- The sink ------------------------------------------------------------- */
+
+int rules_replace(struct allot *a, const struct quota *qs, size_t n,
+                  uint64_t version, bool from_disk)
+{
+    struct retired fresh = {NULL};
+    for (size_t i = 0; i < n; i++) {
+        struct enf_params *p;
+        if (rules_params_new(a, &qs[i], &p) != 0) {
+            free_retired(&fresh);
+            return ALLOT_ENOMEM;
+        }
+        retire(&fresh, p); /* a plain list for now */
+    }
+    pthread_mutex_lock(&a->mu);
+    struct retired r = {NULL};
+    struct enf_params *p, *next;
+    for (p = RB_MIN(enf_mirror, &a->mirror); p != NULL; p = next) {
+        next = RB_NEXT(enf_mirror, &a->mirror, p);
+        RB_REMOVE(enf_mirror, &a->mirror, p);
+        retire(&r, p);
+    }
+    a->n_rules = 0;
+    while (fresh.head != NULL) {
+        p = fresh.head;
+        fresh.head = RB_LEFT(p, link);
+        struct enf_params *dup = RB_INSERT(enf_mirror, &a->mirror, p);
+        if (dup != NULL) { /* the same path twice: keep the newer */
+            if (dup->version >= p->version) {
+                rules_params_free(p);
+                continue;
+            }
+            RB_REMOVE(enf_mirror, &a->mirror, dup);
+            retire(&r, dup);
+            RB_INSERT(enf_mirror, &a->mirror, p);
+        } else {
+            a->n_rules++;
+        }
+    }
+    atomic_store(&a->version, version);
+    a->need_resync = false;
+    int rv = publish(a, NULL, NULL, &r);
+    if (rv != 0) {
+        /* Tables and mirror disagree until the next publish succeeds; the
+         * old table still points to r's params, so they must stay. */
+        a->need_resync = true;
+        LOGE("enforce", "rule table not published", "err=%s",
+             allot_error_name(rv));
+    }
+    if (from_disk) {
+        atomic_store(&a->from_disk, 1);
+    } else {
+        a->dirty = true;
+        atomic_store(&a->from_disk, 0);
+    }
+    enf_version_advanced(a);
+    pthread_mutex_unlock(&a->mu);
+    return rv;
+}
+
+/* Replace or remove (p == NULL) the rule at path. Under mu. */
+static int set_rule(struct allot *a, const char *path, struct enf_params *p,
+                    uint64_t version)
+{
+    struct enf_params *cur = mirror_find(a, path);
+    if (cur != NULL && cur->version > version) {
+        rules_params_free(p); /* a replay of an older change */
+        return 0;
+    }
+    struct retired r = {NULL};
+    if (cur != NULL) {
+        RB_REMOVE(enf_mirror, &a->mirror, cur);
+        a->n_rules--;
+    }
+    if (p != NULL) {
+        RB_INSERT(enf_mirror, &a->mirror, p);
+        a->n_rules++;
+    }
+    a->dirty = true;
+    struct allot_rule *h = handle_find(a, path);
+    if (h == NULL) {
+        rules_params_free(cur); /* in no table */
+        return 0;
+    }
+    if (cur != NULL) {
+        retire(&r, cur);
+    }
+    int rv = publish(a, h, p, &r);
+    if (rv != 0) {
+        a->need_resync = true;
+        /* Unreachable from any table but the old one, which stays. */
+    }
+    return rv;
+}
+
+static bool str_is(const msgpack_object *o, const char *s)
+{
+    return o != NULL && wire_str_eq(o, s);
+}
+
+int rules_apply_change(struct allot *a, const msgpack_object *change,
+                       char *errmsg)
+{
+    uint64_t version;
+    const char *path;
+    size_t path_len;
+    int rv = wire_get_u64(change, "version", true, &version, errmsg);
+    if (rv == 0) {
+        rv = wire_get_str(change, "path", true, &path, &path_len, errmsg);
+    }
+    if (rv != 0) {
+        return rv;
+    }
+    const msgpack_object *op = wire_map_get(change, "op");
+    const msgpack_object *nv = wire_map_get(change, "new");
+    bool is_set = str_is(op, "quota.set"), is_rm = str_is(op, "quota.rm");
+    struct enf_params *p = NULL;
+    char pathbuf[QUOTA_PATH_MAX + 1];
+    if (is_set || is_rm) {
+        if (quota_path_check(path, path_len, errmsg) != 0) {
+            return ALLOT_EINVALID;
+        }
+        memcpy(pathbuf, path, path_len);
+        pathbuf[path_len] = '\0';
+    }
+    bool unusable = false;
+    if (is_set && nv != NULL && nv->type == MSGPACK_OBJECT_MAP) {
+        struct quota q;
+        rv = quota_unpack(nv, &q, errmsg);
+        if (rv == 0 && strcmp(q.path, pathbuf) != 0) {
+            rv = allot_errf(errmsg, ALLOT_EINVALID,
+                            "change at %s carries quota %s", pathbuf, q.path);
+        }
+        if (rv == 0) {
+            rv = rules_params_new(a, &q, &p);
+        }
+        quota_free(&q);
+        if (rv != 0) {
+            return rv;
+        }
+    } else if (is_set) {
+        /* The server could not encode the new value (it records none when
+         * out of memory): only a full read can tell what it is. */
+        unusable = true;
+    }
+    pthread_mutex_lock(&a->mu);
+    if (version <= atomic_load(&a->version)) {
+        pthread_mutex_unlock(&a->mu);
+        rules_params_free(p);
+        return 0; /* already applied */
+    }
+    if (is_set && !unusable) {
+        rv = set_rule(a, pathbuf, p, version);
+    } else if (is_rm) {
+        rv = set_rule(a, pathbuf, NULL, version);
+    }
+    if (unusable) {
+        a->need_resync = true;
+    }
+    atomic_store(&a->version, version);
+    atomic_fetch_add(&a->changes, 1);
+    atomic_store(&a->from_disk, 0);
+    enf_version_advanced(a);
+    pthread_mutex_unlock(&a->mu);
+    rules_confirm(a, version);
+    return rv;
+}
+
+void rules_confirm(struct allot *a, uint64_t server_version)
+{
+    uint64_t sv = atomic_load(&a->server_version);
+    while (sv < server_version &&
+           !atomic_compare_exchange_weak(&a->server_version, &sv,
+                                         server_version)) {
+    }
+    uint64_t now = clock_wall_ms();
+    atomic_store(&a->last_contact_ms, now);
+    if (atomic_load(&a->version) >= server_version) {
+        atomic_store(&a->confirmed_ms, now);
+        atomic_store(&a->from_disk, 0);
+    }
+}
+
+/* --- Handles -------------------------------------------------------------- */
+
+#define SLAB_HANDLES 64u
+
+static size_t handle_stride(const struct allot *a)
+{
+    size_t size = offsetof(struct allot_rule, ctr) +
+                  (a->stripes + 1u) * sizeof(struct enf_ctr);
+    return (size + 63u) & ~(size_t)63u;
+}
+
+/* A zeroed, cache-line aligned handle from the current slab (a new slab
+ * when it is full). Under mu. */
+static struct allot_rule *handle_alloc(struct allot *a)
+{
+    size_t stride = handle_stride(a);
+    struct enf_slab *s = a->slabs;
+    if (s == NULL || s->used == s->cap) {
+        size_t bytes = sizeof *s + SLAB_HANDLES * stride;
+        s = aligned_alloc(64, (bytes + 63u) & ~(size_t)63u);
+        if (s == NULL) {
+            return NULL;
+        }
+        memset(s, 0, sizeof *s);
+        s->cap = SLAB_HANDLES;
+        s->next = a->slabs;
+        a->slabs = s;
+    }
+    struct allot_rule *h =
+        (struct allot_rule *)(void *)(s->mem + s->used * stride);
+    memset(h, 0, stride);
+    s->used++;
+    return h;
+}
+
+/* Give back the handle handle_alloc() returned last. Under mu. */
+static void handle_unalloc(struct allot *a)
+{
+    a->slabs->used--;
+}
+
+int rules_handle(struct allot *a, const char *path, struct allot_rule **out)
+{
+    char msg[ALLOT_ERRMSG_SIZE];
+    if (path == NULL || quota_path_check(path, strlen(path), msg) != 0) {
+        return ALLOT_EINVALID;
+    }
+    pthread_mutex_lock(&a->mu);
+    struct allot_rule *h = handle_find(a, path);
+    if (h != NULL) {
+        pthread_mutex_unlock(&a->mu);
+        *out = h;
+        return 0;
+    }
+    int rv = ALLOT_ETOO_BIG;
+    if (a->n_handles >= a->max_handles) {
+        goto err_unlock;
+    }
+    rv = ALLOT_ENOMEM;
+    if (by_path_reserve(a) != 0) {
+        goto err_unlock;
+    }
+    if (a->n_handles == a->cap_handles) {
+        uint32_t cap = a->cap_handles ? a->cap_handles * 2u : 64u;
+        struct allot_rule **hs = realloc(a->handles, cap * sizeof *hs);
+        if (hs == NULL) {
+            goto err_unlock;
+        }
+        a->handles = hs;
+        a->cap_handles = cap;
+    }
+    h = handle_alloc(a);
+    if (h == NULL) {
+        goto err_unlock;
+    }
+    h->path = strdup(path);
+    if (h->path == NULL) {
+        goto err_after_handle;
+    }
+    h->a = a;
+    h->id = a->n_handles;
+    a->handles[a->n_handles++] = h;
+    h->path_hash = keys_hash(0, path);
+    by_path_put(a->by_path, a->by_path_mask, h);
+    struct retired r = {NULL};
+    rv = publish(a, h, mirror_find(a, path), &r);
+    if (rv != 0) {
+        /* Keep the handle (ids are dense); the next publish covers it.
+         * Decisions on it see no rule until then. */
+        a->need_resync = true;
+    }
+    pthread_mutex_unlock(&a->mu);
+    *out = h;
+    return 0;
+
+err_after_handle:
+    handle_unalloc(a);
+err_unlock:
+    pthread_mutex_unlock(&a->mu);
+    return rv;
+}
+
+/* --- Disk and close ------------------------------------------------------- */
+
+int rules_pack_for_disk(struct allot *a, msgpack_sbuffer *sb, uint64_t *version)
+{
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+    *version = atomic_load(&a->version);
+    if (a->n_rules > UINT32_MAX) {
+        return ALLOT_ETOO_BIG;
+    }
+    msgpack_pack_array(&pk, (uint32_t)a->n_rules);
+    struct enf_params *p;
+    RB_FOREACH(p, enf_mirror, &a->mirror)
+    {
+        struct quota q = {.path = p->path, .version = p->version};
+        q.f.kind = p->kind;
+        q.f.on_exceed = p->on_exceed;
+        q.f.max_delay_ms = p->max_delay_ms;
+        if (p->kind == QUOTA_KIND_RATE) {
+            q.f.rate = p->rate;
+            q.f.burst = p->burst;
+            q.f.unit = p->unit;
+            q.f.share = p->share;
+            q.f.per_key = p->per_key;
+            snprintf(q.f.fleet, sizeof q.f.fleet, "%s",
+                     p->fleet != NULL ? p->fleet : "default");
+        } else {
+            q.f.max_apps = p->max_apps == UINT64_MAX ? 0 : p->max_apps;
+            q.f.max_memory_mb =
+                p->max_memory_mb == UINT64_MAX ? 0 : p->max_memory_mb;
+            q.f.max_vcores = p->max_vcores == UINT64_MAX ? 0 : p->max_vcores;
+        }
+        quota_pack(&pk, &q);
+    }
+    return 0;
+}
+
+void rules_close(struct allot *a)
+{
+    struct enf_params *p, *next;
+    for (p = RB_MIN(enf_mirror, &a->mirror); p != NULL; p = next) {
+        next = RB_NEXT(enf_mirror, &a->mirror, p);
+        RB_REMOVE(enf_mirror, &a->mirror, p);
+        rules_params_free(p);
+    }
+    for (uint32_t i = 0; i < a->n_handles; i++) {
+        struct allot_rule *h = a->handles[i];
+        free(atomic_load(&h->keys));
+        free(h->path);
+    }
+    while (a->slabs != NULL) {
+        struct enf_slab *s = a->slabs;
+        a->slabs = s->next;
+        free(s);
+    }
+    free(a->handles);
+    a->handles = NULL;
+    free(a->by_path);
+    a->by_path = NULL;
+    a->n_handles = a->cap_handles = 0;
+    free(atomic_load(&a->table));
+    atomic_store(&a->table, NULL);
+}

@@ -1,0 +1,610 @@
+/* test_enforce_agent.c - allot-agent processes beside real allotd nodes.
+ *
+ *   agent_badinput     malformed frames and requests on the agent's socket
+ *                      get `protocol` / `invalid` / `not_found` answers and
+ *                      change nothing; an oversized length closes only that
+ *                      connection; a frame split across writes is answered
+ *   agent_disconnect   slots held by a connection are given back when it
+ *                      closes; one connection cannot release another's
+ *   e2e                3 allotd + 2 agents: a rule set through allotctl
+ *                      reaches both agents and is enforced; a change
+ *                      reaches both; every server is killed and enforcement
+ *                      goes on; an agent restarted with every server down
+ *                      enforces the rules it saved
+ *
+ * The agent is $ALLOT_AGENT (set by meson). Rates are chosen so that no
+ * refill happens within any test's run time (0.001/s), so counts are exact
+ * however slow the machine. */
+#include <check.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "harness.h"
+#include "wire.h"
+
+#define CTL_OK(...)                                                   \
+    do {                                                              \
+        struct harness_ctl r_;                                        \
+        harness_ctl(&r_, NULL, __VA_ARGS__, (const char *)NULL);      \
+        ck_assert_msg(r_.status == 0, "allotctl failed: %s", r_.err); \
+        harness_ctl_free(&r_);                                        \
+    } while (0)
+
+#define WAIT_MS 60000
+
+/* --- Agents ----------------------------------------------------------------
+ */
+
+struct agent
+{
+    char name[16];
+    char data_dir[600];
+    char socket[600];
+    pid_t pid;
+};
+
+static const char *agent_bin(void)
+{
+    const char *p = getenv("ALLOT_AGENT");
+    ck_assert_msg(p != NULL, "ALLOT_AGENT is not set");
+    return p;
+}
+
+static void agent_start(struct agent *ag, const char *name, const char *servers)
+{
+    snprintf(ag->name, sizeof ag->name, "%s", name);
+    snprintf(ag->data_dir, sizeof ag->data_dir, "%s/%s-data", harness_dir(),
+             name);
+    snprintf(ag->socket, sizeof ag->socket, "%s/%s.sock", harness_dir(), name);
+    char *argv[12];
+    int n = 0;
+    argv[n++] = (char *)agent_bin();
+    argv[n++] = "--data-dir";
+    argv[n++] = ag->data_dir;
+    argv[n++] = "--socket";
+    argv[n++] = ag->socket;
+    argv[n++] = "--fleet";
+    argv[n++] = "web";
+    if (servers != NULL) {
+        argv[n++] = "--servers";
+        argv[n++] = (char *)servers;
+    }
+    argv[n] = NULL;
+    ag->pid = harness_proc_start(name, argv);
+}
+
+static void agent_stop(struct agent *ag)
+{
+    int status;
+    ck_assert_msg(harness_proc_stop(ag->pid, SIGTERM, &status) == 0,
+                  "%s did not exit after SIGTERM", ag->name);
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                  "%s: %s after SIGTERM (want exited 0)", ag->name,
+                  harness_status_text(status));
+    harness_assert_log_clean(harness_proc_log(ag->name));
+}
+
+static int agent_connect(const struct agent *ag)
+{
+    int fd = harness_unix_connect(ag->socket, WAIT_MS);
+    ck_assert_msg(fd >= 0, "cannot connect to %s", ag->socket);
+    return fd;
+}
+
+/* A request frame {"id", "op", "args": {...}}; args packed by the caller
+ * between begin and end. */
+static void req_begin(msgpack_sbuffer *sb, msgpack_packer *pk, uint64_t id,
+                      const char *op, uint32_t n_args)
+{
+    msgpack_sbuffer_init(sb);
+    wire_frame_start(sb, pk);
+    msgpack_pack_map(pk, 3);
+    wire_pack_kv_u64(pk, "id", id);
+    wire_pack_kv_str(pk, "op", op);
+    wire_pack_str(pk, "args");
+    msgpack_pack_map(pk, n_args);
+}
+
+/* Send sb (destroyed) and read the reply into rep; asserts one arrives. */
+static void req_end(int fd, msgpack_sbuffer *sb, struct harness_reply *rep)
+{
+    ck_assert_int_eq(wire_frame_finish(sb), 0);
+    ck_assert_int_eq(harness_raw_send(fd, sb->data, sb->size), 0);
+    msgpack_sbuffer_destroy(sb);
+    ck_assert_int_eq(harness_raw_recv(fd, WAIT_MS, rep), 1);
+}
+
+static bool get_bool(const msgpack_object *m, const char *k)
+{
+    const msgpack_object *v = wire_map_get(m, k);
+    ck_assert_msg(v != NULL && v->type == MSGPACK_OBJECT_BOOLEAN,
+                  "no boolean %s", k);
+    return v->via.boolean;
+}
+
+static uint64_t get_u64(const msgpack_object *m, const char *k)
+{
+    const msgpack_object *v = wire_map_get(m, k);
+    ck_assert_msg(v != NULL && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER,
+                  "no integer %s", k);
+    return v->via.u64;
+}
+
+static uint64_t next_id = 1;
+
+/* check: 1 allowed, 0 rejected; asserts an ok reply. */
+static int check(int fd, const char *path, const char *key)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    req_begin(&sb, &pk, next_id, "check", key ? 2 : 1);
+    wire_pack_kv_str(&pk, "path", path);
+    if (key != NULL) {
+        wire_pack_kv_str(&pk, "key", key);
+    }
+    struct harness_reply rep;
+    req_end(fd, &sb, &rep);
+    ck_assert_msg(rep.ok, "check %s: %s %s", path, rep.error, rep.message);
+    ck_assert_uint_eq(rep.id, next_id++);
+    int allowed = get_bool(rep.result, "allowed");
+    harness_reply_destroy(&rep);
+    return allowed;
+}
+
+static int count_admitted(int fd, const char *path, int tries)
+{
+    int n = 0;
+    for (int i = 0; i < tries; i++) {
+        n += check(fd, path, NULL);
+    }
+    return n;
+}
+
+/* acquire: the slot, or 0 when refused. */
+static uint64_t acquire(int fd, const char *path)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    req_begin(&sb, &pk, next_id++, "acquire", 1);
+    wire_pack_kv_str(&pk, "path", path);
+    struct harness_reply rep;
+    req_end(fd, &sb, &rep);
+    ck_assert_msg(rep.ok, "acquire %s: %s %s", path, rep.error, rep.message);
+    uint64_t slot =
+        get_bool(rep.result, "allowed") ? get_u64(rep.result, "slot") : 0;
+    harness_reply_destroy(&rep);
+    return slot;
+}
+
+/* release: 0 or the error code. */
+static int release(int fd, uint64_t slot)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    req_begin(&sb, &pk, next_id++, "release", 1);
+    wire_pack_kv_u64(&pk, "slot", slot);
+    struct harness_reply rep;
+    req_end(fd, &sb, &rep);
+    int code = rep.code;
+    harness_reply_destroy(&rep);
+    return code;
+}
+
+/* The agent's stats, decoded into a few numbers. */
+struct agent_stats
+{
+    uint64_t catalog_version;
+    uint64_t rules;
+    uint64_t slots_in_use;
+    bool from_disk;
+    uint64_t admitted; /* of `path`, if given */
+    uint64_t rejected;
+};
+
+static void stats(int fd, const char *path, struct agent_stats *st)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    req_begin(&sb, &pk, next_id++, "stats", path ? 1 : 0);
+    if (path != NULL) {
+        wire_pack_kv_str(&pk, "path", path);
+    }
+    struct harness_reply rep;
+    req_end(fd, &sb, &rep);
+    ck_assert_msg(rep.ok, "stats: %s %s", rep.error, rep.message);
+    memset(st, 0, sizeof *st);
+    st->catalog_version = get_u64(rep.result, "catalog_version");
+    st->rules = get_u64(rep.result, "rules");
+    st->slots_in_use = get_u64(rep.result, "slots_in_use");
+    st->from_disk = get_bool(rep.result, "from_disk");
+    const msgpack_object *rs = wire_map_get(rep.result, "rule_stats");
+    ck_assert(rs != NULL && rs->type == MSGPACK_OBJECT_ARRAY);
+    if (path != NULL) {
+        ck_assert_uint_eq(rs->via.array.size, 1);
+        const msgpack_object *total =
+            wire_map_get(&rs->via.array.ptr[0], "total");
+        st->admitted = get_u64(total, "admitted");
+        st->rejected = get_u64(total, "rejected");
+    }
+    harness_reply_destroy(&rep);
+}
+
+/* Poll until the agent's rules reach catalog version v. */
+static void wait_version(int fd, uint64_t v)
+{
+    double t0 = harness_now();
+    struct agent_stats st;
+    for (;;) {
+        stats(fd, NULL, &st);
+        if (st.catalog_version >= v) {
+            break;
+        }
+        ck_assert_msg(harness_now() - t0 < WAIT_MS / 1000.0,
+                      "agent stays at version %llu, want %llu",
+                      (unsigned long long)st.catalog_version,
+                      (unsigned long long)v);
+        harness_sleep_ms(20);
+    }
+    harness_log("agent reached version %llu in %.3f s", (unsigned long long)v,
+                harness_now() - t0);
+}
+
+static uint64_t cluster_version(void)
+{
+    struct harness_status st;
+    ck_assert_int_eq(harness_wait_converged(WAIT_MS, &st), 0);
+    return st.catalog_version;
+}
+
+/* A raw frame body (any bytes) with its header. */
+static void send_raw_frame(int fd, const void *body, uint32_t len)
+{
+    char hdr[WIRE_HEADER_LEN];
+    wire_frame_header(hdr, len);
+    ck_assert_int_eq(harness_raw_send(fd, hdr, sizeof hdr), 0);
+    if (len > 0) {
+        ck_assert_int_eq(harness_raw_send(fd, body, len), 0);
+    }
+}
+
+/* Read a reply and assert it is the error `code`. */
+static void expect_error(int fd, const char *code, const char *what)
+{
+    struct harness_reply rep;
+    ck_assert_int_eq(harness_raw_recv(fd, WAIT_MS, &rep), 1);
+    ck_assert_msg(!rep.ok && strcmp(rep.error, code) == 0,
+                  "%s: want error %s, got %s (%s)", what, code,
+                  rep.ok ? "ok" : rep.error, rep.message);
+    harness_reply_destroy(&rep);
+}
+
+/* Send a request whose args map holds one pair packed by the caller. */
+typedef void (*arg_fn)(msgpack_packer *pk);
+
+static void bad_request(int fd, const char *op, arg_fn fn, const char *code,
+                        const char *what)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    req_begin(&sb, &pk, next_id++, op, 2);
+    wire_pack_kv_str(&pk, "path", "org/api");
+    fn(&pk);
+    ck_assert_int_eq(wire_frame_finish(&sb), 0);
+    ck_assert_int_eq(harness_raw_send(fd, sb.data, sb.size), 0);
+    msgpack_sbuffer_destroy(&sb);
+    expect_error(fd, code, what);
+}
+
+static void a_cost_negative(msgpack_packer *pk)
+{
+    wire_pack_str(pk, "cost");
+    msgpack_pack_int64(pk, -5);
+}
+static void a_cost_string(msgpack_packer *pk)
+{
+    wire_pack_kv_str(pk, "cost", "1");
+}
+static void a_prio_big(msgpack_packer *pk)
+{
+    wire_pack_kv_u64(pk, "prio", 7);
+}
+static void a_key_nul(msgpack_packer *pk)
+{
+    wire_pack_str(pk, "key");
+    wire_pack_strn(pk, "a\0b", 3);
+}
+static void a_key_long(msgpack_packer *pk)
+{
+    static char k[2000];
+    memset(k, 'k', sizeof k - 1);
+    wire_pack_kv_str(pk, "key", k);
+}
+static void a_key_int(msgpack_packer *pk)
+{
+    wire_pack_kv_u64(pk, "key", 3);
+}
+static void a_mem_string(msgpack_packer *pk)
+{
+    wire_pack_kv_str(pk, "memory_mb", "lots");
+}
+
+/* --- Tests -----------------------------------------------------------------
+ */
+
+static void rules_setup(void)
+{
+    CTL_OK("quota", "set", "org", "kind=rate", "rate=1000");
+    CTL_OK("quota", "set", "org/api", "rate=0.001", "burst=5");
+    CTL_OK("quota", "set", "batch", "kind=capacity", "max_apps=2");
+}
+
+START_TEST(agent_badinput)
+{
+    harness_begin("agent_badinput");
+    harness_cluster_start(1);
+    ck_assert_uint_ne(harness_wait_leader(WAIT_MS), 0);
+    rules_setup();
+    uint64_t v = cluster_version();
+    struct agent ag;
+    agent_start(&ag, "agent1", harness_endpoints(0));
+    int fd = agent_connect(&ag);
+    wait_version(fd, v);
+
+    /* Not msgpack at all; truncated; trailing bytes: protocol, id 0. */
+    const unsigned char junk[] = {0xc1};
+    send_raw_frame(fd, junk, sizeof junk);
+    expect_error(fd, "protocol", "reserved byte");
+    const unsigned char truncated[] = {0x85, 0xa2, 'i', 'd'};
+    send_raw_frame(fd, truncated, sizeof truncated);
+    expect_error(fd, "protocol", "truncated map");
+    const unsigned char huge_array[] = {0xdd, 0xff, 0xff, 0xff, 0xff};
+    send_raw_frame(fd, huge_array, sizeof huge_array);
+    expect_error(fd, "protocol", "array claiming 4G elements");
+    send_raw_frame(fd, NULL, 0);
+    expect_error(fd, "protocol", "empty body");
+    /* Well-formed, not a request. */
+    const unsigned char array[] = {0x91, 0x01};
+    send_raw_frame(fd, array, sizeof array);
+    expect_error(fd, "invalid", "an array");
+    const unsigned char no_id[] = {0x81, 0xa2, 'o', 'p', 0xa4,
+                                   'p',  'i',  'n', 'g'};
+    send_raw_frame(fd, no_id, sizeof no_id);
+    expect_error(fd, "invalid", "no id");
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    wire_frame_start(&sb, &pk);
+    msgpack_pack_map(&pk, 3);
+    wire_pack_kv_u64(&pk, "id", 77);
+    wire_pack_kv_str(&pk, "op", "check");
+    wire_pack_kv_u64(&pk, "args", 3);
+    ck_assert_int_eq(wire_frame_finish(&sb), 0);
+    ck_assert_int_eq(harness_raw_send(fd, sb.data, sb.size), 0);
+    msgpack_sbuffer_destroy(&sb);
+    expect_error(fd, "invalid", "args not a map");
+    req_begin(&sb, &pk, next_id++, "frobnicate", 0);
+    struct harness_reply rep;
+    req_end(fd, &sb, &rep);
+    ck_assert(!rep.ok && strcmp(rep.error, "invalid") == 0);
+    ck_assert_uint_eq(rep.id, next_id - 1);
+    harness_reply_destroy(&rep);
+    /* Bad arguments. */
+    req_begin(&sb, &pk, next_id++, "check", 0);
+    req_end(fd, &sb, &rep);
+    ck_assert_msg(!rep.ok && strcmp(rep.error, "invalid") == 0, "no path");
+    harness_reply_destroy(&rep);
+    const char *bad_paths[] = {"", "org//api", "../etc", "org/api/", "a b"};
+    for (size_t i = 0; i < sizeof bad_paths / sizeof bad_paths[0]; i++) {
+        req_begin(&sb, &pk, next_id++, "check", 1);
+        wire_pack_kv_str(&pk, "path", bad_paths[i]);
+        req_end(fd, &sb, &rep);
+        ck_assert_msg(!rep.ok && strcmp(rep.error, "invalid") == 0,
+                      "path \"%s\" accepted", bad_paths[i]);
+        harness_reply_destroy(&rep);
+    }
+    bad_request(fd, "check", a_cost_negative, "invalid", "negative cost");
+    bad_request(fd, "check", a_cost_string, "invalid", "string cost");
+    bad_request(fd, "check", a_prio_big, "invalid", "prio 7");
+    bad_request(fd, "check", a_key_nul, "invalid", "key with NUL");
+    bad_request(fd, "check", a_key_long, "invalid", "2 KB key");
+    bad_request(fd, "check", a_key_int, "invalid", "integer key");
+    bad_request(fd, "acquire", a_mem_string, "invalid", "string memory_mb");
+    /* Kinds and absent things. */
+    req_begin(&sb, &pk, next_id++, "check", 1);
+    wire_pack_kv_str(&pk, "path", "batch");
+    req_end(fd, &sb, &rep);
+    ck_assert_msg(!rep.ok && strcmp(rep.error, "invalid") == 0,
+                  "check on a capacity quota");
+    harness_reply_destroy(&rep);
+    ck_assert_int_eq(release(fd, 12345), ALLOT_ENOT_FOUND);
+    req_begin(&sb, &pk, next_id++, "release", 0);
+    req_end(fd, &sb, &rep);
+    ck_assert_msg(!rep.ok && strcmp(rep.error, "invalid") == 0, "no slot");
+    harness_reply_destroy(&rep);
+    req_begin(&sb, &pk, next_id++, "check", 1);
+    wire_pack_kv_str(&pk, "path", "org/none");
+    req_end(fd, &sb, &rep);
+    ck_assert_msg(!rep.ok && strcmp(rep.error, "not_found") == 0,
+                  "path without a rule");
+    harness_reply_destroy(&rep);
+
+    /* Nothing of that changed anything. */
+    struct agent_stats st;
+    stats(fd, "org/api", &st);
+    ck_assert_uint_eq(st.admitted, 0);
+    ck_assert_uint_eq(st.rejected, 0);
+    ck_assert_uint_eq(st.slots_in_use, 0);
+    ck_assert_uint_eq(st.catalog_version, v);
+
+    /* A frame split in two writes is one request. */
+    req_begin(&sb, &pk, next_id, "check", 1);
+    wire_pack_kv_str(&pk, "path", "org/api");
+    ck_assert_int_eq(wire_frame_finish(&sb), 0);
+    ck_assert_int_eq(harness_raw_send(fd, sb.data, 7), 0);
+    harness_sleep_ms(50);
+    ck_assert_int_eq(harness_raw_send(fd, sb.data + 7, sb.size - 7), 0);
+    msgpack_sbuffer_destroy(&sb);
+    ck_assert_int_eq(harness_raw_recv(fd, WAIT_MS, &rep), 1);
+    ck_assert(rep.ok && get_bool(rep.result, "allowed"));
+    ck_assert_uint_eq(rep.id, next_id++);
+    harness_reply_destroy(&rep);
+
+    /* A length over the agent's limit closes that connection only. */
+    int fd2 = agent_connect(&ag);
+    const unsigned char big[] = {0x7f, 0xff, 0xff, 0xff};
+    ck_assert_int_eq(harness_raw_send(fd2, big, sizeof big), 0);
+    ck_assert_int_eq(harness_raw_wait_closed(fd2, WAIT_MS), 1);
+    close(fd2);
+    ck_assert_int_eq(count_admitted(fd, "org/api", 6), 4);
+    stats(fd, "org/api", &st);
+    ck_assert_uint_eq(st.admitted, 5);
+    ck_assert_uint_eq(st.rejected, 2);
+    close(fd);
+    agent_stop(&ag);
+    harness_end();
+}
+END_TEST
+
+START_TEST(agent_disconnect)
+{
+    harness_begin("agent_disconnect");
+    harness_cluster_start(1);
+    ck_assert_uint_ne(harness_wait_leader(WAIT_MS), 0);
+    rules_setup();
+    uint64_t v = cluster_version();
+    struct agent ag;
+    agent_start(&ag, "agent1", harness_endpoints(0));
+    int a = agent_connect(&ag), b = agent_connect(&ag);
+    wait_version(a, v);
+    uint64_t s1 = acquire(a, "batch"), s2 = acquire(a, "batch");
+    ck_assert_uint_ne(s1, 0);
+    ck_assert_uint_ne(s2, 0);
+    ck_assert_uint_eq(acquire(a, "batch"), 0);
+    ck_assert_uint_eq(acquire(b, "batch"), 0);
+    /* b cannot give back what a holds. */
+    ck_assert_int_eq(release(b, s1), ALLOT_ENOT_FOUND);
+    ck_assert_uint_eq(acquire(b, "batch"), 0);
+    /* a releases one itself, twice: the second is not_found. */
+    ck_assert_int_eq(release(a, s2), 0);
+    ck_assert_int_eq(release(a, s2), ALLOT_ENOT_FOUND);
+    uint64_t s3 = acquire(b, "batch");
+    ck_assert_uint_ne(s3, 0);
+    /* a goes away holding s1: it comes back. */
+    close(a);
+    double t0 = harness_now();
+    uint64_t s4 = 0;
+    while (s4 == 0 && harness_now() - t0 < WAIT_MS / 1000.0) {
+        s4 = acquire(b, "batch");
+        if (s4 == 0) {
+            harness_sleep_ms(20);
+        }
+    }
+    ck_assert_msg(s4 != 0, "the closed connection's slot never came back");
+    struct agent_stats st;
+    stats(b, NULL, &st);
+    ck_assert_uint_eq(st.slots_in_use, 2);
+    close(b);
+    /* b's slots too. */
+    int c = agent_connect(&ag);
+    t0 = harness_now();
+    do {
+        stats(c, NULL, &st);
+        if (st.slots_in_use != 0) {
+            harness_sleep_ms(20);
+        }
+    } while (st.slots_in_use != 0 && harness_now() - t0 < WAIT_MS / 1000.0);
+    ck_assert_uint_eq(st.slots_in_use, 0);
+    close(c);
+    agent_stop(&ag);
+    harness_end();
+}
+END_TEST
+
+START_TEST(e2e)
+{
+    harness_begin("e2e");
+    harness_cluster_start(3);
+    ck_assert_uint_ne(harness_wait_leader(WAIT_MS), 0);
+    rules_setup();
+    uint64_t v = cluster_version();
+    char servers[256];
+    snprintf(servers, sizeof servers, "%s", harness_endpoints(0));
+    struct agent ag[2];
+    agent_start(&ag[0], "agent1", servers);
+    agent_start(&ag[1], "agent2", servers);
+    int fd[2];
+    for (int i = 0; i < 2; i++) {
+        fd[i] = agent_connect(&ag[i]);
+        wait_version(fd[i], v);
+        /* burst 5 at 0.001/s: exactly five, on each host (until the
+         * fleet's membership exists, each host holds the whole rate). */
+        ck_assert_int_eq(count_admitted(fd[i], "org/api", 8), 5);
+        ck_assert_uint_ne(acquire(fd[i], "batch"), 0);
+    }
+    /* A change reaches both: burst 8 gives three more. */
+    CTL_OK("quota", "set", "org/api", "burst=8");
+    v = cluster_version();
+    for (int i = 0; i < 2; i++) {
+        wait_version(fd[i], v);
+        ck_assert_int_eq(count_admitted(fd[i], "org/api", 5), 3);
+    }
+    /* Every server dies: decisions go on from the rules in memory. */
+    for (unsigned id = 1; id <= 3; id++) {
+        harness_node_kill(id, SIGKILL);
+        int status;
+        ck_assert_int_eq(harness_wait_exit(id, &status), 0);
+    }
+    harness_log("every server killed");
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(count_admitted(fd[i], "org/api", 3), 0);
+        ck_assert_uint_ne(acquire(fd[i], "batch"), 0);
+        ck_assert_uint_eq(acquire(fd[i], "batch"), 0);
+        struct agent_stats st;
+        stats(fd[i], "org/api", &st);
+        ck_assert_uint_eq(st.catalog_version, v);
+        ck_assert_uint_eq(st.admitted, 8);
+        ck_assert_uint_eq(st.rejected, 3 + 2 + 3);
+    }
+    /* An agent restarted now finds no server: its saved rules rule. */
+    close(fd[1]);
+    agent_stop(&ag[1]);
+    agent_start(&ag[1], "agent2", servers);
+    fd[1] = agent_connect(&ag[1]);
+    struct agent_stats st;
+    stats(fd[1], NULL, &st);
+    ck_assert_uint_eq(st.catalog_version, v);
+    ck_assert_uint_eq(st.rules, 3);
+    ck_assert(st.from_disk);
+    /* A new process starts with full buckets: the new burst, 8. */
+    ck_assert_int_eq(count_admitted(fd[1], "org/api", 10), 8);
+    ck_assert_uint_ne(acquire(fd[1], "batch"), 0);
+    for (int i = 0; i < 2; i++) {
+        close(fd[i]);
+        agent_stop(&ag[i]);
+    }
+    harness_end();
+}
+END_TEST
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("enforce_agent");
+    TCase *tc = tcase_create("agent");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, agent_badinput);
+    tcase_add_test(tc, agent_disconnect);
+    tcase_add_test(tc, e2e);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    return harness_main(suite());
+}
