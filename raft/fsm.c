@@ -76,6 +76,12 @@ struct fsm_state
     struct audit_log audit;
     uint64_t version;
     uint64_t now_ms; /* max leader clock seen: never goes back */
+    /* The clock sessions idle by: advanced with now_ms, but by at most
+     * FSM_SESSION_STEP_MAX_MS per entry, so one entry from a leader whose
+     * wall clock jumped ahead cannot forget every session at once (a write
+     * retried across that entry would apply twice; docs/fault-testing.md,
+     * F2). A function of the log alone, like now_ms. */
+    uint64_t session_clock_ms;
     struct sess_tree sessions;
     struct sess_list lru;
     unsigned n_sessions;
@@ -255,8 +261,8 @@ static void sessions_expire(struct fsm_state *st)
 {
     struct session *s;
     while ((s = TAILQ_FIRST(&st->lru)) != NULL) {
-        bool idle = st->now_ms > s->last_ms &&
-                    st->now_ms - s->last_ms > FSM_SESSION_TTL_MS;
+        bool idle = st->session_clock_ms > s->last_ms &&
+                    st->session_clock_ms - s->last_ms > FSM_SESSION_TTL_MS;
         if (!idle && st->n_sessions <= FSM_SESSIONS_MAX) {
             break;
         }
@@ -1320,7 +1326,7 @@ static void apply_cmd(struct fsm_state *st, const msgpack_object *cmd,
             result_error(r, ALLOT_ENOMEM, NULL);
             return;
         }
-        s->last_ms = st->now_ms;
+        s->last_ms = st->session_clock_ms;
         TAILQ_REMOVE(&st->lru, s, lru);
         TAILQ_INSERT_TAIL(&st->lru, s, lru);
         session_ack(s, ack);
@@ -1611,6 +1617,9 @@ static int fsm_apply_cb(struct raft_fsm *rf, const struct raft_buffer *buf,
         return 0;
     }
     if (time_ms > st->now_ms) {
+        uint64_t step = time_ms - st->now_ms;
+        st->session_clock_ms +=
+            step < FSM_SESSION_STEP_MAX_MS ? step : FSM_SESSION_STEP_MAX_MS;
         st->now_ms = time_ms;
     }
     if (batch_reserve(f, cmds->via.array.size) != 0) {
@@ -1816,7 +1825,7 @@ static void pack_result(msgpack_packer *pk, uint64_t seq,
 
 static void pack_state(msgpack_packer *pk, const struct fsm_state *st)
 {
-    msgpack_pack_map(pk, 12);
+    msgpack_pack_map(pk, 13);
     wire_pack_kv_u64(pk, "format", SNAPSHOT_FORMAT);
     wire_pack_str(pk, "validators");
     msgpack_pack_array(pk, st->n_validators);
@@ -1833,6 +1842,7 @@ static void pack_state(msgpack_packer *pk, const struct fsm_state *st)
     audit_pack(pk, &st->audit);
     wire_pack_kv_u64(pk, "version", st->version);
     wire_pack_kv_u64(pk, "now_ms", st->now_ms);
+    wire_pack_kv_u64(pk, "session_clock_ms", st->session_clock_ms);
     wire_pack_str(pk, "capacity");
     msgpack_pack_array(pk, 2);
     pack_opt_u64(pk, st->cat.capacity.has_memory_mb,
@@ -2065,6 +2075,14 @@ static int unpack_state(const msgpack_object *root, struct fsm_state *st)
         sessions == NULL || sessions->type != MSGPACK_OBJECT_ARRAY ||
         nodes == NULL || nodes->type != MSGPACK_OBJECT_ARRAY ||
         nodes->via.array.size > FSM_NODES_MAX) {
+        return ALLOT_EPROTOCOL;
+    }
+    /* Snapshots written before the session clock existed: sessions idled
+     * by now_ms then, so it starts there. */
+    st->session_clock_ms = st->now_ms;
+    int sc = wire_get_u64(root, "session_clock_ms", false,
+                          &st->session_clock_ms, NULL);
+    if (sc != 0 && sc != ALLOT_ENOT_FOUND) {
         return ALLOT_EPROTOCOL;
     }
     const msgpack_object *cap = wire_map_get(root, "capacity");

@@ -29,6 +29,7 @@
 #define FSM_SESSIONS_MAX        16384  /* clients remembered */
 #define FSM_SESSION_RESULTS_MAX 1024   /* unacknowledged results per client */
 #define FSM_SESSION_TTL_MS      600000 /* a client idle this long is forgotten */
+#define FSM_SESSION_STEP_MAX_MS 60000  /* max session clock step, per entry */
 #define FSM_BATCH_MAX           1024   /* commands in one log entry */
 #define FSM_NODES_MAX           64
 

@@ -653,15 +653,27 @@ START_TEST(first_write_carries_ack)
 }
 END_TEST
 
+/* Entries every 30 s after `from`, the last one at `to`: the session clock
+ * follows the leaders' clock only in steps of at most FSM_SESSION_STEP_MAX_MS
+ * per entry, so idle time is walked, not jumped. */
+static void walk_clock(struct fsm *f, uint64_t from, uint64_t to)
+{
+    for (uint64_t t = from + 30000; t < to; t += 30000) {
+        apply1(f, cmd_rm("idle"), t);
+    }
+    apply1(f, cmd_rm("idle"), to);
+}
+
 START_TEST(session_expires_after_ttl)
 {
     apply1(F, sess(cmd_set("a", "max_apps=1"), 9, 1, 0), T0);
+    walk_clock(F, T0, T0 + FSM_SESSION_TTL_MS / 2);
     apply1(F, sess(cmd_set("b", "max_apps=1"), 10, 1, 0),
            T0 + FSM_SESSION_TTL_MS / 2);
     ck_assert_uint_eq(fsm_session_count(F), 2);
 
     /* Exactly the TTL idle: still remembered. */
-    apply1(F, cmd_rm("idle"), T0 + FSM_SESSION_TTL_MS);
+    walk_clock(F, T0 + FSM_SESSION_TTL_MS / 2, T0 + FSM_SESSION_TTL_MS);
     ck_assert_uint_eq(fsm_session_count(F), 2);
     /* One millisecond more: client 9 is forgotten, client 10 is not. */
     apply1(F, cmd_rm("idle"), T0 + FSM_SESSION_TTL_MS + 1);
@@ -678,13 +690,39 @@ START_TEST(session_expires_after_ttl)
     ck_assert_uint_eq(r->version, 3);
 
     /* Using a session keeps it alive. */
-    uint64_t t = T0 + 3 * FSM_SESSION_TTL_MS;
+    uint64_t t = T0 + FSM_SESSION_TTL_MS + 2;
     apply1(F, sess(cmd_set("c", "max_apps=1"), 11, 1, 0), t);
     for (int i = 1; i <= 4; i++) {
         uint64_t now = t + (uint64_t)i * (FSM_SESSION_TTL_MS - 1);
+        walk_clock(F, now - (FSM_SESSION_TTL_MS - 1), now);
         ck_assert(apply1(F, sess(cmd_rm("c"), 11, 1, 0), now)->duplicate);
     }
     ck_assert_int_eq(session_results(F, 11), 1);
+    /* And idling past the TTL forgets it. */
+    uint64_t end = t + 4 * (FSM_SESSION_TTL_MS - 1);
+    walk_clock(F, end, end + FSM_SESSION_TTL_MS + 1);
+    ck_assert_int_eq(session_results(F, 11), -1);
+}
+END_TEST
+
+/* F2 in docs/fault-testing.md: one entry from a leader whose wall clock is
+ * 11 minutes ahead must not forget the sessions, or a write retried across
+ * it applies twice. */
+START_TEST(session_survives_clock_jump)
+{
+    apply1(F, sess(cmd_set("a", "max_apps=1"), 42, 1, 0), T0);
+    apply1(F, cmd_rm("idle"), T0 + 11 * 60 * 1000);
+    ck_assert_uint_eq(fsm_session_count(F), 1);
+    const struct fsm_result *r = apply1(
+        F, sess(cmd_set("a", "max_apps=1"), 42, 1, 0), T0 + 11 * 60 * 1000);
+    ck_assert(r->duplicate);
+    ck_assert_uint_eq(r->version, 1);
+    /* The retry used the session: it lives TTL more of steady time. */
+    uint64_t t = T0 + 11 * 60 * 1000;
+    walk_clock(F, t, t + FSM_SESSION_TTL_MS);
+    ck_assert_uint_eq(fsm_session_count(F), 1);
+    apply1(F, cmd_rm("idle"), t + FSM_SESSION_TTL_MS + 1);
+    ck_assert_uint_eq(fsm_session_count(F), 0);
 }
 END_TEST
 
@@ -1453,8 +1491,8 @@ START_TEST(snapshot_restore_round_trip)
 
     /* Session time carries over: both forget at the same entry. */
     uint64_t late = T0 + 200 + FSM_SESSION_TTL_MS + 1;
-    apply1(F, cmd_rm("x"), late);
-    apply1(g, cmd_rm("x"), late);
+    walk_clock(F, T0 + 200, late);
+    walk_clock(g, T0 + 200, late);
     ck_assert_uint_eq(fsm_session_count(F), 0);
     ck_assert_uint_eq(fsm_session_count(g), 0);
     fsm_close(g);
@@ -2510,6 +2548,7 @@ static Suite *fsm_suite(void)
     tcase_add_test(tc, ack_prunes_and_refuses);
     tcase_add_test(tc, first_write_carries_ack);
     tcase_add_test(tc, session_expires_after_ttl);
+    tcase_add_test(tc, session_survives_clock_jump);
     tcase_add_test(tc, sessions_bounded);
     tcase_add_test(tc, session_results_bounded);
     suite_add_tcase(s, tc);
