@@ -1,0 +1,229 @@
+/* shares.c - each host's part of a fleet-wide limit (shares.h).
+ *
+ * Determinism is the point: two hosts with the same view must compute the
+ * same parts, or the fleet's parts no longer add up to the limit. Floating
+ * point addition is not associative, so every sum and every walk below
+ * runs in one canonical order (by name, or by a key with name as the tie
+ * breaker), never in the order the caller listed the members. */
+#include "shares.h"
+
+#include <math.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../proto/allot_error.h"
+
+struct ord
+{
+    const struct shares_member *m;
+    size_t i;   /* index in the caller's arrays */
+    double key; /* demand, or a slot remainder */
+};
+
+static int by_name(const void *a, const void *b)
+{
+    const struct ord *x = a, *y = b;
+    return strcmp(x->m->name, y->m->name);
+}
+
+/* Ascending key, then name: the demand walk. */
+static int by_key_up(const void *a, const void *b)
+{
+    const struct ord *x = a, *y = b;
+    if (x->key != y->key) {
+        return x->key < y->key ? -1 : 1;
+    }
+    return by_name(a, b);
+}
+
+/* Descending key, then name: who gets a remaining slot first. */
+static int by_key_down(const void *a, const void *b)
+{
+    const struct ord *x = a, *y = b;
+    if (x->key != y->key) {
+        return x->key > y->key ? -1 : 1;
+    }
+    return by_name(a, b);
+}
+
+/* The members in name order, checked: names present and unique. */
+static int order(const struct shares_member *m, size_t n, struct ord **out)
+{
+    if (n == 0 || n > SHARES_MEMBERS_MAX) {
+        return ALLOT_EINVALID;
+    }
+    struct ord *o = calloc(n, sizeof *o);
+    if (o == NULL) {
+        return ALLOT_ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (m[i].name == NULL) {
+            free(o);
+            return ALLOT_EINVALID;
+        }
+        o[i] = (struct ord){&m[i], i, 0};
+    }
+    qsort(o, n, sizeof *o, by_name);
+    for (size_t i = 1; i < n; i++) {
+        if (strcmp(o[i - 1].m->name, o[i].m->name) == 0) {
+            free(o);
+            return ALLOT_EINVALID;
+        }
+    }
+    *out = o;
+    return 0;
+}
+
+/* Max-min fair division of `total` over the demands (o in name order on
+ * entry, reordered here): the smallest demands are met in full while they
+ * fit an equal part of what is left; the others share the rest equally.
+ * What nobody wants is divided equally among all. */
+static void water_fill(struct ord *o, size_t n, double total, double *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        o[i].key = o[i].m->demand;
+    }
+    qsort(o, n, sizeof *o, by_key_up);
+    double left = total;
+    size_t j = 0;
+    for (; j < n; j++) {
+        double fair = left / (double)(n - j);
+        if (o[j].key > fair) {
+            break;
+        }
+        out[o[j].i] = o[j].key;
+        left -= o[j].key;
+    }
+    if (j < n) {
+        double fair = left / (double)(n - j);
+        for (; j < n; j++) {
+            out[o[j].i] = fair;
+        }
+        return;
+    }
+    /* Every demand met: the rest, equally (name order, for the adds). */
+    qsort(o, n, sizeof *o, by_name);
+    double extra = left / (double)n;
+    for (size_t i = 0; i < n; i++) {
+        out[o[i].i] += extra;
+    }
+}
+
+int shares_rate(enum quota_share policy, double limit,
+                const struct shares_member *m, size_t n, double *out)
+{
+    if (!(limit > 0) || isinf(limit)) {
+        return ALLOT_EINVALID;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!(m[i].weight > 0) || isinf(m[i].weight) || !(m[i].demand >= 0) ||
+            isinf(m[i].demand)) {
+            return ALLOT_EINVALID;
+        }
+    }
+    if (policy != QUOTA_SHARE_EQUAL && policy != QUOTA_SHARE_WEIGHTED &&
+        policy != QUOTA_SHARE_DEMAND) {
+        return ALLOT_EINVALID;
+    }
+    struct ord *o;
+    int rv = order(m, n, &o);
+    if (rv != 0) {
+        return rv;
+    }
+    double dn = (double)n;
+    double floor_each = SHARES_RATE_FLOOR * limit / dn;
+    double rest = limit - floor_each * dn;
+    switch (policy) {
+    case QUOTA_SHARE_EQUAL:
+        for (size_t i = 0; i < n; i++) {
+            out[i] = limit / dn;
+        }
+        break;
+    case QUOTA_SHARE_WEIGHTED: {
+        double w = 0;
+        for (size_t i = 0; i < n; i++) {
+            w += o[i].m->weight;
+        }
+        for (size_t i = 0; i < n; i++) {
+            out[i] = floor_each + rest * (m[i].weight / w);
+        }
+        break;
+    }
+    case QUOTA_SHARE_DEMAND:
+        water_fill(o, n, rest, out);
+        for (size_t i = 0; i < n; i++) {
+            out[i] += floor_each;
+        }
+        break;
+    }
+    free(o);
+    return 0;
+}
+
+int shares_burst(const double *part, double limit, uint64_t burst, size_t n,
+                 uint64_t *out)
+{
+    if (n == 0 || burst == 0 || !(limit > 0) || isinf(limit)) {
+        return ALLOT_EINVALID;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!(part[i] >= 0) || isinf(part[i])) {
+            return ALLOT_EINVALID;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        /* The epsilon keeps an exact quotient (burst 10 over 5 equal
+         * parts: 2) from rounding up to 3 on a last-bit error. */
+        double b = ceil((double)burst * (part[i] / limit) - 1e-9);
+        out[i] = b < 1 ? 1 : b >= 0x1p64 ? UINT64_MAX : (uint64_t)b;
+    }
+    return 0;
+}
+
+int shares_slots(const double *part, uint64_t total,
+                 const struct shares_member *m, size_t n, uint64_t *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!(part[i] >= 0) || isinf(part[i])) {
+            return ALLOT_EINVALID;
+        }
+    }
+    struct ord *o;
+    int rv = order(m, n, &o);
+    if (rv != 0) {
+        return rv;
+    }
+    double sum = 0;
+    for (size_t i = 0; i < n; i++) {
+        sum += part[o[i].i];
+    }
+    if (!(sum > 0)) {
+        free(o);
+        return ALLOT_EINVALID;
+    }
+    uint64_t given = 0;
+    for (size_t i = 0; i < n; i++) {
+        double q = (double)total * (part[o[i].i] / sum);
+        double f = floor(q);
+        uint64_t base = f >= (double)total ? total : (uint64_t)f;
+        out[o[i].i] = base;
+        o[i].key = q - f;
+        given += base;
+    }
+    /* Largest remainders first, ties by name. Rounding of doubles can
+     * leave `given` a little off either way: the same order settles both. */
+    qsort(o, n, sizeof *o, by_key_down);
+    for (size_t i = 0; given < total; i = (i + 1) % n) {
+        out[o[i].i]++;
+        given++;
+    }
+    for (size_t k = n; given > total; k = k > 1 ? k - 1 : n) {
+        if (out[o[k - 1].i] > 0) {
+            out[o[k - 1].i]--;
+            given--;
+        }
+    }
+    free(o);
+    return 0;
+}

@@ -1,0 +1,314 @@
+/* test_shares.c - enforce/shares.c: each host's part of a fleet limit.
+ *
+ *   equal_parts            L/N each, summing to L
+ *   order_free             the same view listed in any order gives every
+ *                          member bit-identical parts (rates, bursts, slots)
+ *   weighted_parts         above the floor, in proportion to weight
+ *   demand_max_min         small demands met in full, the rest divided
+ *                          equally among the others
+ *   demand_all_met         what nobody wants is divided equally
+ *   demand_floor           a member with no demand still holds the floor
+ *   burst_parts            proportional, rounded up, never below 1; the
+ *                          overshoot when members outnumber units
+ *   slot_parts             integer parts summing to the total exactly,
+ *                          remainder ties to the first name, no floor
+ *   refusals               bad views are refused and change nothing */
+#include <check.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../enforce/shares.h"
+#include "allot_error.h"
+
+#define MAXN 64
+
+static double sum_d(const double *x, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++) {
+        s += x[i];
+    }
+    return s;
+}
+
+static uint64_t sum_u(const uint64_t *x, size_t n)
+{
+    uint64_t s = 0;
+    for (size_t i = 0; i < n; i++) {
+        s += x[i];
+    }
+    return s;
+}
+
+static void view(struct shares_member *m, size_t n, char names[][16])
+{
+    for (size_t i = 0; i < n; i++) {
+        snprintf(names[i], 16, "host-%02zu", i);
+        m[i] = (struct shares_member){names[i], 1.0, 0.0};
+    }
+}
+
+START_TEST(equal_parts)
+{
+    char names[3][16];
+    struct shares_member m[3];
+    view(m, 3, names);
+    double out[3];
+    ck_assert_int_eq(shares_rate(QUOTA_SHARE_EQUAL, 10, m, 3, out), 0);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_double_eq(out[i], 10.0 / 3);
+    }
+    ck_assert_double_eq_tol(sum_d(out, 3), 10, 1e-9);
+}
+END_TEST
+
+START_TEST(order_free)
+{
+    /* 40 members with mixed weights and demands; the view reversed and
+     * rotated must give each member exactly the same parts. */
+    enum { N = 40 };
+    char names[N][16];
+    struct shares_member m[N], r[N];
+    view(m, N, names);
+    for (size_t i = 0; i < N; i++) {
+        m[i].weight = 1.0 + (double)(i % 7) * 0.37;
+        m[i].demand = (double)((i * 7919) % 113) * 0.731;
+    }
+    for (size_t i = 0; i < N; i++) {
+        r[i] = m[(N - 1 - i + 13) % N];
+    }
+    const enum quota_share pol[] = {QUOTA_SHARE_EQUAL, QUOTA_SHARE_WEIGHTED,
+                                    QUOTA_SHARE_DEMAND};
+    for (size_t p = 0; p < 3; p++) {
+        double a[N], b[N];
+        uint64_t ba[N], bb[N], sa[N], sb[N];
+        ck_assert_int_eq(shares_rate(pol[p], 1234.5, m, N, a), 0);
+        ck_assert_int_eq(shares_rate(pol[p], 1234.5, r, N, b), 0);
+        ck_assert_int_eq(shares_burst(a, 1234.5, 77, N, ba), 0);
+        ck_assert_int_eq(shares_burst(b, 1234.5, 77, N, bb), 0);
+        ck_assert_int_eq(shares_slots(a, 1001, m, N, sa), 0);
+        ck_assert_int_eq(shares_slots(b, 1001, r, N, sb), 0);
+        ck_assert_uint_eq(sum_u(sa, N), 1001);
+        for (size_t i = 0; i < N; i++) {
+            size_t j = 0;
+            while (strcmp(r[j].name, m[i].name) != 0) {
+                j++;
+            }
+            ck_assert_mem_eq(&a[i], &b[j], sizeof a[i]);
+            ck_assert_uint_eq(ba[i], bb[j]);
+            ck_assert_uint_eq(sa[i], sb[j]);
+        }
+        ck_assert_double_eq_tol(sum_d(a, N), 1234.5, 1e-6);
+    }
+}
+END_TEST
+
+START_TEST(weighted_parts)
+{
+    char names[3][16];
+    struct shares_member m[3];
+    view(m, 3, names);
+    m[0].weight = 1;
+    m[1].weight = 2;
+    m[2].weight = 1;
+    double out[3];
+    ck_assert_int_eq(shares_rate(QUOTA_SHARE_WEIGHTED, 100, m, 3, out), 0);
+    double floor_each = SHARES_RATE_FLOOR * 100 / 3;
+    ck_assert_double_eq_tol(out[0] - floor_each, 95.0 / 4, 1e-9);
+    ck_assert_double_eq_tol(out[1] - floor_each, 95.0 / 2, 1e-9);
+    ck_assert_double_eq_tol(out[2], out[0], 1e-12);
+    ck_assert_double_eq_tol(sum_d(out, 3), 100, 1e-9);
+}
+END_TEST
+
+START_TEST(demand_max_min)
+{
+    char names[4][16];
+    struct shares_member m[4];
+    view(m, 4, names);
+    const double want[] = {300, 10, 200, 20};
+    for (int i = 0; i < 4; i++) {
+        m[i].demand = want[i];
+    }
+    double out[4];
+    ck_assert_int_eq(shares_rate(QUOTA_SHARE_DEMAND, 100, m, 4, out), 0);
+    /* Floor 1.25 each; of the 95 left, 10 and 20 are met, 65 is split. */
+    ck_assert_double_eq_tol(out[1], 11.25, 1e-9);
+    ck_assert_double_eq_tol(out[3], 21.25, 1e-9);
+    ck_assert_double_eq_tol(out[0], 33.75, 1e-9);
+    ck_assert_double_eq_tol(out[2], 33.75, 1e-9);
+    ck_assert_double_eq_tol(sum_d(out, 4), 100, 1e-9);
+}
+END_TEST
+
+START_TEST(demand_all_met)
+{
+    char names[3][16];
+    struct shares_member m[3];
+    view(m, 3, names);
+    m[0].demand = 1;
+    m[1].demand = 2;
+    m[2].demand = 3;
+    double out[3];
+    ck_assert_int_eq(shares_rate(QUOTA_SHARE_DEMAND, 60, m, 3, out), 0);
+    /* Floor 1 each; 57 left, 6 wanted, 51 spread: 17 each. */
+    ck_assert_double_eq_tol(out[0], 19, 1e-9);
+    ck_assert_double_eq_tol(out[1], 20, 1e-9);
+    ck_assert_double_eq_tol(out[2], 21, 1e-9);
+}
+END_TEST
+
+START_TEST(demand_floor)
+{
+    char names[5][16];
+    struct shares_member m[5];
+    view(m, 5, names);
+    for (int i = 1; i < 5; i++) {
+        m[i].demand = 1000;
+    }
+    double out[5];
+    ck_assert_int_eq(shares_rate(QUOTA_SHARE_DEMAND, 50, m, 5, out), 0);
+    ck_assert_double_eq_tol(out[0], SHARES_RATE_FLOOR * 50 / 5, 1e-12);
+    ck_assert(out[0] > 0);
+    ck_assert_double_eq_tol(sum_d(out, 5), 50, 1e-9);
+}
+END_TEST
+
+START_TEST(burst_parts)
+{
+    double part[5] = {2, 2, 2, 2, 2};
+    uint64_t b[5];
+    ck_assert_int_eq(shares_burst(part, 10, 10, 5, b), 0);
+    for (int i = 0; i < 5; i++) {
+        ck_assert_uint_eq(b[i], 2);
+    }
+    /* Members outnumber units: each keeps one, the fleet holds n > burst. */
+    double tiny[10];
+    uint64_t bt[10];
+    for (int i = 0; i < 10; i++) {
+        tiny[i] = 0.5;
+    }
+    ck_assert_int_eq(shares_burst(tiny, 5, 3, 10, bt), 0);
+    for (int i = 0; i < 10; i++) {
+        ck_assert_uint_eq(bt[i], 1);
+    }
+    ck_assert_uint_le(sum_u(bt, 10), 3 + 10);
+    /* Uneven parts round up. */
+    double uneven[2] = {7.5, 2.5};
+    ck_assert_int_eq(shares_burst(uneven, 10, 10, 2, b), 0);
+    ck_assert_uint_eq(b[0], 8);
+    ck_assert_uint_eq(b[1], 3);
+}
+END_TEST
+
+START_TEST(slot_parts)
+{
+    char names[MAXN][16];
+    struct shares_member m[MAXN];
+    view(m, MAXN, names);
+    uint64_t s[MAXN];
+    double eq[MAXN];
+    for (int i = 0; i < MAXN; i++) {
+        eq[i] = 1;
+    }
+    /* 10 over 3: the remainder goes to the first name. */
+    ck_assert_int_eq(shares_slots(eq, 10, m, 3, s), 0);
+    ck_assert_uint_eq(s[0], 4);
+    ck_assert_uint_eq(s[1], 3);
+    ck_assert_uint_eq(s[2], 3);
+    /* 2 over 5: no floor, the sum is exact. */
+    ck_assert_int_eq(shares_slots(eq, 2, m, 5, s), 0);
+    ck_assert_uint_eq(sum_u(s, 5), 2);
+    ck_assert_uint_eq(s[0], 1);
+    ck_assert_uint_eq(s[1], 1);
+    ck_assert_uint_eq(s[4], 0);
+    /* Uneven parts over many totals: always exact, each within one slot
+     * of its proportional value. */
+    double p[MAXN];
+    for (int i = 0; i < MAXN; i++) {
+        p[i] = 0.1 + (double)((i * 37) % 17);
+    }
+    double ps = sum_d(p, MAXN);
+    for (uint64_t total = 0; total < 3000; total += 7) {
+        ck_assert_int_eq(shares_slots(p, total, m, MAXN, s), 0);
+        ck_assert_uint_eq(sum_u(s, MAXN), total);
+        for (int i = 0; i < MAXN; i++) {
+            double q = (double)total * p[i] / ps;
+            ck_assert(fabs((double)s[i] - q) < 1.0 + 1e-9);
+        }
+    }
+}
+END_TEST
+
+START_TEST(refusals)
+{
+    char names[3][16];
+    struct shares_member m[3];
+    view(m, 3, names);
+    double out[3] = {-1, -1, -1};
+    uint64_t s[3] = {7, 7, 7};
+    ck_assert_int_eq(shares_rate(QUOTA_SHARE_EQUAL, 10, m, 0, out),
+                     ALLOT_EINVALID);
+    ck_assert_int_eq(shares_rate(QUOTA_SHARE_EQUAL, 0, m, 3, out),
+                     ALLOT_EINVALID);
+    ck_assert_int_eq(shares_rate(QUOTA_SHARE_EQUAL, NAN, m, 3, out),
+                     ALLOT_EINVALID);
+    ck_assert_int_eq(shares_rate((enum quota_share)9, 10, m, 3, out),
+                     ALLOT_EINVALID);
+    m[1].weight = 0;
+    ck_assert_int_eq(shares_rate(QUOTA_SHARE_WEIGHTED, 10, m, 3, out),
+                     ALLOT_EINVALID);
+    m[1].weight = 1;
+    m[2].demand = -1;
+    ck_assert_int_eq(shares_rate(QUOTA_SHARE_DEMAND, 10, m, 3, out),
+                     ALLOT_EINVALID);
+    m[2].demand = NAN;
+    ck_assert_int_eq(shares_rate(QUOTA_SHARE_DEMAND, 10, m, 3, out),
+                     ALLOT_EINVALID);
+    m[2].demand = 0;
+    m[2].name = m[0].name; /* duplicate */
+    ck_assert_int_eq(shares_rate(QUOTA_SHARE_EQUAL, 10, m, 3, out),
+                     ALLOT_EINVALID);
+    double part[3] = {1, 1, 1};
+    ck_assert_int_eq(shares_slots(part, 5, m, 3, s), ALLOT_EINVALID);
+    m[2].name = NULL;
+    ck_assert_int_eq(shares_rate(QUOTA_SHARE_EQUAL, 10, m, 3, out),
+                     ALLOT_EINVALID);
+    m[2].name = names[2];
+    part[1] = -1;
+    ck_assert_int_eq(shares_slots(part, 5, m, 3, s), ALLOT_EINVALID);
+    double zero[3] = {0, 0, 0};
+    ck_assert_int_eq(shares_slots(zero, 5, m, 3, s), ALLOT_EINVALID);
+    uint64_t b[3] = {7, 7, 7};
+    ck_assert_int_eq(shares_burst(part, 10, 0, 3, b), ALLOT_EINVALID);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_double_eq(out[i], -1);
+        ck_assert_uint_eq(s[i], 7);
+        ck_assert_uint_eq(b[i], 7);
+    }
+}
+END_TEST
+
+int main(void)
+{
+    Suite *su = suite_create("shares");
+    TCase *tc = tcase_create("shares");
+    tcase_add_test(tc, equal_parts);
+    tcase_add_test(tc, order_free);
+    tcase_add_test(tc, weighted_parts);
+    tcase_add_test(tc, demand_max_min);
+    tcase_add_test(tc, demand_all_met);
+    tcase_add_test(tc, demand_floor);
+    tcase_add_test(tc, burst_parts);
+    tcase_add_test(tc, slot_parts);
+    tcase_add_test(tc, refusals);
+    suite_add_tcase(su, tc);
+    SRunner *sr = srunner_create(su);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
