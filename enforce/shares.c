@@ -227,3 +227,38 @@ int shares_slots(const double *part, uint64_t total,
     free(o);
     return 0;
 }
+
+int shares_host_part(struct shares_host *h, enum quota_share policy,
+                     double limit, const struct shares_member *m, size_t n,
+                     size_t self, size_t known, uint64_t now_ms, double *out)
+{
+    if (self >= n || known < n) {
+        return ALLOT_EINVALID;
+    }
+    double *parts = malloc(n * sizeof *parts);
+    if (parts == NULL) {
+        return ALLOT_ENOMEM;
+    }
+    int rv = shares_rate(policy, limit, m, n, parts);
+    double part = parts[self];
+    free(parts);
+    if (rv != 0) {
+        return rv;
+    }
+    if (now_ms - h->joined_ms < h->probation_ms) {
+        double floor_part = SHARES_RATE_FLOOR * limit / (double)n;
+        part = part < floor_part ? part : floor_part;
+    } else if (h->last_part >= 0 && part > h->last_part &&
+               (2 * n <= known ||
+                (h->loss_at != 0 && now_ms - h->loss_at < h->settle_ms))) {
+        part = h->last_part;
+    }
+    h->last_part = part;
+    *out = part;
+    return 0;
+}
+
+void shares_host_loss(struct shares_host *h, uint64_t now_ms)
+{
+    h->loss_at = now_ms > 0 ? now_ms : 1;
+}

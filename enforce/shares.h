@@ -64,4 +64,44 @@ int shares_burst(const double *part, double limit, uint64_t burst, size_t n,
 int shares_slots(const double *part, uint64_t total,
                  const struct shares_member *m, size_t n, uint64_t *out);
 
+/* --- One host's part, from its own view, over time ---------------------
+ * The parts above assume every host holds the same view. While the view
+ * changes they do not, and a host must not take what another may still be
+ * using (docs/enforce.md, "Shares while the fleet changes"):
+ *   - probation: for probation_ms after it joined, a host takes at most
+ *     the floor part (SHARES_RATE_FLOOR of an equal part): the others do
+ *     not count it yet, so a full part would overshoot;
+ *   - no growth while members are failing: for settle_ms after a member
+ *     of its view turned suspect or dead (shares_host_loss), a host does
+ *     not grow past its last part. A partition is seen as a trickle of
+ *     deaths over a suspicion timeout or more; growing at the first ones
+ *     would let both sides grow before either knows how much it lost;
+ *   - no growth without a majority: when the members it can reach (alive
+ *     or suspect, itself included) are not a strict majority of the members
+ *     it knows that did not leave (dead ones included), the host is on the
+ *     small side of a partition, or most of the fleet failed at once: it
+ *     never grows past its last part (it may shrink). Members that left
+ *     gracefully do not count: a scale-in shrinks `known` and the others
+ *     grow at once. Dead members are known until the gossip library
+ *     forgets them (dead_forget_ms, an hour by default). */
+struct shares_host
+{
+    uint64_t joined_ms;    /* when this host joined, on now_ms's clock */
+    uint64_t probation_ms; /* how long a newcomer stays on the floor */
+    double last_part;      /* the part enforced last; < 0: none yet */
+    uint64_t settle_ms;    /* quiet time after a loss before growing */
+    uint64_t loss_at;      /* the last loss seen (0: none) */
+};
+
+/* A member of this host's view turned suspect or dead at now_ms. */
+void shares_host_loss(struct shares_host *h, uint64_t now_ms);
+
+/* This host's rate part. m[0..n) is its view of the rule's fleet (alive
+ * and suspect members, itself at index self), known >= n the members it
+ * knows that did not leave. Updates h->last_part. 0, or shares_rate()'s
+ * refusals (and ALLOT_EINVALID for self >= n or known < n). */
+int shares_host_part(struct shares_host *h, enum quota_share policy,
+                     double limit, const struct shares_member *m, size_t n,
+                     size_t self, size_t known, uint64_t now_ms, double *out);
+
 #endif /* ALLOT_ENFORCE_SHARES_H */

@@ -12,6 +12,8 @@
  *                          overshoot when members outnumber units
  *   slot_parts             integer parts summing to the total exactly,
  *                          remainder ties to the first name, no floor
+ *   host_rules             probation, the quiet period after losses, no
+ *                          growth without a majority, shrinking at once
  *   refusals               bad views are refused and change nothing */
 #include <check.h>
 #include <math.h>
@@ -243,6 +245,58 @@ START_TEST(slot_parts)
 }
 END_TEST
 
+START_TEST(host_rules)
+{
+    char names[20][16];
+    struct shares_member m[20];
+    view(m, 20, names);
+    struct shares_host h = {.joined_ms = 0,
+                            .probation_ms = 5000,
+                            .last_part = -1,
+                            .settle_ms = 16000};
+    double p;
+    /* Probation: the floor of its view, then the full part. */
+    ck_assert_int_eq(
+        shares_host_part(&h, QUOTA_SHARE_EQUAL, 100, m, 10, 0, 10, 1000, &p),
+        0);
+    ck_assert_double_eq_tol(p, SHARES_RATE_FLOOR * 100 / 10, 1e-12);
+    ck_assert_int_eq(
+        shares_host_part(&h, QUOTA_SHARE_EQUAL, 100, m, 10, 0, 10, 6000, &p),
+        0);
+    ck_assert_double_eq_tol(p, 10, 1e-12);
+    /* One member dies: no growth during the quiet period, then growth. */
+    shares_host_loss(&h, 7000);
+    ck_assert_int_eq(
+        shares_host_part(&h, QUOTA_SHARE_EQUAL, 100, m, 9, 0, 10, 7000, &p), 0);
+    ck_assert_double_eq_tol(p, 10, 1e-12);
+    ck_assert_int_eq(
+        shares_host_part(&h, QUOTA_SHARE_EQUAL, 100, m, 9, 0, 10, 22999, &p),
+        0);
+    ck_assert_double_eq_tol(p, 10, 1e-12);
+    ck_assert_int_eq(
+        shares_host_part(&h, QUOTA_SHARE_EQUAL, 100, m, 9, 0, 10, 23000, &p),
+        0);
+    ck_assert_double_eq_tol(p, 100.0 / 9, 1e-12);
+    /* Half the fleet unreachable, long after the losses: no majority, the
+     * last part is kept. */
+    ck_assert_int_eq(
+        shares_host_part(&h, QUOTA_SHARE_EQUAL, 100, m, 5, 0, 10, 90000, &p),
+        0);
+    ck_assert_double_eq_tol(p, 100.0 / 9, 1e-12);
+    /* More members: the part shrinks at once. */
+    ck_assert_int_eq(
+        shares_host_part(&h, QUOTA_SHARE_EQUAL, 100, m, 20, 0, 20, 90100, &p),
+        0);
+    ck_assert_double_eq_tol(p, 5, 1e-12);
+    ck_assert_int_eq(
+        shares_host_part(&h, QUOTA_SHARE_EQUAL, 100, m, 20, 20, 20, 0, &p),
+        ALLOT_EINVALID);
+    ck_assert_int_eq(
+        shares_host_part(&h, QUOTA_SHARE_EQUAL, 100, m, 20, 0, 19, 0, &p),
+        ALLOT_EINVALID);
+}
+END_TEST
+
 START_TEST(refusals)
 {
     char names[3][16];
@@ -304,6 +358,7 @@ int main(void)
     tcase_add_test(tc, demand_floor);
     tcase_add_test(tc, burst_parts);
     tcase_add_test(tc, slot_parts);
+    tcase_add_test(tc, host_rules);
     tcase_add_test(tc, refusals);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);

@@ -1,0 +1,572 @@
+/* bench_shares_sim - fleet shares under change, in virtual time.
+ *
+ *   bench_shares_sim [--scenario NAME|all] [--policy equal|weighted|demand]
+ *                    [--limit L] [--seed N] [--out DIR] [--hosts N]
+ *
+ * Every host is a real gossip member (gossip/, on the simulator's fake
+ * network and clock, gossip/sim.h) and computes its own part of a global
+ * rate limit L from its own membership view with the real share code
+ * (enforce/shares.h: shares_host_part). Each host is offered more traffic
+ * than its part (a fluid model: per step, a host admits min(offered,
+ * part) * step), so the fleet's admitted rate shows what the parts add up
+ * to. Scenarios (docs/enforce.md, "Shares while the fleet changes"):
+ *
+ *   scale-out   N/10 hosts, then N/10 -> N over 60 s (N = --hosts, 100)
+ *   scale-in    N hosts, then N -> N/10 over 60 s (graceful leaves)
+ *   crash       N hosts, 10% killed at once
+ *   partition   N hosts split 50/50 for 60 s, then healed
+ *   partition-minority  N hosts split 70/30 for 60 s, then healed
+ *   flapping    N hosts, one killed and restarted every 10 s
+ *   demand-shift  N hosts, demand policy: half the hosts want 4x the
+ *               others (90% of L in all), and at the change they swap
+ *
+ * Per scenario it writes DIR/<scenario>.csv (time, hosts, L, offered,
+ * admitted, smallest and largest part) and DIR/<scenario>.svg (admitted
+ * against L), and prints: steady-state error (mean |admitted - target| / L
+ * over the last quarter, target = min(L, offered)), peak over-admission
+ * (max (admitted - L) / L after the first change), and the time to converge
+ * after the change (until admitted stays within 5% of the target). Nothing
+ * is asserted: a benchmark prints figures. */
+#include <inttypes.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "../enforce/shares.h"
+#include "allot_error.h"
+#include "gossip.h"
+#include "lib.h"
+#include "sim.h"
+
+#define HOSTS_MAX  2000
+#define STEP_MS    100
+#define DEMAND_MS  1000 /* demand re-published at most this often */
+#define SETTLE_PCT 0.05
+#define FLEET      "web"
+#define NAME_LEN   24
+
+struct world;
+
+struct host
+{
+    struct world *w;
+    char name[NAME_LEN];
+    bool up;          /* its gossip member runs */
+    bool serving;     /* traffic reaches it (not leaving) */
+    uint64_t kill_at; /* leaving: stopped at this time */
+    double offered;   /* units/s offered to it now */
+    double demand;    /* moving average of what it wanted */
+    double published; /* demand last put in its metadata */
+    uint64_t published_at;
+    double part;
+    bool dirty;          /* its view changed since its part was computed */
+    uint64_t recheck_at; /* a probation or settle period ends then */
+    struct shares_host sh;
+    struct gossip_leave leave;
+};
+
+struct world
+{
+    struct sim *sim;
+    struct host h[HOSTS_MAX];
+    int n; /* slots in use */
+    enum quota_share policy;
+    double limit;
+    uint64_t probation_ms;
+    uint64_t settle_ms;
+    /* scratch for one host's view */
+    struct shares_member view[HOSTS_MAX];
+    char view_names[HOSTS_MAX][GOSSIP_NAME_MAX + 1];
+    size_t nv, known;
+    int self;
+    const char *self_name;
+};
+
+static struct gossip_keyring keyring(void)
+{
+    struct gossip_keyring kr = {.n = 1};
+    memset(kr.keys[0], 0x5a, GOSSIP_KEY_SIZE);
+    return kr;
+}
+
+static void meta_of(struct host *h, uint8_t app[8], struct gossip_meta *m)
+{
+    memcpy(app, &h->published, 8);
+    *m = (struct gossip_meta){.role = GOSSIP_ROLE_AGENT,
+                              .weight = 1000,
+                              .fleet = FLEET,
+                              .app = app,
+                              .app_len = 8};
+}
+
+static void on_member(void *data, enum gossip_event ev,
+                      const struct gossip_member *m)
+{
+    struct host *h = data;
+    h->dirty = true;
+    if ((ev == GOSSIP_EV_SUSPECT || ev == GOSSIP_EV_DEAD) &&
+        strcmp(m->meta.fleet, FLEET) == 0) {
+        shares_host_loss(&h->sh, sim_now(h->w->sim));
+    }
+}
+
+static void host_start(struct world *w, int i, uint64_t now)
+{
+    struct host *h = &w->h[i];
+    struct gossip_config cfg;
+    gossip_config_init(&cfg);
+    cfg.name = h->name;
+    cfg.keyring = keyring();
+    uint8_t app[8];
+    meta_of(h, app, &cfg.meta);
+    h->w = w;
+    cfg.cb = (struct gossip_callbacks){.data = h, .member = on_member};
+    if (sim_start(w->sim, i, &cfg) != 0) {
+        fprintf(stderr, "error: cannot start host %d\n", i);
+        exit(2);
+    }
+    struct gossip_addr seed = sim_addr(w->sim, i == 0 ? 1 : 0);
+    gossip_join(sim_gossip(w->sim, i), &seed, 1);
+    h->up = h->serving = true;
+    h->kill_at = 0;
+    h->dirty = true;
+    h->sh = (struct shares_host){.joined_ms = now,
+                                 .probation_ms = w->probation_ms,
+                                 .last_part = -1,
+                                 .settle_ms = w->settle_ms};
+}
+
+static void host_kill(struct world *w, int i)
+{
+    sim_kill(w->sim, i);
+    w->h[i].up = w->h[i].serving = false;
+}
+
+/* Leaves that completed, timed out, failed: a leave that times out is seen
+ * as a death by the others (and their parts stop growing for a while). */
+static int left_status[3];
+static void on_left(struct gossip_leave *req, int status)
+{
+    (void)req;
+    left_status[status == 0 ? 0 : status == ALLOT_ETIMEOUT ? 1 : 2]++;
+}
+
+/* Scale-in: the host stops getting traffic, leaves, and stops 3 s later. */
+static void host_leave(struct world *w, int i, uint64_t now)
+{
+    struct host *h = &w->h[i];
+    h->serving = false;
+    h->kill_at = now + 3000;
+    if (gossip_leave(sim_gossip(w->sim, i), &h->leave, on_left) != 0) {
+        left_status[2]++;
+    }
+}
+
+static void collect(void *data, const struct gossip_member *m)
+{
+    struct world *w = data;
+    if (strcmp(m->meta.fleet, FLEET) != 0 || m->state == GOSSIP_LEFT) {
+        return;
+    }
+    w->known++;
+    if (m->state != GOSSIP_ALIVE && m->state != GOSSIP_SUSPECT) {
+        return;
+    }
+    double d = 0;
+    if (m->meta.app_len == 8) {
+        memcpy(&d, m->meta.app, 8);
+    }
+    if (m->self) {
+        w->self = (int)w->nv;
+    }
+    /* The name is the library's only during the callback: copied. */
+    snprintf(w->view_names[w->nv], sizeof w->view_names[0], "%s", m->name);
+    w->view[w->nv] = (struct shares_member){
+        w->view_names[w->nv],
+        m->meta.weight > 0 ? m->meta.weight / 1000.0 : 1.0,
+        d >= 0 && isfinite(d) ? d : 0};
+    w->nv++;
+}
+
+/* The part changes only when the view does, or when a probation or settle
+ * period ends: computing it every step for every host would cost O(N^2 log
+ * N) per step at 1,000 hosts. */
+static double host_part(struct world *w, int i, uint64_t now)
+{
+    struct host *h = &w->h[i];
+    if (!h->dirty && now < h->recheck_at) {
+        return h->part;
+    }
+    h->dirty = false;
+    uint64_t end_p = h->sh.joined_ms + h->sh.probation_ms;
+    uint64_t end_s = h->sh.loss_at + h->sh.settle_ms;
+    h->recheck_at = UINT64_MAX;
+    if (now < end_p) {
+        h->recheck_at = end_p;
+    }
+    if (h->sh.loss_at != 0 && now < end_s && end_s < h->recheck_at) {
+        h->recheck_at = end_s;
+    }
+    w->nv = w->known = 0;
+    w->self = -1;
+    gossip_member_foreach(sim_gossip(w->sim, i), collect, w);
+    double part = 0;
+    if (w->self < 0 ||
+        shares_host_part(&w->h[i].sh, w->policy, w->limit, w->view, w->nv,
+                         (size_t)w->self, w->known, now, &part) != 0) {
+        return w->h[i].part; /* keep the last one */
+    }
+    return part;
+}
+
+static void publish_demand(struct world *w, int i, uint64_t now)
+{
+    struct host *h = &w->h[i];
+    /* Only demand-shared rules need it, and every change is a broadcast
+     * to the whole fleet: at most every DEMAND_MS, and only a change of
+     * more than 20%. */
+    if (w->policy != QUOTA_SHARE_DEMAND || now - h->published_at < DEMAND_MS) {
+        return;
+    }
+    double d = h->demand, p = h->published;
+    if (fabs(d - p) <= 0.2 * (p > 0 ? p : 1)) {
+        return;
+    }
+    h->published = d;
+    h->published_at = now;
+    uint8_t app[8];
+    struct gossip_meta m;
+    meta_of(h, app, &m);
+    gossip_set_meta(sim_gossip(w->sim, i), &m);
+}
+
+/* --- Scenarios ------------------------------------------------------------ */
+
+struct scenario
+{
+    const char *name;
+    int hosts0;              /* running at t = 0 */
+    uint64_t change;         /* when the change starts (ms) */
+    uint64_t end;            /* ms */
+    enum quota_share policy; /* forced for demand-shift */
+    bool force_policy;
+};
+
+/* Offered load per host: 3x an equal part of L over the hosts meant to
+ * run at the end, so every host always wants more than its part; in
+ * demand-shift, half the hosts want 4x what the other half wants. */
+static double offered(const struct world *w, const struct scenario *sc, int i,
+                      uint64_t now, int target_hosts)
+{
+    double base = 3.0 * w->limit / (double)target_hosts;
+    if (strcmp(sc->name, "demand-shift") == 0) {
+        bool first = i < w->n / 2;
+        bool swapped = now >= sc->change;
+        double total_want = 0.9 * w->limit; /* below L: demand decides */
+        double hi = total_want * 0.8 / (w->n / 2);
+        double lo = total_want * 0.2 / (w->n / 2);
+        return first != swapped ? hi : lo;
+    }
+    return base;
+}
+
+static void apply_change(struct world *w, const struct scenario *sc,
+                         uint64_t now, int *target)
+{
+    const char *s = sc->name;
+    uint64_t t = now - sc->change;
+    int n = w->n, small = w->n / 10;
+    if (strcmp(s, "scale-out") == 0) {
+        /* n/10 -> n over 60 s, hosts started evenly. */
+        uint64_t want64 = (uint64_t)small + (t * (uint64_t)(n - small)) / 60000;
+        int want = want64 > (uint64_t)n ? n : (int)want64;
+        for (int i = 0; i < want; i++) {
+            if (!w->h[i].up) {
+                host_start(w, i, now);
+            }
+        }
+        *target = n;
+    } else if (strcmp(s, "scale-in") == 0) {
+        uint64_t gone = (t * (uint64_t)(n - small)) / 60000;
+        int keep = gone >= (uint64_t)(n - small) ? small : n - (int)gone;
+        for (int i = keep; i < n; i++) {
+            if (w->h[i].serving) {
+                host_leave(w, i, now);
+            }
+        }
+        *target = small;
+    } else if (strcmp(s, "crash") == 0) {
+        if (t == 0) {
+            for (int i = 0; i < w->n / 10; i++) {
+                host_kill(w, w->n - 1 - i);
+            }
+        }
+    } else if (strcmp(s, "partition") == 0 ||
+               strcmp(s, "partition-minority") == 0) {
+        int cut = strcmp(s, "partition") == 0 ? w->n / 2 : (w->n * 3) / 10;
+        if (t == 0) {
+            for (int i = 0; i < cut; i++) {
+                sim_set_group(w->sim, i, 1);
+            }
+        } else if (t == 60000) {
+            sim_heal(w->sim);
+        }
+    } else if (strcmp(s, "flapping") == 0) {
+        int i = w->n - 1;
+        if (t % 10000 == 0) {
+            if (w->h[i].up) {
+                host_kill(w, i);
+            } else {
+                host_start(w, i, now);
+            }
+        }
+    }
+}
+
+struct sample
+{
+    double t, hosts, offered, admitted, pmin, pmax;
+};
+
+static void write_svg(const char *path, const struct scenario *sc,
+                      const struct sample *s, size_t n, double limit)
+{
+    FILE *f = fopen(path, "w");
+    if (f == NULL) {
+        return;
+    }
+    const double W = 800, H = 400, X0 = 60, Y0 = 20, PW = 720, PH = 340;
+    double tmax = s[n - 1].t, ymax = limit * 1.6;
+    for (size_t i = 0; i < n; i++) {
+        ymax = s[i].admitted > ymax ? s[i].admitted * 1.1 : ymax;
+    }
+    fprintf(f,
+            "<svg xmlns='http://www.w3.org/2000/svg' width='%.0f' "
+            "height='%.0f' font-family='sans-serif' font-size='12'>\n"
+            "<rect width='100%%' height='100%%' fill='white'/>\n"
+            "<text x='%.0f' y='14'>%s: admitted (blue) vs L (red), "
+            "units/s over time (s)</text>\n",
+            W, H, X0, sc->name);
+    fprintf(f,
+            "<line x1='%.0f' y1='%.0f' x2='%.0f' y2='%.0f' stroke='black'/>\n"
+            "<line x1='%.0f' y1='%.0f' x2='%.0f' y2='%.0f' stroke='black'/>\n",
+            X0, Y0 + PH, X0 + PW, Y0 + PH, X0, Y0, X0, Y0 + PH);
+    for (int k = 0; k <= 4; k++) {
+        double y = ymax * k / 4;
+        fprintf(f, "<text x='4' y='%.1f'>%.0f</text>\n",
+                Y0 + PH - PH * y / ymax + 4, y);
+        double t = tmax * k / 4;
+        fprintf(f, "<text x='%.1f' y='%.0f'>%.0f</text>\n",
+                X0 + PW * t / tmax - 8, Y0 + PH + 16, t);
+    }
+    double ly = Y0 + PH - PH * limit / ymax;
+    fprintf(f,
+            "<line x1='%.0f' y1='%.1f' x2='%.0f' y2='%.1f' stroke='red' "
+            "stroke-dasharray='6,3'/>\n<polyline fill='none' stroke='blue' "
+            "points='",
+            X0, ly, X0 + PW, ly);
+    for (size_t i = 0; i < n; i++) {
+        fprintf(f, "%.1f,%.1f ", X0 + PW * s[i].t / tmax,
+                Y0 + PH - PH * s[i].admitted / ymax);
+    }
+    fprintf(f, "'/>\n</svg>\n");
+    fclose(f);
+}
+
+static void run(const struct scenario *sc, enum quota_share policy,
+                double limit, uint64_t seed, const char *out, int hosts)
+{
+    struct world *w = calloc(1, sizeof *w);
+    if (w == NULL) {
+        exit(2);
+    }
+    w->sim = sim_new(seed);
+    w->policy = sc->force_policy ? sc->policy : policy;
+    w->limit = limit;
+    int n = hosts;
+    w->n = n;
+    /* Probation: an ALIVE message is sent retransmit_mult * ceil(log10(N
+     * + 1)) times, one gossip round apart; twice that covers its spread
+     * with margin (docs/enforce.md). Defaults: 4, 200 ms. */
+    w->probation_ms = 2u * 4u * (uint64_t)ceil(log10((double)n + 1.0)) * 200u;
+    /* Settle: twice the smallest suspicion timeout, suspicion_mult *
+     * log10(N) * probe interval (defaults 4 and 1 s): deaths from one
+     * partition arrive within about that. */
+    w->settle_ms = 2u * 4u * (uint64_t)ceil(log10((double)n)) * 1000u;
+    for (int i = 0; i < n; i++) {
+        sim_add(w->sim);
+        snprintf(w->h[i].name, NAME_LEN, "host-%04d", i);
+    }
+    int start = strcmp(sc->name, "scale-out") == 0 ? n / 10 : n;
+    for (int i = 0; i < start; i++) {
+        host_start(w, i, 0);
+    }
+    int target = start;
+    size_t cap = sc->end / STEP_MS + 1, ns = 0;
+    struct sample *s = calloc(cap, sizeof *s);
+    if (s == NULL) {
+        exit(2);
+    }
+    for (uint64_t now = 0; now < sc->end; now += STEP_MS) {
+        sim_run_until(w->sim, now);
+        if (now >= sc->change) {
+            apply_change(w, sc, now, &target);
+        }
+        struct sample x = {.t = (double)now / 1000.0, .pmin = INFINITY};
+        for (int i = 0; i < n; i++) {
+            struct host *h = &w->h[i];
+            if (h->kill_at != 0 && now >= h->kill_at && h->up) {
+                host_kill(w, i);
+            }
+            if (!h->up) {
+                continue;
+            }
+            x.hosts += h->serving;
+            h->offered = h->serving ? offered(w, sc, i, now, target) : 0;
+            h->demand = 0.8 * h->demand + 0.2 * h->offered;
+            publish_demand(w, i, now);
+            h->part = host_part(w, i, now);
+            if (!h->serving) {
+                continue;
+            }
+            x.offered += h->offered;
+            x.admitted += h->offered < h->part ? h->offered : h->part;
+            x.pmin = h->part < x.pmin ? h->part : x.pmin;
+            x.pmax = h->part > x.pmax ? h->part : x.pmax;
+        }
+        s[ns++] = x;
+    }
+    /* Figures. */
+    double err = 0, peak = 0;
+    size_t q0 = ns - ns / 4, settled = ns;
+    for (size_t i = 0; i < ns; i++) {
+        double target_rate = s[i].offered < limit ? s[i].offered : limit;
+        double e = fabs(s[i].admitted - target_rate) / limit;
+        if (i >= q0) {
+            err += e;
+        }
+        if (s[i].t * 1000 >= (double)sc->change) {
+            double over = (s[i].admitted - limit) / limit;
+            peak = over > peak ? over : peak;
+            if (e > SETTLE_PCT) {
+                settled = ns;
+            } else if (settled == ns) {
+                settled = i;
+            }
+        }
+    }
+    err /= (double)(ns - q0);
+    char conv[32];
+    if (settled < ns) {
+        snprintf(conv, sizeof conv, "%.1f s",
+                 s[settled].t - (double)sc->change / 1000.0);
+    } else {
+        snprintf(conv, sizeof conv, "not settled");
+    }
+    struct sim_stats st;
+    sim_stats(w->sim, &st);
+    printf("%-19s %-8s %5d %9.2f%% %9.2f%% %14s %10" PRIu64 "\n", sc->name,
+           w->policy == QUOTA_SHARE_EQUAL      ? "equal"
+           : w->policy == QUOTA_SHARE_WEIGHTED ? "weighted"
+                                               : "demand",
+           n, 100 * err, 100 * peak, conv, st.packets);
+    if (left_status[1] + left_status[2] > 0) {
+        printf("  note: %d leaves timed out, %d failed (of %d)\n",
+               left_status[1], left_status[2],
+               left_status[0] + left_status[1] + left_status[2]);
+    }
+    memset(left_status, 0, sizeof left_status);
+    if (out != NULL) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s.csv", out, sc->name);
+        FILE *f = fopen(path, "w");
+        if (f != NULL) {
+            fprintf(f, "t_s,hosts,limit,offered,admitted,part_min,part_max\n");
+            for (size_t i = 0; i < ns; i++) {
+                fprintf(f, "%.1f,%.0f,%.0f,%.2f,%.2f,%.4f,%.4f\n", s[i].t,
+                        s[i].hosts, limit, s[i].offered, s[i].admitted,
+                        isfinite(s[i].pmin) ? s[i].pmin : 0, s[i].pmax);
+            }
+            fclose(f);
+        }
+        snprintf(path, sizeof path, "%s/%s.svg", out, sc->name);
+        write_svg(path, sc, s, ns, limit);
+    }
+    free(s);
+    sim_free(w->sim);
+    free(w);
+}
+
+static const struct scenario scenarios[] = {
+    {"scale-out", 10, 30000, 150000, QUOTA_SHARE_EQUAL, false},
+    {"scale-in", 100, 30000, 150000, QUOTA_SHARE_EQUAL, false},
+    {"crash", 100, 30000, 120000, QUOTA_SHARE_EQUAL, false},
+    {"partition", 100, 30000, 150000, QUOTA_SHARE_EQUAL, false},
+    {"partition-minority", 100, 30000, 150000, QUOTA_SHARE_EQUAL, false},
+    {"flapping", 100, 30000, 120000, QUOTA_SHARE_EQUAL, false},
+    {"demand-shift", 100, 60000, 150000, QUOTA_SHARE_DEMAND, true},
+};
+
+int main(int argc, char **argv)
+{
+    const char *which = "all", *out = NULL;
+    enum quota_share policy = QUOTA_SHARE_EQUAL;
+    double limit = 1000;
+    uint64_t seed = 1;
+    int hosts = 100;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (v == NULL) {
+            fprintf(stderr, "error: invalid: %s needs a value\n", a);
+            return 2;
+        }
+        if (strcmp(a, "--scenario") == 0) {
+            which = v;
+        } else if (strcmp(a, "--policy") == 0) {
+            policy = strcmp(v, "weighted") == 0 ? QUOTA_SHARE_WEIGHTED
+                     : strcmp(v, "demand") == 0 ? QUOTA_SHARE_DEMAND
+                                                : QUOTA_SHARE_EQUAL;
+        } else if (strcmp(a, "--limit") == 0) {
+            limit = strtod(v, NULL);
+        } else if (strcmp(a, "--seed") == 0) {
+            seed = strtoull(v, NULL, 10);
+        } else if (strcmp(a, "--out") == 0) {
+            out = v;
+        } else if (strcmp(a, "--hosts") == 0) {
+            hosts = atoi(v);
+        } else {
+            fprintf(stderr, "error: invalid: unknown option %s\n", a);
+            return 2;
+        }
+        i++;
+    }
+    if (!(limit > 0) || hosts < 10 || hosts > HOSTS_MAX) {
+        fprintf(stderr, "error: invalid: --limit must be > 0, --hosts "
+                        "10..2000\n");
+        return 2;
+    }
+    log_set_level(LOG_WARN); /* the members' own logs: thousands of lines */
+    if (out != NULL) {
+        mkdir(out, 0755);
+    }
+    printf("L = %.0f units/s, step %d ms, seed %" PRIu64 "\n", limit, STEP_MS,
+           seed);
+    printf("%-19s %-8s %5s %10s %10s %14s %10s\n", "scenario", "policy",
+           "hosts", "steady err", "peak over", "converge", "packets");
+    bool any = false;
+    for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++) {
+        if (strcmp(which, "all") == 0 ||
+            strcmp(which, scenarios[i].name) == 0) {
+            run(&scenarios[i], policy, limit, seed, out, hosts);
+            any = true;
+        }
+    }
+    if (!any) {
+        fprintf(stderr, "error: invalid: unknown scenario %s\n", which);
+        return 2;
+    }
+    return 0;
+}
