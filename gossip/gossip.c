@@ -1126,6 +1126,12 @@ int gossip_send(struct gossip *g, const char *name, const void *buf, size_t len)
 
 int gossip_set_meta(struct gossip *g, const struct gossip_meta *meta)
 {
+    /* After gossip_leave() a new incarnation would announce the member
+     * alive again, and would replace its queued leave (one queued message
+     * per member): the leave would time out and read as a death. */
+    if (g->leaving) {
+        return ALLOT_ESHUTDOWN;
+    }
     char msg[ALLOT_ERRMSG_SIZE];
     int rv = check_meta(meta, msg);
     if (rv != 0) {

@@ -368,7 +368,9 @@ int gossip_keyed_get(struct gossip *g, const char *key, uint64_t *version,
 int gossip_send(struct gossip *g, const char *name, const void *buf,
                 size_t len);
 
-/* Change this member's metadata: a new incarnation, spread to everyone. */
+/* Change this member's metadata: a new incarnation, spread to everyone.
+ * ALLOT_EINVALID for bad metadata; ALLOT_ESHUTDOWN once gossip_leave() was
+ * called (the member stays left). */
 int gossip_set_meta(struct gossip *g, const struct gossip_meta *meta);
 
 /* Look a member up by name (this member included). ALLOT_ENOT_FOUND. The

@@ -792,6 +792,42 @@ START_TEST(leave)
 }
 END_TEST
 
+/* A member that keeps publishing metadata (its demand, say) after it
+ * called gossip_leave(): refused, so its leave is not replaced by news of
+ * it alive, completes, and is seen as a leave, not a death, even while
+ * every other member republishes its own metadata each second. */
+START_TEST(leave_under_churn)
+{
+    struct world *w = world_new(100, 15);
+    world_start_all(w);
+    ck_assert(sim_run_until_true(w->sim, 120000, 100, sim_all_alive, w));
+    uint8_t app[8] = {0};
+    struct gossip_meta meta = {
+        .role = GOSSIP_ROLE_AGENT, .app = app, .app_len = sizeof app};
+    struct gossip_leave req;
+    leave_status = 1;
+    for (uint32_t sec = 0; sec < 20; sec++) {
+        for (int i = 0; i < w->n; i++) {
+            app[0] = (uint8_t)sec;
+            app[1] = (uint8_t)i;
+            int rv = gossip_set_meta(sim_gossip(w->sim, i), &meta);
+            ck_assert_int_eq(rv, i == 7 && sec > 5 ? ALLOT_ESHUTDOWN : 0);
+        }
+        if (sec == 5) {
+            ck_assert_int_eq(gossip_leave(sim_gossip(w->sim, 7), &req, on_left),
+                             0);
+        }
+        sim_run_for(w->sim, 1000);
+    }
+    ck_assert_int_eq(leave_status, 0);
+    sim_kill(w->sim, 7);
+    struct verdict v = {w, 7, GOSSIP_LEFT, 0, w->n};
+    ck_assert(sim_run_until_true(w->sim, 30000, 100, all_see, &v));
+    ck_assert_uint_eq(total_dead_events(w), 0);
+    world_free(w);
+}
+END_TEST
+
 START_TEST(local_health)
 {
     struct world *w = world_new(10, 13);
@@ -900,6 +936,7 @@ static Suite *gossip_sim_suite(void)
     tcase_add_test(tc, push_pull_repairs);
     tcase_add_test(tc, meta_spreads);
     tcase_add_test(tc, leave);
+    tcase_add_test(tc, leave_under_churn);
     tcase_add_test(tc, local_health);
     tcase_add_test(tc, key_rotation);
     tcase_add_test(tc, converge_1000);
