@@ -687,6 +687,20 @@ int allot_stats(struct allot *a, struct allot_stats *st)
     st->weight = a->weight;
     st->total_weight = a->weight;
     st->gossip_configured = a->gossip_configured;
+    st->announced_version = atomic_load(&a->announced_version);
+    st->announcements = atomic_load(&a->announcements);
+    st->deltas = atomic_load(&a->deltas);
+    st->digest_mismatches = atomic_load(&a->digest_mismatches);
+    st->gossip_members = atomic_load(&a->gossip_members);
+    st->gossip_servers = atomic_load(&a->gossip_servers);
+    st->usage_reports = atomic_load(&a->usage_reports);
+    st->usage_errors = atomic_load(&a->usage_errors);
+    if (st->announced_version > st->server_version) {
+        st->server_version = st->announced_version;
+        st->versions_behind = st->server_version > st->catalog_version
+                                  ? st->server_version - st->catalog_version
+                                  : 0;
+    }
     return 0;
 }
 
@@ -969,6 +983,8 @@ static void stop_threads(struct allot *a)
     pthread_mutex_unlock(&a->mu);
     source_watch_stop(a->source);
     a->source = NULL;
+    source_gossip_stop(a->gossip);
+    a->gossip = NULL;
     if (a->house_started) {
         pthread_join(a->house_thr, NULL);
         a->house_started = false;
@@ -1012,9 +1028,7 @@ int enf_open(const struct allot_options *opts, const struct enf_test_hooks *h,
                  : opts->counter_stripes > EPOCH_STRIPES
                      ? EPOCH_STRIPES
                      : opts->counter_stripes;
-    a->gossip_configured = opts->gossip_bind != NULL ||
-                           opts->gossip_seeds != NULL ||
-                           opts->gossip_keyring != NULL;
+    a->gossip_configured = opts->gossip_bind != NULL;
     rv = dup_opt(opts->data_dir, &a->data_dir);
     rv = rv ? rv : dup_opt(opts->fleet ? opts->fleet : "default", &a->fleet);
     rv = rv ? rv : dup_opt(opts->servers, &a->servers);
@@ -1074,7 +1088,14 @@ int enf_open(const struct allot_options *opts, const struct enf_test_hooks *h,
             goto err_after_threads;
         }
         a->house_started = true;
-        if (a->servers != NULL) {
+        if (a->gossip_configured) {
+            rv = source_gossip_start(a, opts, &a->gossip, msg);
+            if (rv != 0) {
+                LOGE("enforce", "cannot start the gossip member",
+                     "err=%s msg=\"%s\"", allot_error_name(rv), msg);
+                goto err_after_threads;
+            }
+        } else if (a->servers != NULL) {
             rv = source_watch_start(a, &a->source, msg);
             if (rv != 0) {
                 LOGE("enforce", "cannot start the rule source",
@@ -1083,9 +1104,10 @@ int enf_open(const struct allot_options *opts, const struct enf_test_hooks *h,
             }
         }
     }
-    if (a->gossip_configured) {
-        LOGW("enforce", "gossip options accepted but not active yet",
-             "gossip_bind=%s", opts->gossip_bind ? opts->gossip_bind : "");
+    if (!a->gossip_configured &&
+        (opts->gossip_seeds != NULL || opts->gossip_keyring != NULL)) {
+        LOGW("enforce", "gossip_seeds and gossip_keyring need gossip_bind",
+             "%s", "ignored=1");
     }
     *out = a;
     return 0;

@@ -3,7 +3,8 @@
  *   allot.c         public API: open/close, decisions, stats, threads
  *   rules.c         the rule set: mirror, table swaps, handles, shares, the
  *                   sink rule sources feed (rules_replace/rules_apply_change)
- *   source_watch.c  interim rule source: pull + watch from allotd
+ *   source_watch.c  rule source without gossip: pull + watch from allotd
+ *   source_gossip.c rule source with gossip: announcements, checked deltas
  *   lkg.c           last-known-good file in data_dir
  *   epoch.c         safe reclamation of swapped tables
  *   keys.c slots.c  per-key table, slot pool
@@ -149,6 +150,7 @@ struct allot_rule
 };
 
 struct enf_source;
+struct enf_gossip;
 
 struct allot
 {
@@ -205,6 +207,15 @@ struct allot
     _Atomic uint64_t health_bits; /* the double given to allot_set_health */
     _Atomic uint64_t last_contact_ms;
     _Atomic int from_disk;
+    /* The gossip source (source_gossip.c). */
+    _Atomic uint64_t announced_version;
+    _Atomic uint64_t announcements;
+    _Atomic uint64_t digest_mismatches;
+    _Atomic uint64_t deltas;
+    _Atomic uint64_t gossip_members;
+    _Atomic uint64_t gossip_servers;
+    _Atomic uint64_t usage_reports;
+    _Atomic uint64_t usage_errors;
 
     /* --- Threads -------------------------------------------------------- */
     pthread_t clock_thr;
@@ -215,6 +226,7 @@ struct allot
     int cancel_fd; /* eventfd: readable once stopping (ends blocking I/O) */
     int lock_fd;   /* flock on data_dir/.lock */
     struct enf_source *source;
+    struct enf_gossip *gossip;
     pthread_mutex_t stats_mu;   /* windows */
     uint64_t win_start_ms;      /* the current window's start */
     uint64_t win_last_start_ms; /* the last complete one's */
@@ -257,6 +269,18 @@ int rules_replace(struct allot *a, const struct quota *qs, size_t n,
  * ALLOT_EINVALID/ALLOT_ENOMEM. */
 int rules_apply_change(struct allot *a, const msgpack_object *change,
                        char *errmsg);
+
+/* The catalog digest over the rules held (docs/gossip.md), and the
+ * catalog version it belongs to. Takes a->mu; O(rules). */
+void rules_digest(struct allot *a, uint8_t d[QUOTA_DIGEST_SIZE],
+                  uint64_t *version);
+
+/* The digest the rules held would have after applying changes[0..n) (watch
+ * records, in version order) with rules_apply_change(), without applying
+ * anything: so a delta is checked against an announcement before it is
+ * swapped in. ALLOT_EINVALID for a record that cannot be read, ENOMEM. */
+int rules_delta_digest(struct allot *a, const msgpack_object *const *changes,
+                       size_t n, uint8_t d[QUOTA_DIGEST_SIZE], char *errmsg);
 
 /* A server reports its catalog at server_version. */
 void rules_confirm(struct allot *a, uint64_t server_version);

@@ -11,12 +11,17 @@
  *                      reaches both; every server is killed and enforcement
  *                      goes on; an agent restarted with every server down
  *                      enforces the rules it saved
+ *   gossip_e2e         3 allotd with gossip + 2 agents given only gossip
+ *                      seeds: rules and a change arrive by announcement
+ *                      (counted), checked against the digest; every server
+ *                      killed, enforcement goes on
  *
  * The agent is $ALLOT_AGENT (set by meson). Rates are chosen so that no
  * refill happens within any test's run time (0.001/s), so counts are exact
  * however slow the machine. */
 #include <check.h>
 #include <signal.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,13 +61,23 @@ static const char *agent_bin(void)
     return p;
 }
 
+static void agent_start_args(struct agent *ag, const char *name,
+                             const char *servers, const char *const *extra);
+
 static void agent_start(struct agent *ag, const char *name, const char *servers)
+{
+    agent_start_args(ag, name, servers, NULL);
+}
+
+/* extra: more arguments, NULL-terminated (or NULL). */
+static void agent_start_args(struct agent *ag, const char *name,
+                             const char *servers, const char *const *extra)
 {
     snprintf(ag->name, sizeof ag->name, "%s", name);
     snprintf(ag->data_dir, sizeof ag->data_dir, "%s/%s-data", harness_dir(),
              name);
     snprintf(ag->socket, sizeof ag->socket, "%s/%s.sock", harness_dir(), name);
-    char *argv[12];
+    char *argv[24];
     int n = 0;
     argv[n++] = (char *)agent_bin();
     argv[n++] = "--data-dir";
@@ -74,6 +89,9 @@ static void agent_start(struct agent *ag, const char *name, const char *servers)
     if (servers != NULL) {
         argv[n++] = "--servers";
         argv[n++] = (char *)servers;
+    }
+    for (size_t i = 0; extra != NULL && extra[i] != NULL && n < 23; i++) {
+        argv[n++] = (char *)extra[i];
     }
     argv[n] = NULL;
     ag->pid = harness_proc_start(name, argv);
@@ -203,6 +221,12 @@ struct agent_stats
     uint64_t rules;
     uint64_t slots_in_use;
     bool from_disk;
+    uint64_t announced_version; /* the gossip source's figures */
+    uint64_t announcements;
+    uint64_t deltas;
+    uint64_t pulls;
+    uint64_t digest_mismatches;
+    uint64_t gossip_servers;
     uint64_t admitted; /* of `path`, if given */
     uint64_t rejected;
 };
@@ -223,6 +247,12 @@ static void stats(int fd, const char *path, struct agent_stats *st)
     st->rules = get_u64(rep.result, "rules");
     st->slots_in_use = get_u64(rep.result, "slots_in_use");
     st->from_disk = get_bool(rep.result, "from_disk");
+    st->announced_version = get_u64(rep.result, "announced_version");
+    st->announcements = get_u64(rep.result, "announcements");
+    st->deltas = get_u64(rep.result, "deltas");
+    st->pulls = get_u64(rep.result, "pulls");
+    st->digest_mismatches = get_u64(rep.result, "digest_mismatches");
+    st->gossip_servers = get_u64(rep.result, "gossip_servers");
     const msgpack_object *rs = wire_map_get(rep.result, "rule_stats");
     ck_assert(rs != NULL && rs->type == MSGPACK_OBJECT_ARRAY);
     if (path != NULL) {
@@ -342,6 +372,16 @@ static void rules_setup(void)
     CTL_OK("quota", "set", "org", "kind=rate", "rate=1000");
     CTL_OK("quota", "set", "org/api", "rate=0.001", "burst=5");
     CTL_OK("quota", "set", "batch", "kind=capacity", "max_apps=2");
+}
+
+static void kill_servers(void)
+{
+    for (unsigned id = 1; id <= 3; id++) {
+        harness_node_kill(id, SIGKILL);
+        int status;
+        ck_assert_int_eq(harness_wait_exit(id, &status), 0);
+    }
+    harness_log("every server killed");
 }
 
 START_TEST(agent_badinput)
@@ -555,12 +595,7 @@ START_TEST(e2e)
         ck_assert_int_eq(count_admitted(fd[i], "org/api", 5), 3);
     }
     /* Every server dies: decisions go on from the rules in memory. */
-    for (unsigned id = 1; id <= 3; id++) {
-        harness_node_kill(id, SIGKILL);
-        int status;
-        ck_assert_int_eq(harness_wait_exit(id, &status), 0);
-    }
-    harness_log("every server killed");
+    kill_servers();
     for (int i = 0; i < 2; i++) {
         ck_assert_int_eq(count_admitted(fd[i], "org/api", 3), 0);
         ck_assert_uint_ne(acquire(fd[i], "batch"), 0);
@@ -592,6 +627,98 @@ START_TEST(e2e)
 }
 END_TEST
 
+/* A keyring file with one fresh key (docs/gossip.md, "Keyring file"). */
+static void write_keyring(const char *path)
+{
+    unsigned char key[32];
+    char b64[sodium_base64_ENCODED_LEN(32, sodium_base64_VARIANT_ORIGINAL)];
+    ck_assert_int_ge(sodium_init(), 0);
+    randombytes_buf(key, sizeof key);
+    sodium_bin2base64(b64, sizeof b64, key, sizeof key,
+                      sodium_base64_VARIANT_ORIGINAL);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fprintf(f, "%s\n", b64);
+    ck_assert_int_eq(fclose(f), 0);
+}
+
+/* 3 allotd and 2 agents that know no server address, only gossip seeds:
+ * every rule reaches them by announcement, then a read from a server found
+ * among the members, checked against the announced digest. */
+START_TEST(gossip_e2e)
+{
+    harness_begin("gossip_e2e");
+    char keyring[600];
+    snprintf(keyring, sizeof keyring, "%s/gossip.keys", harness_dir());
+    write_keyring(keyring);
+    harness_set_gossip(keyring);
+    harness_cluster_start(3);
+    ck_assert_uint_ne(harness_wait_leader(WAIT_MS), 0);
+    char seeds[128], bind[2][32];
+    snprintf(seeds, sizeof seeds, "%s,%s", harness_node_gossip_addr(1),
+             harness_node_gossip_addr(2));
+    struct agent ag[2];
+    int fd[2];
+    for (int i = 0; i < 2; i++) {
+        snprintf(bind[i], sizeof bind[i], "127.0.0.1:%u",
+                 (unsigned)harness_free_port());
+        const char *extra[] = {"--gossip",
+                               bind[i],
+                               "--gossip-seeds",
+                               seeds,
+                               "--gossip-keyring",
+                               keyring,
+                               "--weight",
+                               "2",
+                               NULL};
+        agent_start_args(&ag[i], i == 0 ? "gagent1" : "gagent2", NULL, extra);
+        fd[i] = agent_connect(&ag[i]);
+    }
+    /* Rules created after the agents started reach them by gossip. */
+    rules_setup();
+    uint64_t v = cluster_version();
+    struct agent_stats st;
+    for (int i = 0; i < 2; i++) {
+        wait_version(fd[i], v);
+        ck_assert_int_eq(count_admitted(fd[i], "org/api", 8), 5);
+        ck_assert_uint_ne(acquire(fd[i], "batch"), 0);
+        stats(fd[i], NULL, &st);
+        /* Learned from an announcement: no server address was given. */
+        ck_assert_uint_ge(st.announcements, 1);
+        ck_assert_uint_ge(st.announced_version, v);
+        ck_assert_uint_ge(st.gossip_servers, 1);
+        ck_assert_uint_eq(st.digest_mismatches, 0);
+    }
+    /* A change reaches both, as a checked delta. */
+    CTL_OK("quota", "set", "org/api", "burst=8");
+    v = cluster_version();
+    for (int i = 0; i < 2; i++) {
+        wait_version(fd[i], v);
+        ck_assert_int_eq(count_admitted(fd[i], "org/api", 5), 3);
+        stats(fd[i], NULL, &st);
+        ck_assert_uint_ge(st.deltas, 1);
+        ck_assert_uint_eq(st.digest_mismatches, 0);
+        harness_log("agent %d: announcements=%llu deltas=%llu pulls=%llu", i,
+                    (unsigned long long)st.announcements,
+                    (unsigned long long)st.deltas,
+                    (unsigned long long)st.pulls);
+    }
+    /* Every server dies: decisions go on. */
+    kill_servers();
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(count_admitted(fd[i], "org/api", 3), 0);
+        ck_assert_uint_ne(acquire(fd[i], "batch"), 0);
+        ck_assert_uint_eq(acquire(fd[i], "batch"), 0);
+        stats(fd[i], "org/api", &st);
+        ck_assert_uint_eq(st.catalog_version, v);
+        ck_assert_uint_eq(st.admitted, 8);
+        close(fd[i]);
+        agent_stop(&ag[i]);
+    }
+    harness_end();
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("enforce_agent");
@@ -600,6 +727,7 @@ static Suite *suite(void)
     tcase_add_test(tc, agent_badinput);
     tcase_add_test(tc, agent_disconnect);
     tcase_add_test(tc, e2e);
+    tcase_add_test(tc, gossip_e2e);
     suite_add_tcase(s, tc);
     return s;
 }
