@@ -364,12 +364,8 @@ static void pack_usage(msgpack_packer *pk, const char *name,
 {
     wire_pack_str(pk, name);
     msgpack_pack_map(pk, 6);
-    wire_pack_kv_u64(pk, "admitted", u->admitted);
-    wire_pack_kv_u64(pk, "rejected", u->rejected);
-    wire_pack_kv_u64(pk, "shadowed", u->shadowed);
-    wire_pack_kv_u64(pk, "delayed", u->delayed);
-    wire_pack_kv_u64(pk, "cost", u->cost);
-    wire_pack_kv_u64(pk, "peak", u->peak);
+    wire_pack_usage(pk, u->admitted, u->rejected, u->shadowed, u->delayed,
+                    u->cost, u->peak);
 }
 
 static void pack_rule_stats(msgpack_packer *pk, struct allot_rule *r)
@@ -727,6 +723,8 @@ static void usage(FILE *f)
             "                    --gossip-keyring FILE]\n"
             "                   [--per-key-max N] [--max-slots N] "
             "[--window-ms MS]\n"
+            "                   [--host NAME]  (the name usage reports "
+            "carry)\n"
             "                   [--log-level debug|info|warn|error]\n");
 }
 
@@ -762,6 +760,7 @@ int main(int argc, char **argv)
         {"per-key-max", required_argument, NULL, 'K'},
         {"max-slots", required_argument, NULL, 'M'},
         {"window-ms", required_argument, NULL, 'W'},
+        {"host", required_argument, NULL, 'H'},
         {"log-level", required_argument, NULL, 'l'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -814,6 +813,9 @@ int main(int argc, char **argv)
             if (parse_u32(optarg, "--max-slots", &o.max_slots) != 0) {
                 return 2;
             }
+            break;
+        case 'H':
+            o.host_name = optarg;
             break;
         case 'W':
             if (parse_u32(optarg, "--window-ms", &o.window_ms) != 0) {

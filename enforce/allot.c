@@ -804,6 +804,7 @@ static void *house_main(void *arg)
     struct allot *a = arg;
     uint64_t last_change_seen = 0, dirty_since = 0, next_probe = 0;
     unsigned behind = 0;
+    bool report_failing = false; /* log once per streak of failures */
     struct allot_client *probe = NULL;
     pthread_mutex_lock(&a->stats_mu);
     a->win_start_ms = clock_wall_ms();
@@ -837,6 +838,19 @@ static void *house_main(void *arg)
         if (now >= next_roll) {
             enf_roll_windows(a);
             next_roll = now + a->window_ms;
+            char msg[ALLOT_ERRMSG_SIZE];
+            int rv = report_usage(a, msg);
+            if (rv >= 0) {
+                report_failing = false;
+                atomic_fetch_add(&a->usage_reports, (uint64_t)rv);
+            } else if (!atomic_load(&a->stopping)) {
+                atomic_fetch_add(&a->usage_errors, 1);
+                if (!report_failing) {
+                    LOGW("enforce", "usage window not reported",
+                         "err=%s msg=\"%s\"", allot_error_name(rv), msg);
+                }
+                report_failing = true;
+            }
         }
         if (a->servers != NULL && now >= next_probe) {
             next_probe = now + PROBE_PERIOD_MS;
@@ -894,6 +908,17 @@ static int check_options(const struct allot_options *o)
         (o->clock_tick_us != 0 && o->clock_tick_us > 1000000u) ||
         (o->identity != NULL && o->token != NULL)) {
         return ALLOT_EINVALID;
+    }
+    if (o->host_name != NULL) {
+        size_t n = strlen(o->host_name);
+        for (size_t i = 0; i < n; i++) {
+            if (o->host_name[i] <= 0x20 || o->host_name[i] > 0x7e) {
+                return ALLOT_EINVALID;
+            }
+        }
+        if (n == 0 || n > 64) {
+            return ALLOT_EINVALID;
+        }
     }
     if (o->fleet != NULL) {
         size_t n = strlen(o->fleet);
@@ -1029,6 +1054,9 @@ int enf_open(const struct allot_options *opts, const struct enf_test_hooks *h,
                      ? EPOCH_STRIPES
                      : opts->counter_stripes;
     a->gossip_configured = opts->gossip_bind != NULL;
+    if (opts->host_name != NULL) {
+        snprintf(a->host_name, sizeof a->host_name, "%s", opts->host_name);
+    }
     rv = dup_opt(opts->data_dir, &a->data_dir);
     rv = rv ? rv : dup_opt(opts->fleet ? opts->fleet : "default", &a->fleet);
     rv = rv ? rv : dup_opt(opts->servers, &a->servers);
@@ -1103,6 +1131,9 @@ int enf_open(const struct allot_options *opts, const struct enf_test_hooks *h,
                 goto err_after_threads;
             }
         }
+    }
+    if (a->host_name[0] == '\0') {
+        report_default_host(a->host_name, sizeof a->host_name);
     }
     if (!a->gossip_configured &&
         (opts->gossip_seeds != NULL || opts->gossip_keyring != NULL)) {

@@ -90,6 +90,10 @@ struct allot_options
                                  share one with atomic adds); 0 = 8. 40
                                  bytes each per resolved rule: a
                                  single-threaded user wants 1 */
+    const char *host_name;    /* the name usage reports carry (1..64
+                                 printable characters, no spaces); NULL =
+                                 the gossip member's name, else the
+                                 system's host name */
 };
 
 /* Open an instance: load the last-known-good rules from data_dir (they are

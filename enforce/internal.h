@@ -179,6 +179,8 @@ struct allot
     uint32_t tick_us;
     uint32_t window_ms;
     bool gossip_configured;
+    char host_name[65]; /* usage reports: host_name, the gossip member's
+                           name, or the system's host name */
 
     /* --- Rule set, under mu -------------------------------------------- */
     alignas(64) pthread_mutex_t mu;
@@ -295,6 +297,17 @@ void rules_close(struct allot *a);
 struct msgpack_sbuffer;
 int rules_pack_for_disk(struct allot *a, struct msgpack_sbuffer *sb,
                         uint64_t *version);
+
+/* --- report.c ------------------------------------------------------------ */
+
+/* This system's host name, made printable (the default host_name). */
+void report_default_host(char *out, size_t cap);
+
+/* Send the last complete usage window to a server (usage.report): the
+ * number of reports sent (0 when nothing was active), or a negative error
+ * with a message. Blocks up to
+ * a couple of seconds per server; the housekeeping thread calls it. */
+int report_usage(struct allot *a, char *errmsg);
 
 /* --- allot.c -------------------------------------------------------------- */
 

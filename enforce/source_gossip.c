@@ -566,16 +566,8 @@ static void *pull_main(void *arg)
 /* "agent-<host>-<port>": unique per host and bound port, printable. */
 static void member_name(char *out, size_t cap, uint16_t port)
 {
-    char host[40] = "host";
-    if (gethostname(host, sizeof host) != 0) {
-        snprintf(host, sizeof host, "host");
-    }
-    host[sizeof host - 1] = '\0';
-    for (char *p = host; *p != '\0'; p++) {
-        if (*p <= 0x20 || *p > 0x7e) {
-            *p = '_';
-        }
-    }
+    char host[40];
+    report_default_host(host, sizeof host);
     snprintf(out, cap, "agent-%s-%u", host, (unsigned)port);
 }
 
@@ -634,6 +626,9 @@ int source_gossip_start(struct allot *a, const struct allot_options *o,
     if (rv == 0) {
         gc.addr = gossip_uv_addr(s->guv);
         member_name(name, sizeof name, gc.addr.port);
+        if (a->host_name[0] == '\0') {
+            snprintf(a->host_name, sizeof a->host_name, "%s", name);
+        }
         double w = a->weight * WEIGHT_SCALE;
         gc.name = name;
         gc.meta.role = GOSSIP_ROLE_AGENT;

@@ -11,6 +11,9 @@
  *                      reaches both; every server is killed and enforcement
  *                      goes on; an agent restarted with every server down
  *                      enforces the rules it saved
+ *   usage_report       an agent's usage windows reach the leader
+ *                      (allotctl usage shows the counters); malformed
+ *                      reports are refused whole and leave nothing
  *   gossip_e2e         3 allotd with gossip + 2 agents given only gossip
  *                      seeds: rules and a change arrive by announcement
  *                      (counted), checked against the digest; every server
@@ -20,6 +23,7 @@
  * refill happens within any test's run time (0.001/s), so counts are exact
  * however slow the machine. */
 #include <check.h>
+#include <jansson.h>
 #include <signal.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -719,6 +723,161 @@ START_TEST(gossip_e2e)
 }
 END_TEST
 
+/* --- Usage reports ----------------------------------------------------- */
+
+/* Sum a rule's counter over every window `host` reported, from
+ * `allotctl usage PATH --host HOST -o json`. */
+static uint64_t usage_sum(const char *host, const char *path, const char *field)
+{
+    struct harness_ctl r;
+    harness_ctl(&r, NULL, "usage", path, "--host", host, "-o", "json",
+                (const char *)NULL);
+    ck_assert_msg(r.status == 0, "allotctl usage failed: %s", r.err);
+    json_error_t e;
+    json_t *j = json_loads(r.out, 0, &e);
+    ck_assert_msg(j != NULL, "usage: not JSON: %s", r.out);
+    uint64_t sum = 0;
+    size_t i, k, m;
+    json_t *h, *w, *rule;
+    json_array_foreach(json_object_get(j, "hosts"), i, h)
+    {
+        ck_assert_str_eq(json_string_value(json_object_get(h, "host")), host);
+        json_array_foreach(json_object_get(h, "windows"), k, w)
+        {
+            json_array_foreach(json_object_get(w, "rules"), m, rule)
+            {
+                const char *p =
+                    json_string_value(json_object_get(rule, "path"));
+                if (p != NULL && strcmp(p, path) == 0) {
+                    sum += (uint64_t)json_integer_value(
+                        json_object_get(rule, field));
+                }
+            }
+        }
+    }
+    json_decref(j);
+    harness_ctl_free(&r);
+    return sum;
+}
+
+/* Poll until host's windows show `want` of field for path. */
+static void wait_usage(const char *host, const char *path, const char *field,
+                       uint64_t want)
+{
+    double t0 = harness_now();
+    uint64_t got;
+    while ((got = usage_sum(host, path, field)) != want) {
+        ck_assert_msg(got < want && harness_now() - t0 < WAIT_MS / 1000.0,
+                      "usage %s %s: %llu, want %llu", path, field,
+                      (unsigned long long)got, (unsigned long long)want);
+        harness_sleep_ms(100);
+    }
+    harness_log("usage %s %s = %llu after %.3f s", path, field,
+                (unsigned long long)want, harness_now() - t0);
+}
+
+struct bad_report
+{
+    const char *what;
+    int n_rules;      /* rules to pack (valid ones) */
+    bool no_host;     /* leave out "host" */
+    bool bad_path;    /* one rule with an invalid path */
+    bool str_counter; /* "admitted" as a string */
+    bool dup;         /* the same path twice */
+};
+
+static void pack_bad_report(msgpack_packer *pk, void *arg)
+{
+    const struct bad_report *b = arg;
+    msgpack_pack_map(pk, b->no_host ? 3 : 4);
+    if (!b->no_host) {
+        wire_pack_kv_str(pk, "host", "badhost");
+    }
+    wire_pack_kv_u64(pk, "window_start_ms", 1000);
+    wire_pack_kv_u64(pk, "window_ms", 1000);
+    wire_pack_str(pk, "rules");
+    msgpack_pack_array(pk, (uint32_t)b->n_rules);
+    for (int i = 0; i < b->n_rules; i++) {
+        char path[64];
+        snprintf(path, sizeof path,
+                 b->bad_path && i == 0 ? "bad//path"
+                 : b->dup              ? "org/dup"
+                                       : "org/r%d",
+                 i);
+        msgpack_pack_map(pk, 5);
+        wire_pack_kv_str(pk, "path", path);
+        wire_pack_kv_u64(pk, "cost", 5);
+        if (b->str_counter) {
+            wire_pack_kv_str(pk, "admitted", "5");
+        } else {
+            wire_pack_kv_u64(pk, "admitted", 5);
+        }
+        wire_pack_kv_u64(pk, "rejected", 0);
+        wire_pack_kv_u64(pk, "shadowed", 0);
+    }
+}
+
+/* An agent reports its windows; allotctl usage shows them. Bad reports
+ * are refused whole and leave nothing behind. */
+START_TEST(usage_report)
+{
+    harness_begin("usage_report");
+    harness_cluster_start(3);
+    unsigned leader = harness_wait_leader(WAIT_MS);
+    ck_assert_uint_ne(leader, 0);
+    rules_setup();
+    uint64_t v = cluster_version();
+    char servers[256];
+    snprintf(servers, sizeof servers, "%s", harness_endpoints(0));
+    struct agent ag;
+    const char *extra[] = {"--window-ms", "300", "--host", "hostA", NULL};
+    agent_start_args(&ag, "uagent", servers, extra);
+    int fd = agent_connect(&ag);
+    wait_version(fd, v);
+    ck_assert_int_eq(count_admitted(fd, "org/api", 8), 5);
+    ck_assert_uint_ne(acquire(fd, "batch"), 0);
+    wait_usage("hostA", "org/api", "admitted", 5);
+    wait_usage("hostA", "org/api", "rejected", 3);
+    wait_usage("hostA", "org/api", "cost", 5);
+    ck_assert_uint_ge(usage_sum("hostA", "batch", "peak"), 1);
+
+    static const struct bad_report bad[] = {
+        {.what = "no host", .n_rules = 1, .no_host = true},
+        {.what = "bad path", .n_rules = 2, .bad_path = true},
+        {.what = "string counter", .n_rules = 1, .str_counter = true},
+        {.what = "path twice", .n_rules = 2, .dup = true},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        struct harness_reply rep;
+        int rv = harness_call(leader, "usage.report", pack_bad_report,
+                              (void *)&bad[i], &rep, HARNESS_CALL_TIMEOUT_MS);
+        ck_assert_msg(rv == ALLOT_EINVALID, "%s: %s (want invalid)",
+                      bad[i].what, allot_error_name(rv));
+        harness_log("bad report (%s): %s", bad[i].what, rep.message);
+        harness_reply_destroy(&rep);
+    }
+    struct bad_report big = {.what = "too many rules", .n_rules = 1025};
+    struct harness_reply rep;
+    ck_assert_int_eq(harness_call(leader, "usage.report", pack_bad_report, &big,
+                                  &rep, HARNESS_CALL_TIMEOUT_MS),
+                     ALLOT_ETOO_BIG);
+    harness_reply_destroy(&rep);
+    ck_assert_uint_eq(usage_sum("badhost", "", "admitted"), 0);
+    /* A good one through a follower reaches the leader's store. */
+    struct bad_report good = {.what = "good", .n_rules = 1};
+    unsigned follower = leader == 1 ? 2 : 1;
+    ck_assert_int_eq(harness_call(follower, "usage.report", pack_bad_report,
+                                  &good, &rep, HARNESS_CALL_TIMEOUT_MS),
+                     0);
+    harness_reply_destroy(&rep);
+    ck_assert_uint_eq(usage_sum("badhost", "org/r0", "admitted"), 5);
+
+    close(fd);
+    agent_stop(&ag);
+    harness_end();
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("enforce_agent");
@@ -728,6 +887,7 @@ static Suite *suite(void)
     tcase_add_test(tc, agent_disconnect);
     tcase_add_test(tc, e2e);
     tcase_add_test(tc, gossip_e2e);
+    tcase_add_test(tc, usage_report);
     suite_add_tcase(s, tc);
     return s;
 }
