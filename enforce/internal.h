@@ -236,8 +236,8 @@ struct allot
 
 /* --- rules.c -------------------------------------------------------------- */
 
-/* The fleet as far as this host knows it. Until the gossip member exists,
- * the host knows only itself. */
+/* The fleet as far as this host knows it. Until the shares issue feeds the
+ * gossip member's view in, the host knows only itself. */
 struct enf_fleet_view
 {
     const char *fleet;   /* this host's fleet */

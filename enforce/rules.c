@@ -39,7 +39,8 @@ RB_GENERATE_STATIC(enf_mirror, enf_params, link, params_cmp)
 double rules_share_fraction(const struct enf_fleet_view *v,
                             const struct quota_fields *f)
 {
-    /* Until the gossip member reports the fleet, a host knows only itself:
+    /* Until the shares issue feeds in the gossip member's view of the
+     * fleet, a host knows only itself:
      * total weight = own weight, so it enforces the whole rate. The shares
      * issue replaces this view, not this function's callers. */
     if (v->members <= 1 || !(v->total_weight > 0) || !(v->own_weight > 0)) {

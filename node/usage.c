@@ -370,6 +370,16 @@ int usage_store_put(struct usage_store *s, struct usage_report *r,
     return 0;
 }
 
+size_t usage_store_hosts(const struct usage_store *s)
+{
+    return s->n_hosts;
+}
+
+size_t usage_store_entries(const struct usage_store *s)
+{
+    return s->entries;
+}
+
 /* --- Reading -------------------------------------------------------------- */
 
 struct ls_query

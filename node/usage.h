@@ -69,6 +69,10 @@ void usage_store_free(struct usage_store *s);
 int usage_store_put(struct usage_store *s, struct usage_report *r,
                     uint64_t now_ms);
 
+/* Hosts and rule entries kept (for tests and metrics). */
+size_t usage_store_hosts(const struct usage_store *s);
+size_t usage_store_entries(const struct usage_store *s);
+
 /* Pack {"hosts": [{"host", "fleet", "received_ms", "windows":
  * [{"start_ms", "window_ms", "rules": [...]}]}], "truncated"} for the rules
  * at prefix (a path and what is under it; "" for all) and, when host is not
