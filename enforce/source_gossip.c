@@ -26,7 +26,9 @@
  *     PULL_DEADLINE_MS; the next attempt starts on another server;
  *   - digest mismatch: counted (digest_mismatches), nothing applied, a
  *     full read follows; a full read that mismatches too is not installed
- *     and is retried with backoff;
+ *     and is retried with backoff. A change record that cannot be read or
+ *     applied leads to a full read the same way (not to the same delta
+ *     again);
  *   - every server and every seed gone: decisions go on from memory and
  *     the file on disk; the member keeps trying its seeds.
  *
@@ -375,6 +377,7 @@ static int catch_up(struct enf_gossip *s, struct allot_client *c,
         msgpack_sbuffer_init(&d.sb);
         struct allot_reply rep;
         uint64_t last = held;
+        bool read_all = false;
         rv = allot_client_watch(c, "", &held, collect_change, &d, &last, &rep);
         if (rv == 0 && !d.too_long && last >= e->version) {
             rv = apply_delta(a, &d, e, errmsg);
@@ -388,20 +391,23 @@ static int catch_up(struct enf_gossip *s, struct allot_client *c,
                 atomic_fetch_add(&a->deltas, 1);
                 rules_confirm(a, e->version);
             }
+            /* Whatever went wrong with the changes themselves (a
+             * mismatch, a record that cannot be read, no memory), reading
+             * every rule is the remedy; retrying the same delta is not. */
+            read_all = rv != 0 && rv != ALLOT_ESHUTDOWN;
         } else if (rv == 0) {
-            rv = ALLOT_ETOO_BIG; /* too long or cut short: read it all */
+            read_all = true; /* too long or cut short */
         } else {
             allot_errf(errmsg, rv, "changes after %llu: %s",
                        (unsigned long long)held, rep.message);
+            /* A lost history calls for a full read; any other failure is
+             * the server's, to retry later. */
+            read_all = rv == ALLOT_ENOT_FOUND;
         }
         allot_reply_destroy(&rep);
         msgpack_sbuffer_destroy(&d.sb);
-        if (rv == 0 || rv == ALLOT_ESHUTDOWN) {
+        if (!read_all) {
             return rv;
-        }
-        if (rv != ALLOT_ECONFLICT && rv != ALLOT_ENOT_FOUND &&
-            rv != ALLOT_ETOO_BIG) {
-            return rv; /* the server failed: not a reason to read it all */
         }
         atomic_fetch_add(&a->resyncs, 1);
     }
