@@ -693,6 +693,31 @@ START_TEST(gossip_e2e)
         ck_assert_uint_ge(st.gossip_servers, 1);
         ck_assert_uint_eq(st.digest_mismatches, 0);
     }
+    /* The servers see both agents with their fleet and their weight in
+     * thousandths (--weight 2). */
+    struct harness_ctl r;
+    harness_ctl(&r, NULL, "gossip", "members", "-o", "json",
+                (const char *)NULL);
+    ck_assert_msg(r.status == 0, "gossip members: %s", r.err);
+    json_error_t je;
+    json_t *ms = json_loads(r.out, 0, &je);
+    ck_assert_ptr_nonnull(ms);
+    size_t k, agents = 0;
+    json_t *m;
+    json_array_foreach(ms, k, m)
+    {
+        if (strcmp(json_string_value(json_object_get(m, "role")), "agent") ==
+            0) {
+            ck_assert_str_eq(json_string_value(json_object_get(m, "fleet")),
+                             "web");
+            ck_assert_int_eq(json_integer_value(json_object_get(m, "weight")),
+                             2000);
+            agents++;
+        }
+    }
+    json_decref(ms);
+    harness_ctl_free(&r);
+    ck_assert_uint_eq(agents, 2);
     /* A change reaches both, as a checked delta. */
     CTL_OK("quota", "set", "org/api", "burst=8");
     v = cluster_version();
