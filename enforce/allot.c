@@ -1006,14 +1006,17 @@ static void stop_threads(struct allot *a)
     pthread_mutex_lock(&a->mu);
     pthread_cond_broadcast(&a->cv);
     pthread_mutex_unlock(&a->mu);
-    source_watch_stop(a->source);
-    a->source = NULL;
-    source_gossip_stop(a->gossip);
-    a->gossip = NULL;
+    /* The housekeeping thread first: it reaches into the sources (a kick,
+     * the gossip's server list for usage reports), so they must outlive
+     * it. The cancel fd above ends any call it is blocked in. */
     if (a->house_started) {
         pthread_join(a->house_thr, NULL);
         a->house_started = false;
     }
+    source_watch_stop(a->source);
+    a->source = NULL;
+    source_gossip_stop(a->gossip);
+    a->gossip = NULL;
     if (a->clock_started) {
         pthread_join(a->clock_thr, NULL);
         a->clock_started = false;
