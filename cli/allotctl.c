@@ -33,6 +33,7 @@ struct cli
     bool recursive;
     const char *since;
     const char *principal;
+    const char *host;     /* usage --host NAME */
     const char *identity; /* --identity FILE or ALLOT_IDENTITY */
     const char *token;    /* --token TOKEN or ALLOT_TOKEN */
     const char *prefix;   /* validator add --prefix */
@@ -98,6 +99,8 @@ static void usage(FILE *out)
             "  gossip keys list | gossip keys install|use|remove KEY   rotate "
             "fleet-wide\n"
             "  gossip keygen                   print a new gossip key\n"
+            "  usage [PATH] [--host NAME]      the latest usage windows "
+            "hosts reported\n"
             "Signing: --identity FILE (or ALLOT_IDENTITY) signs every request;"
             " --token T\n(or ALLOT_TOKEN) sends a bearer token instead."
             "\n"
@@ -764,6 +767,100 @@ static void print_gossip_members(const msgpack_object *ms)
     }
 }
 
+static void fmt_time_ms(uint64_t ms, char *buf, size_t size);
+
+/* Call op and print its result: JSON with -o json, else print_text. */
+static int call_and_print(struct cli *cli, const char *op, allot_pack_fn pack,
+                          void *arg,
+                          void (*print_text)(const msgpack_object *result))
+{
+    struct allot_reply rep;
+    int rv = call(cli, op, pack, arg, &rep);
+    if (rv != 0) {
+        return rv;
+    }
+    if (cli->json) {
+        print_object_json(rep.result);
+    } else {
+        print_text(rep.result);
+    }
+    allot_reply_destroy(&rep);
+    return 0;
+}
+
+struct usage_args
+{
+    const char *prefix;
+    const char *host;
+};
+
+static void pack_usage(msgpack_packer *pk, void *arg)
+{
+    const struct usage_args *a = arg;
+    msgpack_pack_map(pk, a->host != NULL ? 2 : 1);
+    wire_pack_kv_str(pk, "prefix", a->prefix);
+    if (a->host != NULL) {
+        wire_pack_kv_str(pk, "host", a->host);
+    }
+}
+
+static void print_usage_windows(const msgpack_object *res)
+{
+    printf("%-24s %-24s %-32s %10s %10s %10s %12s %6s\n", "HOST",
+           "WINDOW START", "PATH", "ADMITTED", "REJECTED", "SHADOWED", "COST",
+           "PEAK");
+    const msgpack_object *hs = wire_map_get(res, "hosts");
+    for (uint32_t i = 0; hs != NULL && hs->type == MSGPACK_OBJECT_ARRAY &&
+                         i < hs->via.array.size;
+         i++) {
+        const msgpack_object *h = &hs->via.array.ptr[i];
+        char host[80];
+        text_of(h, "host", NULL, host, sizeof host);
+        const msgpack_object *ws = wire_map_get(h, "windows");
+        for (uint32_t k = 0; ws != NULL && ws->type == MSGPACK_OBJECT_ARRAY &&
+                             k < ws->via.array.size;
+             k++) {
+            const msgpack_object *w = &ws->via.array.ptr[k];
+            const msgpack_object *st = wire_map_get(w, "start_ms");
+            char when[32] = "-";
+            if (st != NULL && st->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+                fmt_time_ms(st->via.u64, when, sizeof when);
+            }
+            const msgpack_object *rs = wire_map_get(w, "rules");
+            for (uint32_t j = 0;
+                 rs != NULL && rs->type == MSGPACK_OBJECT_ARRAY &&
+                 j < rs->via.array.size;
+                 j++) {
+                const msgpack_object *r = &rs->via.array.ptr[j];
+                char path[300], adm[24], rej[24], sh[24], cost[24], peak[24];
+                text_of(r, "path", NULL, path, sizeof path);
+                text_of(r, "admitted", NULL, adm, sizeof adm);
+                text_of(r, "rejected", NULL, rej, sizeof rej);
+                text_of(r, "shadowed", NULL, sh, sizeof sh);
+                text_of(r, "cost", NULL, cost, sizeof cost);
+                text_of(r, "peak", NULL, peak, sizeof peak);
+                printf("%-24s %-24s %-32s %10s %10s %10s %12s %6s\n", host,
+                       when, path, adm, rej, sh, cost, peak);
+            }
+        }
+    }
+    const msgpack_object *t = wire_map_get(res, "truncated");
+    if (t != NULL && t->type == MSGPACK_OBJECT_BOOLEAN && t->via.boolean) {
+        printf("(more rules than one reply holds: narrow with PATH or "
+               "--host)\n");
+    }
+}
+
+static int cmd_usage(struct cli *cli)
+{
+    if (cli->n_pos > 2) {
+        return fail(ALLOT_EINVALID, "usage: usage [PATH] [--host NAME]");
+    }
+    struct usage_args a = {.prefix = cli->n_pos == 2 ? cli->pos[1] : "",
+                           .host = cli->host};
+    return call_and_print(cli, "usage.ls", pack_usage, &a, print_usage_windows);
+}
+
 static int cmd_gossip(struct cli *cli)
 {
     const char *sub = cli->n_pos > 1 ? cli->pos[1] : "";
@@ -773,17 +870,8 @@ static int cmd_gossip(struct cli *cli)
         if (cli->n_pos != 2) {
             return fail(ALLOT_EINVALID, "usage: gossip members [-o json]");
         }
-        rv = call(cli, "gossip.members", NULL, NULL, &rep);
-        if (rv != 0) {
-            return rv;
-        }
-        if (cli->json) {
-            print_object_json(rep.result);
-        } else {
-            print_gossip_members(rep.result);
-        }
-        allot_reply_destroy(&rep);
-        return 0;
+        return call_and_print(cli, "gossip.members", NULL, NULL,
+                              print_gossip_members);
     }
     if (strcmp(sub, "keys") != 0) {
         return fail(ALLOT_EINVALID,
@@ -1716,7 +1804,8 @@ static int parse_args(struct cli *cli, int argc, char **argv)
             strcmp(a, "--member") == 0 || strcmp(a, "--from-version") == 0 ||
             strcmp(a, "--count") == 0 || strcmp(a, "--token") == 0 ||
             strcmp(a, "--ttl") == 0 || strcmp(a, "--prefix") == 0 ||
-            strcmp(a, "--exec") == 0 || strcmp(a, "--url") == 0;
+            strcmp(a, "--exec") == 0 || strcmp(a, "--url") == 0 ||
+            strcmp(a, "--host") == 0;
         if (takes) {
             if (i + 1 >= argc) {
                 return fail(ALLOT_EINVALID, "%s needs a value", a);
@@ -1807,6 +1896,8 @@ static int parse_args(struct cli *cli, int argc, char **argv)
             cli->since = val;
         } else if (strcmp(a, "--principal") == 0) {
             cli->principal = val;
+        } else if (strcmp(a, "--host") == 0) {
+            cli->host = val;
         } else if (strcmp(a, "--recursive") == 0 || strcmp(a, "-r") == 0) {
             cli->recursive = true;
         } else if (strcmp(a, "--digest") == 0) {
@@ -1904,6 +1995,8 @@ int main(int argc, char **argv)
         rv = cmd_capacity(&cli);
     } else if (strcmp(group, "gossip") == 0) {
         rv = cmd_gossip(&cli);
+    } else if (strcmp(group, "usage") == 0) {
+        rv = cmd_usage(&cli);
     } else if (strcmp(group, "audit") == 0) {
         rv = cmd_audit(&cli);
     } else if (strcmp(group, "token") == 0) {

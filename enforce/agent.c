@@ -364,12 +364,8 @@ static void pack_usage(msgpack_packer *pk, const char *name,
 {
     wire_pack_str(pk, name);
     msgpack_pack_map(pk, 6);
-    wire_pack_kv_u64(pk, "admitted", u->admitted);
-    wire_pack_kv_u64(pk, "rejected", u->rejected);
-    wire_pack_kv_u64(pk, "shadowed", u->shadowed);
-    wire_pack_kv_u64(pk, "delayed", u->delayed);
-    wire_pack_kv_u64(pk, "cost", u->cost);
-    wire_pack_kv_u64(pk, "peak", u->peak);
+    wire_pack_usage(pk, u->admitted, u->rejected, u->shadowed, u->delayed,
+                    u->cost, u->peak);
 }
 
 static void pack_rule_stats(msgpack_packer *pk, struct allot_rule *r)
@@ -409,7 +405,7 @@ static int op_stats(struct req *q, msgpack_sbuffer *sb, msgpack_packer *pk)
     allot_stats(ag->a, &st);
     (void)sb;
     wire_pack_ok_head(pk, q->id);
-    msgpack_pack_map(pk, 20);
+    msgpack_pack_map(pk, 29);
     wire_pack_kv_u64(pk, "catalog_version", st.catalog_version);
     wire_pack_kv_u64(pk, "server_version", st.server_version);
     wire_pack_kv_u64(pk, "versions_behind", st.versions_behind);
@@ -429,6 +425,16 @@ static int op_stats(struct req *q, msgpack_sbuffer *sb, msgpack_packer *pk)
     wire_pack_kv_u64(pk, "persist_errors", st.persist_errors);
     wire_pack_kv_u64(pk, "slots_in_use", st.slots_in_use);
     wire_pack_kv_u64(pk, "stale_releases", st.stale_releases);
+    wire_pack_str(pk, "gossip");
+    st.gossip_configured ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+    wire_pack_kv_u64(pk, "announced_version", st.announced_version);
+    wire_pack_kv_u64(pk, "announcements", st.announcements);
+    wire_pack_kv_u64(pk, "deltas", st.deltas);
+    wire_pack_kv_u64(pk, "digest_mismatches", st.digest_mismatches);
+    wire_pack_kv_u64(pk, "gossip_members", st.gossip_members);
+    wire_pack_kv_u64(pk, "gossip_servers", st.gossip_servers);
+    wire_pack_kv_u64(pk, "usage_reports", st.usage_reports);
+    wire_pack_kv_u64(pk, "usage_errors", st.usage_errors);
     wire_pack_kv_u64(pk, "connections", ag->conns_open);
     wire_pack_str(pk, "health");
     msgpack_pack_double(pk, st.health);
@@ -714,10 +720,11 @@ static void usage(FILE *f)
             "                   [--identity FILE | --token T]\n"
             "                   [--gossip HOST:PORT --gossip-seeds "
             "HOST:PORT,...\n"
-            "                    --gossip-keyring FILE]  (accepted; not "
-            "active yet)\n"
+            "                    --gossip-keyring FILE]\n"
             "                   [--per-key-max N] [--max-slots N] "
             "[--window-ms MS]\n"
+            "                   [--host NAME]  (the name usage reports "
+            "carry)\n"
             "                   [--log-level debug|info|warn|error]\n");
 }
 
@@ -753,6 +760,7 @@ int main(int argc, char **argv)
         {"per-key-max", required_argument, NULL, 'K'},
         {"max-slots", required_argument, NULL, 'M'},
         {"window-ms", required_argument, NULL, 'W'},
+        {"host", required_argument, NULL, 'H'},
         {"log-level", required_argument, NULL, 'l'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -805,6 +813,9 @@ int main(int argc, char **argv)
             if (parse_u32(optarg, "--max-slots", &o.max_slots) != 0) {
                 return 2;
             }
+            break;
+        case 'H':
+            o.host_name = optarg;
             break;
         case 'W':
             if (parse_u32(optarg, "--window-ms", &o.window_ms) != 0) {

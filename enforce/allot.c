@@ -687,6 +687,20 @@ int allot_stats(struct allot *a, struct allot_stats *st)
     st->weight = a->weight;
     st->total_weight = a->weight;
     st->gossip_configured = a->gossip_configured;
+    st->announced_version = atomic_load(&a->announced_version);
+    st->announcements = atomic_load(&a->announcements);
+    st->deltas = atomic_load(&a->deltas);
+    st->digest_mismatches = atomic_load(&a->digest_mismatches);
+    st->gossip_members = atomic_load(&a->gossip_members);
+    st->gossip_servers = atomic_load(&a->gossip_servers);
+    st->usage_reports = atomic_load(&a->usage_reports);
+    st->usage_errors = atomic_load(&a->usage_errors);
+    if (st->announced_version > st->server_version) {
+        st->server_version = st->announced_version;
+        st->versions_behind = st->server_version > st->catalog_version
+                                  ? st->server_version - st->catalog_version
+                                  : 0;
+    }
     return 0;
 }
 
@@ -790,6 +804,7 @@ static void *house_main(void *arg)
     struct allot *a = arg;
     uint64_t last_change_seen = 0, dirty_since = 0, next_probe = 0;
     unsigned behind = 0;
+    bool report_failing = false; /* log once per streak of failures */
     struct allot_client *probe = NULL;
     pthread_mutex_lock(&a->stats_mu);
     a->win_start_ms = clock_wall_ms();
@@ -823,6 +838,19 @@ static void *house_main(void *arg)
         if (now >= next_roll) {
             enf_roll_windows(a);
             next_roll = now + a->window_ms;
+            char msg[ALLOT_ERRMSG_SIZE];
+            int rv = report_usage(a, msg);
+            if (rv >= 0) {
+                report_failing = false;
+                atomic_fetch_add(&a->usage_reports, (uint64_t)rv);
+            } else if (!atomic_load(&a->stopping)) {
+                atomic_fetch_add(&a->usage_errors, 1);
+                if (!report_failing) {
+                    LOGW("enforce", "usage window not reported",
+                         "err=%s msg=\"%s\"", allot_error_name(rv), msg);
+                }
+                report_failing = true;
+            }
         }
         if (a->servers != NULL && now >= next_probe) {
             next_probe = now + PROBE_PERIOD_MS;
@@ -880,6 +908,17 @@ static int check_options(const struct allot_options *o)
         (o->clock_tick_us != 0 && o->clock_tick_us > 1000000u) ||
         (o->identity != NULL && o->token != NULL)) {
         return ALLOT_EINVALID;
+    }
+    if (o->host_name != NULL) {
+        size_t n = strlen(o->host_name);
+        for (size_t i = 0; i < n; i++) {
+            if (o->host_name[i] <= 0x20 || o->host_name[i] > 0x7e) {
+                return ALLOT_EINVALID;
+            }
+        }
+        if (n == 0 || n > 64) {
+            return ALLOT_EINVALID;
+        }
     }
     if (o->fleet != NULL) {
         size_t n = strlen(o->fleet);
@@ -967,12 +1006,17 @@ static void stop_threads(struct allot *a)
     pthread_mutex_lock(&a->mu);
     pthread_cond_broadcast(&a->cv);
     pthread_mutex_unlock(&a->mu);
-    source_watch_stop(a->source);
-    a->source = NULL;
+    /* The housekeeping thread first: it reaches into the sources (a kick,
+     * the gossip's server list for usage reports), so they must outlive
+     * it. The cancel fd above ends any call it is blocked in. */
     if (a->house_started) {
         pthread_join(a->house_thr, NULL);
         a->house_started = false;
     }
+    source_watch_stop(a->source);
+    a->source = NULL;
+    source_gossip_stop(a->gossip);
+    a->gossip = NULL;
     if (a->clock_started) {
         pthread_join(a->clock_thr, NULL);
         a->clock_started = false;
@@ -1012,9 +1056,10 @@ int enf_open(const struct allot_options *opts, const struct enf_test_hooks *h,
                  : opts->counter_stripes > EPOCH_STRIPES
                      ? EPOCH_STRIPES
                      : opts->counter_stripes;
-    a->gossip_configured = opts->gossip_bind != NULL ||
-                           opts->gossip_seeds != NULL ||
-                           opts->gossip_keyring != NULL;
+    a->gossip_configured = opts->gossip_bind != NULL;
+    if (opts->host_name != NULL) {
+        snprintf(a->host_name, sizeof a->host_name, "%s", opts->host_name);
+    }
     rv = dup_opt(opts->data_dir, &a->data_dir);
     rv = rv ? rv : dup_opt(opts->fleet ? opts->fleet : "default", &a->fleet);
     rv = rv ? rv : dup_opt(opts->servers, &a->servers);
@@ -1074,7 +1119,14 @@ int enf_open(const struct allot_options *opts, const struct enf_test_hooks *h,
             goto err_after_threads;
         }
         a->house_started = true;
-        if (a->servers != NULL) {
+        if (a->gossip_configured) {
+            rv = source_gossip_start(a, opts, &a->gossip, msg);
+            if (rv != 0) {
+                LOGE("enforce", "cannot start the gossip member",
+                     "err=%s msg=\"%s\"", allot_error_name(rv), msg);
+                goto err_after_threads;
+            }
+        } else if (a->servers != NULL) {
             rv = source_watch_start(a, &a->source, msg);
             if (rv != 0) {
                 LOGE("enforce", "cannot start the rule source",
@@ -1083,9 +1135,13 @@ int enf_open(const struct allot_options *opts, const struct enf_test_hooks *h,
             }
         }
     }
-    if (a->gossip_configured) {
-        LOGW("enforce", "gossip options accepted but not active yet",
-             "gossip_bind=%s", opts->gossip_bind ? opts->gossip_bind : "");
+    if (a->host_name[0] == '\0') {
+        report_default_host(a->host_name, sizeof a->host_name);
+    }
+    if (!a->gossip_configured &&
+        (opts->gossip_seeds != NULL || opts->gossip_keyring != NULL)) {
+        LOGW("enforce", "gossip_seeds and gossip_keyring need gossip_bind",
+             "%s", "ignored=1");
     }
     *out = a;
     return 0;

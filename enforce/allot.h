@@ -3,8 +3,8 @@
  * liballot keeps a copy of allot's rules (quotas) in the caller's process
  * and answers from it without any round trip: a rate decision is a lookup
  * and a compare-and-swap on one 64-bit word; a capacity decision reserves a
- * concurrency slot. Rules arrive in the background (today: by watching the
- * allotd servers; later: announced by gossip), are swapped in whole, and
+ * concurrency slot. Rules arrive in the background (announced by gossip and
+ * read from a server, or by watching the servers), are swapped in whole, and
  * are kept on disk so a restarted host enforces its last-known-good rules
  * at once, even with every server down. docs/enforce.md has the algorithms
  * and the failure behaviour.
@@ -56,15 +56,20 @@ struct allot_options
     double weight;            /* share weight; 0 = 1.0 */
     const char *gossip_bind;  /* HOST:PORT of the embedded gossip member */
     const char *gossip_seeds; /* "HOST:PORT,..." of any cluster members */
-    const char *gossip_keyring; /* keyring file; NULL only for --insecure
-                                   clusters */
-    /* The three gossip fields are accepted and shown in allot_stats() but
-     * not used yet: until the gossip member exists, rules come from
-     * `servers` below. */
+    const char *gossip_keyring; /* keyring file; required with gossip_bind
+                                   (the gossip is always encrypted) */
+    /* With gossip_bind, liballot runs a gossip member (role agent, fleet,
+     * weight in thousandths) and brings its rules up to each catalog
+     * version the servers announce, checked against the announced digest;
+     * the servers to read from are found among the members. */
 
-    /* --- Interim rule source (until gossip) ------------------------------ */
+    /* --- Static servers ----------------------------------------------------
+     */
     const char *servers;  /* "HOST:PORT,..." of allotd client endpoints
-                             (1..16); NULL: no source, the rules on disk
+                             (1..16). Without gossip: the rule source
+                             (pull, then watch). With gossip: a fallback
+                             while gossip knows no server, and the first
+                             read. NULL and no gossip: the rules on disk
                              only */
     const char *identity; /* identity file (allotctl identity new) to sign
                              requests with, for secure clusters; or */
@@ -85,6 +90,10 @@ struct allot_options
                                  share one with atomic adds); 0 = 8. 40
                                  bytes each per resolved rule: a
                                  single-threaded user wants 1 */
+    const char *host_name;    /* the name usage reports carry (1..64
+                                 printable characters, no spaces); NULL =
+                                 the gossip member's name, else the
+                                 system's host name */
 };
 
 /* Open an instance: load the last-known-good rules from data_dir (they are
@@ -247,7 +256,18 @@ struct allot_stats
     double weight;          /* this host's share weight */
     double total_weight;    /* fleet weight known (own weight until
                                membership exists) */
-    int gossip_configured;  /* gossip options were given (not used yet) */
+    int gossip_configured;  /* the gossip member runs (gossip_bind) */
+    /* Appended: the gossip source and usage reports. */
+    uint64_t announced_version; /* newest catalog version announced by
+                                   gossip; 0 = none heard */
+    uint64_t announcements;     /* newer announcements heard */
+    uint64_t deltas;            /* checked deltas applied */
+    uint64_t digest_mismatches; /* reads that did not match an
+                                   announcement (not applied) */
+    uint64_t gossip_members;    /* alive members known, this one included */
+    uint64_t gossip_servers;    /* alive servers among them */
+    uint64_t usage_reports;     /* usage windows a server accepted */
+    uint64_t usage_errors;      /* usage windows not delivered */
 };
 
 ALLOT_API int allot_stats(struct allot *a, struct allot_stats *st);

@@ -3,7 +3,8 @@
  *   allot.c         public API: open/close, decisions, stats, threads
  *   rules.c         the rule set: mirror, table swaps, handles, shares, the
  *                   sink rule sources feed (rules_replace/rules_apply_change)
- *   source_watch.c  interim rule source: pull + watch from allotd
+ *   source_watch.c  rule source without gossip: pull + watch from allotd
+ *   source_gossip.c rule source with gossip: announcements, checked deltas
  *   lkg.c           last-known-good file in data_dir
  *   epoch.c         safe reclamation of swapped tables
  *   keys.c slots.c  per-key table, slot pool
@@ -149,6 +150,7 @@ struct allot_rule
 };
 
 struct enf_source;
+struct enf_gossip;
 
 struct allot
 {
@@ -177,6 +179,8 @@ struct allot
     uint32_t tick_us;
     uint32_t window_ms;
     bool gossip_configured;
+    char host_name[65]; /* usage reports: host_name, the gossip member's
+                           name, or the system's host name */
 
     /* --- Rule set, under mu -------------------------------------------- */
     alignas(64) pthread_mutex_t mu;
@@ -205,6 +209,15 @@ struct allot
     _Atomic uint64_t health_bits; /* the double given to allot_set_health */
     _Atomic uint64_t last_contact_ms;
     _Atomic int from_disk;
+    /* The gossip source (source_gossip.c). */
+    _Atomic uint64_t announced_version;
+    _Atomic uint64_t announcements;
+    _Atomic uint64_t digest_mismatches;
+    _Atomic uint64_t deltas;
+    _Atomic uint64_t gossip_members;
+    _Atomic uint64_t gossip_servers;
+    _Atomic uint64_t usage_reports;
+    _Atomic uint64_t usage_errors;
 
     /* --- Threads -------------------------------------------------------- */
     pthread_t clock_thr;
@@ -215,6 +228,7 @@ struct allot
     int cancel_fd; /* eventfd: readable once stopping (ends blocking I/O) */
     int lock_fd;   /* flock on data_dir/.lock */
     struct enf_source *source;
+    struct enf_gossip *gossip;
     pthread_mutex_t stats_mu;   /* windows */
     uint64_t win_start_ms;      /* the current window's start */
     uint64_t win_last_start_ms; /* the last complete one's */
@@ -222,8 +236,8 @@ struct allot
 
 /* --- rules.c -------------------------------------------------------------- */
 
-/* The fleet as far as this host knows it. Until the gossip member exists,
- * the host knows only itself. */
+/* The fleet as far as this host knows it. Until the shares issue feeds the
+ * gossip member's view in, the host knows only itself. */
 struct enf_fleet_view
 {
     const char *fleet;   /* this host's fleet */
@@ -258,6 +272,18 @@ int rules_replace(struct allot *a, const struct quota *qs, size_t n,
 int rules_apply_change(struct allot *a, const msgpack_object *change,
                        char *errmsg);
 
+/* The catalog digest over the rules held (docs/gossip.md), and the
+ * catalog version it belongs to. Takes a->mu; O(rules). */
+void rules_digest(struct allot *a, uint8_t d[QUOTA_DIGEST_SIZE],
+                  uint64_t *version);
+
+/* The digest the rules held would have after applying changes[0..n) (watch
+ * records, in version order) with rules_apply_change(), without applying
+ * anything: so a delta is checked against an announcement before it is
+ * swapped in. ALLOT_EINVALID for a record that cannot be read, ENOMEM. */
+int rules_delta_digest(struct allot *a, const msgpack_object *const *changes,
+                       size_t n, uint8_t d[QUOTA_DIGEST_SIZE], char *errmsg);
+
 /* A server reports its catalog at server_version. */
 void rules_confirm(struct allot *a, uint64_t server_version);
 
@@ -271,6 +297,17 @@ void rules_close(struct allot *a);
 struct msgpack_sbuffer;
 int rules_pack_for_disk(struct allot *a, struct msgpack_sbuffer *sb,
                         uint64_t *version);
+
+/* --- report.c ------------------------------------------------------------ */
+
+/* This system's host name, made printable (the default host_name). */
+void report_default_host(char *out, size_t cap);
+
+/* Send the last complete usage window to a server (usage.report): the
+ * number of reports sent (0 when nothing was active), or a negative error
+ * with a message. Blocks up to
+ * a couple of seconds per server; the housekeeping thread calls it. */
+int report_usage(struct allot *a, char *errmsg);
 
 /* --- allot.c -------------------------------------------------------------- */
 

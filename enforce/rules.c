@@ -39,7 +39,8 @@ RB_GENERATE_STATIC(enf_mirror, enf_params, link, params_cmp)
 double rules_share_fraction(const struct enf_fleet_view *v,
                             const struct quota_fields *f)
 {
-    /* Until the gossip member reports the fleet, a host knows only itself:
+    /* Until the shares issue feeds in the gossip member's view of the
+     * fleet, a host knows only itself:
      * total weight = own weight, so it enforces the whole rate. The shares
      * issue replaces this view, not this function's callers. */
     if (v->members <= 1 || !(v->total_weight > 0) || !(v->own_weight > 0)) {
@@ -485,6 +486,112 @@ int rules_apply_change(struct allot *a, const msgpack_object *change,
     enf_version_advanced(a);
     pthread_mutex_unlock(&a->mu);
     rules_confirm(a, version);
+    return rv;
+}
+
+static void digest_mirror(struct allot *a, uint8_t d[QUOTA_DIGEST_SIZE])
+{
+    memset(d, 0, QUOTA_DIGEST_SIZE);
+    struct enf_params *p;
+    RB_FOREACH(p, enf_mirror, &a->mirror)
+    {
+        quota_digest_toggle(d, p->path, strlen(p->path), p->version);
+    }
+}
+
+void rules_digest(struct allot *a, uint8_t d[QUOTA_DIGEST_SIZE],
+                  uint64_t *version)
+{
+    pthread_mutex_lock(&a->mu);
+    digest_mirror(a, d);
+    *version = atomic_load(&a->version);
+    pthread_mutex_unlock(&a->mu);
+}
+
+/* Where a path stands while a delta is simulated: the last change to it
+ * earlier in the delta, else the mirror. */
+struct delta_state
+{
+    bool present;
+    uint64_t version;
+};
+
+static struct delta_state delta_lookup(struct allot *a,
+                                       const msgpack_object *const *changes,
+                                       const struct delta_state *states,
+                                       size_t i, const char *path,
+                                       size_t path_len)
+{
+    while (i-- > 0) {
+        const char *p;
+        size_t len;
+        char msg[ALLOT_ERRMSG_SIZE];
+        if (wire_get_str(changes[i], "path", true, &p, &len, msg) == 0 &&
+            len == path_len && memcmp(p, path, len) == 0) {
+            return states[i];
+        }
+    }
+    char buf[QUOTA_PATH_MAX + 1];
+    memcpy(buf, path, path_len);
+    buf[path_len] = '\0';
+    const struct enf_params *cur = mirror_find(a, buf);
+    return (struct delta_state){.present = cur != NULL,
+                                .version = cur != NULL ? cur->version : 0};
+}
+
+int rules_delta_digest(struct allot *a, const msgpack_object *const *changes,
+                       size_t n, uint8_t d[QUOTA_DIGEST_SIZE], char *errmsg)
+{
+    struct delta_state *states = calloc(n ? n : 1, sizeof *states);
+    if (states == NULL) {
+        return allot_errf(errmsg, ALLOT_ENOMEM, "out of memory");
+    }
+    int rv = 0;
+    pthread_mutex_lock(&a->mu);
+    digest_mirror(a, d);
+    uint64_t held = atomic_load(&a->version);
+    /* The same decisions rules_apply_change() and set_rule() make, on
+     * (path, version) pairs only. */
+    for (size_t i = 0; i < n && rv == 0; i++) {
+        uint64_t version, qv = 0;
+        const char *path;
+        size_t len;
+        rv = wire_get_u64(changes[i], "version", true, &version, errmsg);
+        if (rv == 0) {
+            rv = wire_get_str(changes[i], "path", true, &path, &len, errmsg);
+        }
+        if (rv != 0) {
+            break;
+        }
+        const msgpack_object *op = wire_map_get(changes[i], "op");
+        const msgpack_object *nv = wire_map_get(changes[i], "new");
+        bool is_set = str_is(op, "quota.set"), is_rm = str_is(op, "quota.rm");
+        struct delta_state cur = delta_lookup(a, changes, states, i, path, len);
+        states[i] = cur;
+        if (version <= held || !(is_set || is_rm) ||
+            (cur.present && cur.version > version)) {
+            continue;
+        }
+        if (is_set) {
+            if (nv == NULL || nv->type != MSGPACK_OBJECT_MAP ||
+                wire_get_u64(nv, "version", true, &qv, errmsg) != 0) {
+                rv = allot_errf(errmsg, ALLOT_EINVALID,
+                                "change %llu at %.*s has no quota version",
+                                (unsigned long long)version, (int)len, path);
+                break;
+            }
+        }
+        if (cur.present) {
+            quota_digest_toggle(d, path, len, cur.version);
+        }
+        if (is_set) {
+            quota_digest_toggle(d, path, len, qv);
+        }
+        states[i] = (struct delta_state){.present = is_set, .version = qv};
+        held = version;
+    }
+    pthread_mutex_unlock(&a->mu);
+    free(states);
     return rv;
 }
 

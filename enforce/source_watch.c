@@ -49,11 +49,11 @@ struct enf_source
     int kick_fd;            /* eventfd: stop, or drop everything and pull */
 };
 
-static int client_open(struct allot *a, int timeout_ms, int cancel_fd,
-                       struct allot_client **out, char *errmsg)
+static int client_open(struct allot *a, const char *servers, int timeout_ms,
+                       int cancel_fd, struct allot_client **out, char *errmsg)
 {
     struct allot_client *c;
-    int rv = allot_client_open(a->servers, timeout_ms, &c, errmsg);
+    int rv = allot_client_open(servers, timeout_ms, &c, errmsg);
     if (rv != 0) {
         return rv;
     }
@@ -77,7 +77,14 @@ static int client_open(struct allot *a, int timeout_ms, int cancel_fd,
 int source_client_open(struct allot *a, int timeout_ms,
                        struct allot_client **out, char *errmsg)
 {
-    return client_open(a, timeout_ms, a->cancel_fd, out, errmsg);
+    return client_open(a, a->servers, timeout_ms, a->cancel_fd, out, errmsg);
+}
+
+int source_client_open_at(struct allot *a, const char *servers, int timeout_ms,
+                          int cancel_fd, struct allot_client **out,
+                          char *errmsg)
+{
+    return client_open(a, servers, timeout_ms, cancel_fd, out, errmsg);
 }
 
 /* After a kick: a fresh client (a cancelled one stays cancelled). */
@@ -88,7 +95,8 @@ static void renew_client(struct enf_source *s)
     (void)r; /* EAGAIN when nothing was pending: fine */
     char msg[ALLOT_ERRMSG_SIZE];
     struct allot_client *c;
-    if (client_open(s->a, CALL_TIMEOUT_MS, s->kick_fd, &c, msg) == 0) {
+    if (client_open(s->a, s->a->servers, CALL_TIMEOUT_MS, s->kick_fd, &c,
+                    msg) == 0) {
         allot_client_close(s->c);
         s->c = c;
     }
@@ -112,6 +120,13 @@ static void pack_page(msgpack_packer *pk, void *arg)
 
 int source_pull(struct allot *a, struct allot_client *c, uint64_t *version,
                 char *errmsg)
+{
+    return source_pull_checked(a, c, NULL, version, errmsg);
+}
+
+int source_pull_checked(struct allot *a, struct allot_client *c,
+                        const struct source_expect *expect, uint64_t *version,
+                        char *errmsg)
 {
     struct quota *qs = NULL;
     size_t n = 0, cap = 0;
@@ -167,6 +182,23 @@ int source_pull(struct allot *a, struct allot_client *c, uint64_t *version,
         first = false;
         if (!more) {
             break;
+        }
+    }
+    if (expect != NULL && expect->version == *version) {
+        /* A set read at the announced version must hash to the announced
+         * digest; one read at another version cannot be compared here (the
+         * announcement of its own version checks it later). */
+        uint8_t d[QUOTA_DIGEST_SIZE] = {0};
+        for (size_t i = 0; i < n; i++) {
+            quota_digest_toggle(d, qs[i].path, strlen(qs[i].path),
+                                qs[i].version);
+        }
+        if (memcmp(d, expect->digest, sizeof d) != 0) {
+            rv = allot_errf(errmsg, ALLOT_ECONFLICT,
+                            "rules read at version %llu do not match the "
+                            "announced digest",
+                            (unsigned long long)*version);
+            goto out;
         }
     }
     rv = rules_replace(a, qs, n, *version, false);
@@ -308,7 +340,8 @@ int source_watch_start(struct allot *a, struct enf_source **out, char *errmsg)
         free(s);
         return allot_errf(errmsg, ALLOT_ENOMEM, "eventfd: %s", strerror(errno));
     }
-    int rv = client_open(a, CALL_TIMEOUT_MS, s->kick_fd, &s->c, errmsg);
+    int rv =
+        client_open(a, a->servers, CALL_TIMEOUT_MS, s->kick_fd, &s->c, errmsg);
     if (rv != 0) {
         goto err_after_fd;
     }

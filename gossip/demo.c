@@ -300,31 +300,6 @@ static int keygen(const char *path)
     return 0;
 }
 
-static int parse_seeds(const char *list, struct gossip_addr *seeds, size_t *n,
-                       char *msg)
-{
-    char buf[4096];
-    if (strlen(list) >= sizeof buf) {
-        return allot_errf(msg, ALLOT_EINVALID, "--seeds too long");
-    }
-    strcpy(buf, list);
-    char *save = NULL;
-    *n = 0;
-    for (char *s = strtok_r(buf, ",", &save); s != NULL;
-         s = strtok_r(NULL, ",", &save)) {
-        if (*n == SEEDS_MAX) {
-            return allot_errf(msg, ALLOT_EINVALID, "more than %d seeds",
-                              SEEDS_MAX);
-        }
-        int rv = gossip_addr_parse(&seeds[*n], s, msg);
-        if (rv != 0) {
-            return rv;
-        }
-        (*n)++;
-    }
-    return 0;
-}
-
 static uint32_t parse_ms(const char *s, const char *what)
 {
     char *end;
@@ -432,7 +407,7 @@ int main(int argc, char **argv)
     size_t n_seeds = 0;
     int rv = gossip_addr_parse(&bind_addr, bind, msg);
     if (rv == 0 && seeds != NULL) {
-        rv = parse_seeds(seeds, seed_list, &n_seeds, msg);
+        rv = gossip_addr_parse_list(seeds, seed_list, SEEDS_MAX, &n_seeds, msg);
     }
     if (rv == 0) {
         rv = gossip_keyring_load(&cfg.keyring, keyring, msg);

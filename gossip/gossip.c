@@ -112,6 +112,35 @@ int gossip_addr_parse(struct gossip_addr *out, const char *s, char *errmsg)
     return 0;
 }
 
+int gossip_addr_parse_list(const char *list, struct gossip_addr *out,
+                           size_t cap, size_t *n, char *errmsg)
+{
+    *n = 0;
+    const char *p = list;
+    while (p != NULL && *p != '\0') {
+        const char *end = strchr(p, ',');
+        size_t len = end != NULL ? (size_t)(end - p) : strlen(p);
+        char one[64];
+        if (len == 0 || len >= sizeof one) {
+            return allot_errf(errmsg, ALLOT_EINVALID,
+                              "\"%.*s\" is not HOST:PORT", (int)len, p);
+        }
+        if (*n == cap) {
+            return allot_errf(errmsg, ALLOT_EINVALID, "at most %zu addresses",
+                              cap);
+        }
+        memcpy(one, p, len);
+        one[len] = '\0';
+        int rv = gossip_addr_parse(&out[*n], one, errmsg);
+        if (rv != 0) {
+            return rv;
+        }
+        (*n)++;
+        p = end != NULL ? end + 1 : NULL;
+    }
+    return 0;
+}
+
 char *gossip_addr_format(const struct gossip_addr *a,
                          char buf[GOSSIP_ADDR_STRLEN])
 {

@@ -122,6 +122,11 @@ struct gossip_addr
  * gossip_uv_new() for a free port). ALLOT_EINVALID with a message
  * otherwise. */
 int gossip_addr_parse(struct gossip_addr *out, const char *s, char *errmsg);
+/* Parse "HOST:PORT,HOST:PORT,..." into out[0..cap) and set *n (0 for an
+ * empty list or NULL). ALLOT_EINVALID with a message for a bad address or
+ * more than cap of them. */
+int gossip_addr_parse_list(const char *list, struct gossip_addr *out,
+                           size_t cap, size_t *n, char *errmsg);
 /* Format as "A.B.C.D:PORT"; returns buf. */
 char *gossip_addr_format(const struct gossip_addr *a,
                          char buf[GOSSIP_ADDR_STRLEN]);

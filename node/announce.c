@@ -117,38 +117,16 @@ static void member_cb(void *data, enum gossip_event ev,
          gossip_role_name(m->meta.role));
 }
 
-/* Parse "HOST:PORT,HOST:PORT" into seeds (at most cap). */
+/* Parse --gossip-seeds into seeds (at most cap). */
 static int parse_seeds(const char *list, struct gossip_addr *seeds, size_t cap,
                        size_t *n, char *msg)
 {
-    *n = 0;
-    const char *p = list;
-    while (*p != '\0') {
-        const char *end = strchr(p, ',');
-        size_t len = end != NULL ? (size_t)(end - p) : strlen(p);
-        char one[64];
-        if (len == 0 || len >= sizeof one) {
-            return allot_errf(msg, ALLOT_EINVALID,
-                              "--gossip-seeds: \"%.*s\" is not HOST:PORT",
-                              (int)len, p);
-        }
-        if (*n == cap) {
-            return allot_errf(msg, ALLOT_EINVALID,
-                              "--gossip-seeds: at most %zu addresses", cap);
-        }
-        memcpy(one, p, len);
-        one[len] = '\0';
-        char sub[ALLOT_ERRMSG_SIZE];
-        if (gossip_addr_parse(&seeds[*n], one, sub) != 0) {
-            return allot_errf(msg, ALLOT_EINVALID, "--gossip-seeds: %s", sub);
-        }
-        (*n)++;
-        p += len;
-        if (*p == ',') {
-            p++;
-        }
+    char sub[ALLOT_ERRMSG_SIZE];
+    int rv = gossip_addr_parse_list(list, seeds, cap, n, sub);
+    if (rv != 0) {
+        allot_errf(msg, rv, "--gossip-seeds: %s", sub);
     }
-    return 0;
+    return rv;
 }
 
 int announce_start(struct node *n)

@@ -91,6 +91,7 @@ void node_req_free(struct node_req *r)
     free(r->body);
     free(r->http_target);
     free(r->validator);
+    usage_report_free(r->usage);
     free(r->args);
     free(r->key_cmd);
     sodium_memzero(r->gossip_key, sizeof r->gossip_key);
@@ -818,6 +819,26 @@ static int decode_args(struct node_req *r, const struct wire_request *wr,
                               "max_records must be at most 10000000");
         }
         return 0;
+    }
+    case WIRE_OP_USAGE_REPORT:
+        return usage_report_decode(args, &r->usage, msg);
+    case WIRE_OP_USAGE_LS: {
+        const char *h;
+        size_t hlen;
+        rv = arg_path(r, args, "prefix", false, msg);
+        if (rv == 0) {
+            rv = wire_get_str(args, "host", false, &h, &hlen, msg);
+            if (rv == 0 && hlen > USAGE_HOST_MAX) {
+                rv = allot_errf(msg, ALLOT_EINVALID,
+                                "host must be at most %u characters",
+                                USAGE_HOST_MAX);
+            }
+            if (rv == 0) {
+                memcpy(r->usage_host, h, hlen);
+                r->usage_host[hlen] = '\0';
+            }
+        }
+        return rv == ALLOT_ENOT_FOUND ? 0 : rv;
     }
     case WIRE_OP_CLUSTER_STATUS:
         rv = wire_get_bool(args, "digest", false, &r->want_digest, msg);

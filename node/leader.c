@@ -269,11 +269,52 @@ static void serve_capacity(struct node *n, struct node_req *r)
     node_reply_done(r);
 }
 
+/* usage.report and usage.ls: kept on the leader, not replicated
+ * (usage.h says why that is enough for now). */
+static void serve_usage(struct node *n, struct node_req *r)
+{
+    msgpack_packer pk;
+    char msg[ALLOT_ERRMSG_SIZE];
+    if (n->usage == NULL && usage_store_new(&n->usage) != 0) {
+        node_reply_error(r, ALLOT_ENOMEM, "out of memory");
+        return;
+    }
+    if (r->op == WIRE_OP_USAGE_REPORT) {
+        uint32_t rules = r->usage->n_rules;
+        int rv = usage_store_put(n->usage, r->usage, clock_wall_ms());
+        if (rv != 0) {
+            allot_errf(msg, rv,
+                       rv == ALLOT_ETOO_BIG
+                           ? "window %llu of %s would hold more than %u rules"
+                           : "cannot keep the report of window %llu of %s",
+                       (unsigned long long)r->usage->window_start_ms,
+                       r->usage->host, USAGE_RULES_MAX);
+            node_reply_error(r, rv, msg);
+            return;
+        }
+        if (node_reply_begin(r, &pk) != NULL) {
+            msgpack_pack_map(&pk, 1);
+            wire_pack_kv_u64(&pk, "rules", rules);
+        }
+        node_reply_done(r);
+        return;
+    }
+    if (node_reply_begin(r, &pk) != NULL) {
+        usage_store_pack(n->usage, r->path, r->path_len,
+                         r->usage_host[0] != '\0' ? r->usage_host : NULL, &pk);
+    }
+    node_reply_done(r);
+}
+
 static void serve_read(struct node *n, struct node_req *r)
 {
     msgpack_packer pk;
     if (r->op == WIRE_OP_CAPACITY_GET) {
         serve_capacity(n, r);
+        return;
+    }
+    if (r->op == WIRE_OP_USAGE_REPORT || r->op == WIRE_OP_USAGE_LS) {
+        serve_usage(n, r);
         return;
     }
     if (r->op == WIRE_OP_VALIDATOR_LS) {

@@ -319,6 +319,7 @@ int main(int argc, char **argv)
             uv_run(&loop, UV_RUN_DEFAULT);
             fsm_close(n->fsm);
             nonce_cache_free(n->nonces);
+            usage_store_free(n->usage);
         }
         free(n);
         uv_loop_close(&loop);
@@ -328,6 +329,7 @@ int main(int argc, char **argv)
     int code = n->exit_code;
     fsm_close(n->fsm);
     nonce_cache_free(n->nonces);
+    usage_store_free(n->usage);
     free(n);
     int rv = uv_loop_close(&loop);
     if (rv != 0) {

@@ -27,6 +27,7 @@
 #include "../raft/raft_fsm.h"
 #include "../raft/transport.h"
 #include "metrics.h"
+#include "usage.h"
 
 #define NODE_COMP "node"
 /* A request waiting longer than this anywhere inside the node is answered
@@ -139,8 +140,10 @@ struct node_req
     char **label_values;
     uint32_t n_label_edits;
     char subject[AUTH_NAME_MAX + 1];
-    struct fsm_validator *validator; /* validator.add, owned */
-    size_t reply_start;              /* offset of the reply frame being built */
+    struct fsm_validator *validator;     /* validator.add, owned */
+    struct usage_report *usage;          /* usage.report, owned */
+    char usage_host[USAGE_HOST_MAX + 1]; /* usage.ls filter, "" none */
+    size_t reply_start; /* offset of the reply frame being built */
     /* Forwarding. */
     uint64_t fwd_id;
     struct raft_change change;
@@ -256,6 +259,8 @@ struct node
     struct fwd *fwd; /* NULL until something is forwarded */
 
     struct nonce_cache *nonces;
+    struct usage_store *usage; /* hosts' usage windows (leader), owned;
+                                  created on the first report */
     struct metrics metrics;
 
     /* Gossip (announce.c); NULL when --gossip is not given. */

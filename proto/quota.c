@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -889,5 +890,23 @@ void quota_field_format(const struct quota_field_desc *d,
     case QFT_NAME:
         snprintf(buf, size, "%s", FIELD_CPTR(f, d));
         break;
+    }
+}
+
+void quota_digest_toggle(uint8_t digest[QUOTA_DIGEST_SIZE], const char *path,
+                         size_t len, uint64_t version)
+{
+    uint8_t le[9] = {0};
+    uint8_t h[QUOTA_DIGEST_SIZE];
+    for (unsigned i = 0; i < 8; i++) {
+        le[1 + i] = (uint8_t)(version >> (8 * i));
+    }
+    crypto_generichash_state st;
+    crypto_generichash_init(&st, NULL, 0, sizeof h);
+    crypto_generichash_update(&st, (const unsigned char *)path, len);
+    crypto_generichash_update(&st, le, sizeof le); /* NUL, then version */
+    crypto_generichash_final(&st, h, sizeof h);
+    for (unsigned i = 0; i < sizeof h; i++) {
+        digest[i] ^= h[i];
     }
 }

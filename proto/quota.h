@@ -176,6 +176,15 @@ int quota_unpack(const msgpack_object *map, struct quota *q, char *errmsg);
 
 void quota_free(struct quota *q);
 
+/* The catalog digest (docs/gossip.md, "The catalog digest"): the XOR over
+ * every quota of BLAKE2b-128(path bytes, a NUL byte, version as 8 bytes
+ * little-endian). Servers keep it current per change (raft/catalog.c) and
+ * announce it; hosts recompute it over the rules they hold to check a pull.
+ * Adding and removing a quota are the same toggle. */
+#define QUOTA_DIGEST_SIZE 16
+void quota_digest_toggle(uint8_t digest[QUOTA_DIGEST_SIZE], const char *path,
+                         size_t len, uint64_t version);
+
 /* Format one field's value as text into buf (for tables and logs). */
 void quota_field_format(const struct quota_field_desc *d,
                         const struct quota_fields *f, char *buf, size_t size);

@@ -183,6 +183,18 @@ void wire_pack_kv_u64(msgpack_packer *pk, const char *key, uint64_t val)
     msgpack_pack_uint64(pk, val);
 }
 
+void wire_pack_usage(msgpack_packer *pk, uint64_t admitted, uint64_t rejected,
+                     uint64_t shadowed, uint64_t delayed, uint64_t cost,
+                     uint64_t peak)
+{
+    wire_pack_kv_u64(pk, "admitted", admitted);
+    wire_pack_kv_u64(pk, "rejected", rejected);
+    wire_pack_kv_u64(pk, "shadowed", shadowed);
+    wire_pack_kv_u64(pk, "delayed", delayed);
+    wire_pack_kv_u64(pk, "cost", cost);
+    wire_pack_kv_u64(pk, "peak", peak);
+}
+
 void wire_pack_error(msgpack_packer *pk, uint64_t id, int code,
                      const char *message)
 {

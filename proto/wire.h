@@ -74,7 +74,9 @@ enum wire_op_flags {
     X(VALIDATOR_RM, "validator.rm", WIRE_OP_WRITE)         \
     X(VALIDATOR_LS, "validator.ls", WIRE_OP_READ)          \
     X(GOSSIP_MEMBERS, "gossip.members", WIRE_OP_LOCAL)     \
-    X(GOSSIP_KEYS, "gossip.keys", WIRE_OP_LOCAL)
+    X(GOSSIP_KEYS, "gossip.keys", WIRE_OP_LOCAL)           \
+    X(USAGE_REPORT, "usage.report", WIRE_OP_READ)          \
+    X(USAGE_LS, "usage.ls", WIRE_OP_READ)
 
 enum wire_op {
     WIRE_OP_UNKNOWN = 0,
@@ -135,6 +137,11 @@ void wire_pack_strn(msgpack_packer *pk, const char *s, size_t len);
 /* Pack "key" then the string value. */
 void wire_pack_kv_str(msgpack_packer *pk, const char *key, const char *val);
 void wire_pack_kv_u64(msgpack_packer *pk, const char *key, uint64_t val);
+/* The six usage counters of one rule as key/value pairs (no map header):
+ * the shape usage.report, usage.ls and the agent's stats share. */
+void wire_pack_usage(msgpack_packer *pk, uint64_t admitted, uint64_t rejected,
+                     uint64_t shadowed, uint64_t delayed, uint64_t cost,
+                     uint64_t peak);
 
 /* Start an error reply {"id","ok":false,"error","message"} (complete map). */
 void wire_pack_error(msgpack_packer *pk, uint64_t id, int code,

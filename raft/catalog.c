@@ -44,19 +44,7 @@ uint64_t catalog_rate_milli(double rate)
 void catalog_digest_toggle(struct catalog *c, const char *path, size_t len,
                            uint64_t version)
 {
-    uint8_t le[9] = {0};
-    uint8_t h[CATALOG_DIGEST_SIZE];
-    for (unsigned i = 0; i < 8; i++) {
-        le[1 + i] = (uint8_t)(version >> (8 * i));
-    }
-    crypto_generichash_state st;
-    crypto_generichash_init(&st, NULL, 0, sizeof h);
-    crypto_generichash_update(&st, (const unsigned char *)path, len);
-    crypto_generichash_update(&st, le, sizeof le); /* NUL, then version */
-    crypto_generichash_final(&st, h, sizeof h);
-    for (unsigned i = 0; i < sizeof h; i++) {
-        c->digest[i] ^= h[i];
-    }
+    quota_digest_toggle(c->digest, path, len, version);
 }
 
 void catalog_init(struct catalog *c)

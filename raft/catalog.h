@@ -42,7 +42,7 @@ struct cat_node
 
 RB_HEAD(cat_tree, cat_node);
 
-#define CATALOG_DIGEST_SIZE 16
+#define CATALOG_DIGEST_SIZE QUOTA_DIGEST_SIZE
 
 struct catalog
 {

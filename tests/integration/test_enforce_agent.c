@@ -11,12 +11,21 @@
  *                      reaches both; every server is killed and enforcement
  *                      goes on; an agent restarted with every server down
  *                      enforces the rules it saved
+ *   usage_report       an agent's usage windows reach the leader
+ *                      (allotctl usage shows the counters); malformed
+ *                      reports are refused whole and leave nothing
+ *   gossip_e2e         3 allotd with gossip + 2 agents given only gossip
+ *                      seeds: rules and a change arrive by announcement
+ *                      (counted), checked against the digest; every server
+ *                      killed, enforcement goes on
  *
  * The agent is $ALLOT_AGENT (set by meson). Rates are chosen so that no
  * refill happens within any test's run time (0.001/s), so counts are exact
  * however slow the machine. */
 #include <check.h>
+#include <jansson.h>
 #include <signal.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,13 +65,23 @@ static const char *agent_bin(void)
     return p;
 }
 
+static void agent_start_args(struct agent *ag, const char *name,
+                             const char *servers, const char *const *extra);
+
 static void agent_start(struct agent *ag, const char *name, const char *servers)
+{
+    agent_start_args(ag, name, servers, NULL);
+}
+
+/* extra: more arguments, NULL-terminated (or NULL). */
+static void agent_start_args(struct agent *ag, const char *name,
+                             const char *servers, const char *const *extra)
 {
     snprintf(ag->name, sizeof ag->name, "%s", name);
     snprintf(ag->data_dir, sizeof ag->data_dir, "%s/%s-data", harness_dir(),
              name);
     snprintf(ag->socket, sizeof ag->socket, "%s/%s.sock", harness_dir(), name);
-    char *argv[12];
+    char *argv[24];
     int n = 0;
     argv[n++] = (char *)agent_bin();
     argv[n++] = "--data-dir";
@@ -74,6 +93,9 @@ static void agent_start(struct agent *ag, const char *name, const char *servers)
     if (servers != NULL) {
         argv[n++] = "--servers";
         argv[n++] = (char *)servers;
+    }
+    for (size_t i = 0; extra != NULL && extra[i] != NULL && n < 23; i++) {
+        argv[n++] = (char *)extra[i];
     }
     argv[n] = NULL;
     ag->pid = harness_proc_start(name, argv);
@@ -203,6 +225,12 @@ struct agent_stats
     uint64_t rules;
     uint64_t slots_in_use;
     bool from_disk;
+    uint64_t announced_version; /* the gossip source's figures */
+    uint64_t announcements;
+    uint64_t deltas;
+    uint64_t pulls;
+    uint64_t digest_mismatches;
+    uint64_t gossip_servers;
     uint64_t admitted; /* of `path`, if given */
     uint64_t rejected;
 };
@@ -223,6 +251,12 @@ static void stats(int fd, const char *path, struct agent_stats *st)
     st->rules = get_u64(rep.result, "rules");
     st->slots_in_use = get_u64(rep.result, "slots_in_use");
     st->from_disk = get_bool(rep.result, "from_disk");
+    st->announced_version = get_u64(rep.result, "announced_version");
+    st->announcements = get_u64(rep.result, "announcements");
+    st->deltas = get_u64(rep.result, "deltas");
+    st->pulls = get_u64(rep.result, "pulls");
+    st->digest_mismatches = get_u64(rep.result, "digest_mismatches");
+    st->gossip_servers = get_u64(rep.result, "gossip_servers");
     const msgpack_object *rs = wire_map_get(rep.result, "rule_stats");
     ck_assert(rs != NULL && rs->type == MSGPACK_OBJECT_ARRAY);
     if (path != NULL) {
@@ -342,6 +376,16 @@ static void rules_setup(void)
     CTL_OK("quota", "set", "org", "kind=rate", "rate=1000");
     CTL_OK("quota", "set", "org/api", "rate=0.001", "burst=5");
     CTL_OK("quota", "set", "batch", "kind=capacity", "max_apps=2");
+}
+
+static void kill_servers(void)
+{
+    for (unsigned id = 1; id <= 3; id++) {
+        harness_node_kill(id, SIGKILL);
+        int status;
+        ck_assert_int_eq(harness_wait_exit(id, &status), 0);
+    }
+    harness_log("every server killed");
 }
 
 START_TEST(agent_badinput)
@@ -555,12 +599,7 @@ START_TEST(e2e)
         ck_assert_int_eq(count_admitted(fd[i], "org/api", 5), 3);
     }
     /* Every server dies: decisions go on from the rules in memory. */
-    for (unsigned id = 1; id <= 3; id++) {
-        harness_node_kill(id, SIGKILL);
-        int status;
-        ck_assert_int_eq(harness_wait_exit(id, &status), 0);
-    }
-    harness_log("every server killed");
+    kill_servers();
     for (int i = 0; i < 2; i++) {
         ck_assert_int_eq(count_admitted(fd[i], "org/api", 3), 0);
         ck_assert_uint_ne(acquire(fd[i], "batch"), 0);
@@ -592,6 +631,290 @@ START_TEST(e2e)
 }
 END_TEST
 
+/* A keyring file with one fresh key (docs/gossip.md, "Keyring file"). */
+static void write_keyring(const char *path)
+{
+    unsigned char key[32];
+    char b64[sodium_base64_ENCODED_LEN(32, sodium_base64_VARIANT_ORIGINAL)];
+    ck_assert_int_ge(sodium_init(), 0);
+    randombytes_buf(key, sizeof key);
+    sodium_bin2base64(b64, sizeof b64, key, sizeof key,
+                      sodium_base64_VARIANT_ORIGINAL);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fprintf(f, "%s\n", b64);
+    ck_assert_int_eq(fclose(f), 0);
+}
+
+/* 3 allotd and 2 agents that know no server address, only gossip seeds:
+ * every rule reaches them by announcement, then a read from a server found
+ * among the members, checked against the announced digest. */
+START_TEST(gossip_e2e)
+{
+    harness_begin("gossip_e2e");
+    char keyring[600];
+    snprintf(keyring, sizeof keyring, "%s/gossip.keys", harness_dir());
+    write_keyring(keyring);
+    harness_set_gossip(keyring);
+    harness_cluster_start(3);
+    ck_assert_uint_ne(harness_wait_leader(WAIT_MS), 0);
+    char seeds[128], bind[2][32];
+    snprintf(seeds, sizeof seeds, "%s,%s", harness_node_gossip_addr(1),
+             harness_node_gossip_addr(2));
+    struct agent ag[2];
+    int fd[2];
+    for (int i = 0; i < 2; i++) {
+        snprintf(bind[i], sizeof bind[i], "127.0.0.1:%u",
+                 (unsigned)harness_free_port());
+        const char *extra[] = {"--gossip",
+                               bind[i],
+                               "--gossip-seeds",
+                               seeds,
+                               "--gossip-keyring",
+                               keyring,
+                               "--weight",
+                               "2",
+                               NULL};
+        agent_start_args(&ag[i], i == 0 ? "gagent1" : "gagent2", NULL, extra);
+        fd[i] = agent_connect(&ag[i]);
+    }
+    /* Rules created after the agents started reach them by gossip. */
+    rules_setup();
+    uint64_t v = cluster_version();
+    struct agent_stats st;
+    for (int i = 0; i < 2; i++) {
+        wait_version(fd[i], v);
+        ck_assert_int_eq(count_admitted(fd[i], "org/api", 8), 5);
+        ck_assert_uint_ne(acquire(fd[i], "batch"), 0);
+        /* Learned from an announcement: no server address was given. A
+         * read may land past the version announced so far (the catalog
+         * moved on while it read); the announcement of v follows. */
+        double t0 = harness_now();
+        for (;;) {
+            stats(fd[i], NULL, &st);
+            if (st.announced_version >= v) {
+                break;
+            }
+            ck_assert_msg(harness_now() - t0 < WAIT_MS / 1000.0,
+                          "announced version stays at %llu, want %llu",
+                          (unsigned long long)st.announced_version,
+                          (unsigned long long)v);
+            harness_sleep_ms(20);
+        }
+        ck_assert_uint_ge(st.announcements, 1);
+        ck_assert_uint_ge(st.gossip_servers, 1);
+        ck_assert_uint_eq(st.digest_mismatches, 0);
+    }
+    /* The servers see both agents with their fleet and their weight in
+     * thousandths (--weight 2). */
+    struct harness_ctl r;
+    harness_ctl(&r, NULL, "gossip", "members", "-o", "json",
+                (const char *)NULL);
+    ck_assert_msg(r.status == 0, "gossip members: %s", r.err);
+    json_error_t je;
+    json_t *ms = json_loads(r.out, 0, &je);
+    ck_assert_ptr_nonnull(ms);
+    size_t k, agents = 0;
+    json_t *m;
+    json_array_foreach(ms, k, m)
+    {
+        if (strcmp(json_string_value(json_object_get(m, "role")), "agent") ==
+            0) {
+            ck_assert_str_eq(json_string_value(json_object_get(m, "fleet")),
+                             "web");
+            ck_assert_int_eq(json_integer_value(json_object_get(m, "weight")),
+                             2000);
+            agents++;
+        }
+    }
+    json_decref(ms);
+    harness_ctl_free(&r);
+    ck_assert_uint_eq(agents, 2);
+    /* A change reaches both, as a checked delta. */
+    CTL_OK("quota", "set", "org/api", "burst=8");
+    v = cluster_version();
+    for (int i = 0; i < 2; i++) {
+        wait_version(fd[i], v);
+        ck_assert_int_eq(count_admitted(fd[i], "org/api", 5), 3);
+        stats(fd[i], NULL, &st);
+        ck_assert_uint_ge(st.deltas, 1);
+        ck_assert_uint_eq(st.digest_mismatches, 0);
+        harness_log("agent %d: announcements=%llu deltas=%llu pulls=%llu", i,
+                    (unsigned long long)st.announcements,
+                    (unsigned long long)st.deltas,
+                    (unsigned long long)st.pulls);
+    }
+    /* Every server dies: decisions go on. */
+    kill_servers();
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(count_admitted(fd[i], "org/api", 3), 0);
+        ck_assert_uint_ne(acquire(fd[i], "batch"), 0);
+        ck_assert_uint_eq(acquire(fd[i], "batch"), 0);
+        stats(fd[i], "org/api", &st);
+        ck_assert_uint_eq(st.catalog_version, v);
+        ck_assert_uint_eq(st.admitted, 8);
+        close(fd[i]);
+        agent_stop(&ag[i]);
+    }
+    harness_end();
+}
+END_TEST
+
+/* --- Usage reports ----------------------------------------------------- */
+
+/* Sum a rule's counter over every window `host` reported, from
+ * `allotctl usage PATH --host HOST -o json`. */
+static uint64_t usage_sum(const char *host, const char *path, const char *field)
+{
+    struct harness_ctl r;
+    harness_ctl(&r, NULL, "usage", path, "--host", host, "-o", "json",
+                (const char *)NULL);
+    ck_assert_msg(r.status == 0, "allotctl usage failed: %s", r.err);
+    json_error_t e;
+    json_t *j = json_loads(r.out, 0, &e);
+    ck_assert_msg(j != NULL, "usage: not JSON: %s", r.out);
+    uint64_t sum = 0;
+    size_t i, k, m;
+    json_t *h, *w, *rule;
+    json_array_foreach(json_object_get(j, "hosts"), i, h)
+    {
+        ck_assert_str_eq(json_string_value(json_object_get(h, "host")), host);
+        json_array_foreach(json_object_get(h, "windows"), k, w)
+        {
+            json_array_foreach(json_object_get(w, "rules"), m, rule)
+            {
+                const char *p =
+                    json_string_value(json_object_get(rule, "path"));
+                if (p != NULL && strcmp(p, path) == 0) {
+                    sum += (uint64_t)json_integer_value(
+                        json_object_get(rule, field));
+                }
+            }
+        }
+    }
+    json_decref(j);
+    harness_ctl_free(&r);
+    return sum;
+}
+
+/* Poll until host's windows show `want` of field for path. */
+static void wait_usage(const char *host, const char *path, const char *field,
+                       uint64_t want)
+{
+    double t0 = harness_now();
+    uint64_t got;
+    while ((got = usage_sum(host, path, field)) != want) {
+        ck_assert_msg(got < want && harness_now() - t0 < WAIT_MS / 1000.0,
+                      "usage %s %s: %llu, want %llu", path, field,
+                      (unsigned long long)got, (unsigned long long)want);
+        harness_sleep_ms(100);
+    }
+    harness_log("usage %s %s = %llu after %.3f s", path, field,
+                (unsigned long long)want, harness_now() - t0);
+}
+
+struct bad_report
+{
+    const char *what;
+    int n_rules;      /* rules to pack (valid ones) */
+    bool no_host;     /* leave out "host" */
+    bool bad_path;    /* one rule with an invalid path */
+    bool str_counter; /* "admitted" as a string */
+    bool dup;         /* the same path twice */
+};
+
+static void pack_bad_report(msgpack_packer *pk, void *arg)
+{
+    const struct bad_report *b = arg;
+    msgpack_pack_map(pk, b->no_host ? 3 : 4);
+    if (!b->no_host) {
+        wire_pack_kv_str(pk, "host", "badhost");
+    }
+    wire_pack_kv_u64(pk, "window_start_ms", 1000);
+    wire_pack_kv_u64(pk, "window_ms", 1000);
+    wire_pack_str(pk, "rules");
+    msgpack_pack_array(pk, (uint32_t)b->n_rules);
+    for (int i = 0; i < b->n_rules; i++) {
+        char path[64];
+        snprintf(path, sizeof path,
+                 b->bad_path && i == 0 ? "bad//path"
+                 : b->dup              ? "org/dup"
+                                       : "org/r%d",
+                 i);
+        msgpack_pack_map(pk, 5);
+        wire_pack_kv_str(pk, "path", path);
+        wire_pack_kv_u64(pk, "cost", 5);
+        if (b->str_counter) {
+            wire_pack_kv_str(pk, "admitted", "5");
+        } else {
+            wire_pack_kv_u64(pk, "admitted", 5);
+        }
+        wire_pack_kv_u64(pk, "rejected", 0);
+        wire_pack_kv_u64(pk, "shadowed", 0);
+    }
+}
+
+/* An agent reports its windows; allotctl usage shows them. Bad reports
+ * are refused whole and leave nothing behind. */
+START_TEST(usage_report)
+{
+    harness_begin("usage_report");
+    harness_cluster_start(3);
+    unsigned leader = harness_wait_leader(WAIT_MS);
+    ck_assert_uint_ne(leader, 0);
+    rules_setup();
+    uint64_t v = cluster_version();
+    char servers[256];
+    snprintf(servers, sizeof servers, "%s", harness_endpoints(0));
+    struct agent ag;
+    const char *extra[] = {"--window-ms", "300", "--host", "hostA", NULL};
+    agent_start_args(&ag, "uagent", servers, extra);
+    int fd = agent_connect(&ag);
+    wait_version(fd, v);
+    ck_assert_int_eq(count_admitted(fd, "org/api", 8), 5);
+    ck_assert_uint_ne(acquire(fd, "batch"), 0);
+    wait_usage("hostA", "org/api", "admitted", 5);
+    wait_usage("hostA", "org/api", "rejected", 3);
+    wait_usage("hostA", "org/api", "cost", 5);
+    ck_assert_uint_ge(usage_sum("hostA", "batch", "peak"), 1);
+
+    static const struct bad_report bad[] = {
+        {.what = "no host", .n_rules = 1, .no_host = true},
+        {.what = "bad path", .n_rules = 2, .bad_path = true},
+        {.what = "string counter", .n_rules = 1, .str_counter = true},
+        {.what = "path twice", .n_rules = 2, .dup = true},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        struct harness_reply rep;
+        int rv = harness_call(leader, "usage.report", pack_bad_report,
+                              (void *)&bad[i], &rep, HARNESS_CALL_TIMEOUT_MS);
+        ck_assert_msg(rv == ALLOT_EINVALID, "%s: %s (want invalid)",
+                      bad[i].what, allot_error_name(rv));
+        harness_log("bad report (%s): %s", bad[i].what, rep.message);
+        harness_reply_destroy(&rep);
+    }
+    struct bad_report big = {.what = "too many rules", .n_rules = 1025};
+    struct harness_reply rep;
+    ck_assert_int_eq(harness_call(leader, "usage.report", pack_bad_report, &big,
+                                  &rep, HARNESS_CALL_TIMEOUT_MS),
+                     ALLOT_ETOO_BIG);
+    harness_reply_destroy(&rep);
+    ck_assert_uint_eq(usage_sum("badhost", "", "admitted"), 0);
+    /* A good one through a follower reaches the leader's store. */
+    struct bad_report good = {.what = "good", .n_rules = 1};
+    unsigned follower = leader == 1 ? 2 : 1;
+    ck_assert_int_eq(harness_call(follower, "usage.report", pack_bad_report,
+                                  &good, &rep, HARNESS_CALL_TIMEOUT_MS),
+                     0);
+    harness_reply_destroy(&rep);
+    ck_assert_uint_eq(usage_sum("badhost", "org/r0", "admitted"), 5);
+
+    close(fd);
+    agent_stop(&ag);
+    harness_end();
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("enforce_agent");
@@ -600,6 +923,8 @@ static Suite *suite(void)
     tcase_add_test(tc, agent_badinput);
     tcase_add_test(tc, agent_disconnect);
     tcase_add_test(tc, e2e);
+    tcase_add_test(tc, gossip_e2e);
+    tcase_add_test(tc, usage_report);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -18,12 +18,14 @@
  * Every refusal is checked for its code, for a message naming the rule's
  * numbers and paths, and for changing nothing (digest, version, audit). */
 #include <check.h>
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../raft/catalog.h"
 #include "fsm_util.h"
 
 #define U64MAX_S "18446744073709551615"
@@ -93,6 +95,36 @@ static void refused_cmd(struct fsm_cmd c, int code, ...)
 
 /* --- Parent must exist ----------------------------------------------------
  */
+
+/* The catalog digest's terms on known (path, version) pairs: the same
+ * values tests/unit/test_enforce.c (digest_vectors) checks on the hosts'
+ * side, computed apart (Python's hashlib BLAKE2b-128). */
+START_TEST(digest_vectors)
+{
+    static const struct
+    {
+        const char *path;
+        uint64_t version;
+    } v[] = {{"org", 1}, {"org/a", 2}, {"org/b/c", 1234567890123ull}};
+    struct catalog c;
+    catalog_init(&c);
+    char hex[33];
+    catalog_digest_toggle(&c, v[0].path, strlen(v[0].path), v[0].version);
+    sodium_bin2hex(hex, sizeof hex, c.digest, sizeof c.digest);
+    ck_assert_str_eq(hex, "cf4e7531190d4479a96ee3395dde1d4f");
+    for (unsigned i = 1; i < 3; i++) {
+        catalog_digest_toggle(&c, v[i].path, strlen(v[i].path), v[i].version);
+    }
+    sodium_bin2hex(hex, sizeof hex, c.digest, sizeof c.digest);
+    ck_assert_str_eq(hex, "7dd8265eedd37176e32ca2e9e59f49c3");
+    /* Toggling a term again removes it. */
+    catalog_digest_toggle(&c, v[0].path, strlen(v[0].path), v[0].version);
+    catalog_digest_toggle(&c, v[2].path, strlen(v[2].path), v[2].version);
+    sodium_bin2hex(hex, sizeof hex, c.digest, sizeof c.digest);
+    ck_assert_str_eq(hex, "33d3108a3d58ceda3df2a53581f44ab8");
+    catalog_free(&c);
+}
+END_TEST
 
 START_TEST(parent_must_exist)
 {
@@ -1029,6 +1061,7 @@ static Suite *catalog_suite(void)
     TCase *tc = tcase_create("hierarchy");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, parent_must_exist);
+    tcase_add_test(tc, digest_vectors);
     tcase_add_test(tc, rm_needs_recursive);
     tcase_add_test(tc, rm_recursive_subtree);
     tcase_add_test(tc, rm_updates_aggregates);

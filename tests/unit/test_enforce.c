@@ -40,6 +40,7 @@
 #include <dirent.h>
 #include <math.h>
 #include <pthread.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +51,7 @@
 #include "../../enforce/epoch.h"
 #include "../../enforce/internal.h"
 #include "../../enforce/lkg.h"
+#include "../../gossip/gossip.h"
 #include "../../proto/wire.h"
 
 /* --- Helpers -------------------------------------------------------------- */
@@ -1015,16 +1017,173 @@ START_TEST(options)
     o.servers = "not an address";
     ck_assert_int_eq(allot_open(&o, &a), ALLOT_EINVALID);
     o.servers = NULL;
-    o.gossip_bind = "127.0.0.1:7946";
+    /* The gossip is always encrypted: a keyring is required. */
+    o.gossip_bind = "127.0.0.1:0";
+    ck_assert_int_eq(allot_open(&o, &a), ALLOT_EINVALID);
+    char keys[300];
+    snprintf(keys, sizeof keys, "%s.keys", scratch);
+    struct gossip_keyring kr = {.n = 1};
+    char msg[ALLOT_ERRMSG_SIZE];
+    ck_assert_int_eq(gossip_key_generate(kr.keys[0]), 0);
+    ck_assert_int_eq(gossip_keyring_save(&kr, keys, msg), 0);
+    o.gossip_keyring = keys;
+    o.gossip_seeds = "nonsense";
+    ck_assert_int_eq(allot_open(&o, &a), ALLOT_EINVALID);
+    o.gossip_seeds = "127.0.0.1:1";
     ck_assert_int_eq(allot_open(&o, &a), 0);
     struct allot_stats st;
     allot_stats(a, &st);
     ck_assert_int_eq(st.gossip_configured, 1);
+    ck_assert_uint_eq(st.announced_version, 0);
+    unlink(keys);
     ck_assert(fabs(st.weight - 2) < 1e-9);
     ck_assert_str_eq(allot_strerror(ALLOT_ENOT_FOUND), "not found");
     ck_assert_str_eq(allot_reason_name(ALLOT_REASON_HEALTH), "health");
     allot_close(a);
     allot_close(NULL);
+    scratch_remove();
+}
+END_TEST
+
+/* The catalog digest (docs/gossip.md) over known (path, version) pairs.
+ * The expected terms were computed apart from this code (BLAKE2b-128 of
+ * the path, a NUL byte and the version as 8 bytes little-endian, with
+ * Python's hashlib); tests/unit/test_catalog.c checks the servers' side
+ * (raft/catalog.c) against the same values. */
+static const struct
+{
+    const char *path;
+    uint64_t version;
+    const char *hex;
+} digest_vectors_tab[] = {
+    {"org", 1, "cf4e7531190d4479a96ee3395dde1d4f"},
+    {"org/a", 2, "33d3108a3d58ceda3df2a53581f44ab8"},
+    {"org/b/c", 1234567890123ull, "814543e5c986fbd577b0e4e539b51e34"},
+};
+#define DIGEST_OF_ALL3 "7dd8265eedd37176e32ca2e9e59f49c3"
+
+static void hex16(const uint8_t d[QUOTA_DIGEST_SIZE], char out[33])
+{
+    sodium_bin2hex(out, 33, d, QUOTA_DIGEST_SIZE);
+}
+
+START_TEST(digest_vectors)
+{
+    char hex[33];
+    for (size_t i = 0; i < 3; i++) {
+        uint8_t d[QUOTA_DIGEST_SIZE] = {0};
+        quota_digest_toggle(d, digest_vectors_tab[i].path,
+                            strlen(digest_vectors_tab[i].path),
+                            digest_vectors_tab[i].version);
+        hex16(d, hex);
+        ck_assert_str_eq(hex, digest_vectors_tab[i].hex);
+    }
+    /* The rules held hash to the XOR of their terms, in any order. */
+    scratch_make();
+    struct allot *a = open_manual(0, 0);
+    struct quota qs[3];
+    for (size_t i = 0; i < 3; i++) {
+        qs[2 - i] = cap_q(digest_vectors_tab[i].path, 1, 0, 0,
+                          QUOTA_EXCEED_REJECT, digest_vectors_tab[i].version);
+    }
+    ck_assert_int_eq(rules_replace(a, qs, 3, 50, false), 0);
+    uint8_t d[QUOTA_DIGEST_SIZE];
+    uint64_t v;
+    rules_digest(a, d, &v);
+    hex16(d, hex);
+    ck_assert_str_eq(hex, DIGEST_OF_ALL3);
+    ck_assert_uint_eq(v, 50);
+    allot_close(a);
+    scratch_remove();
+}
+END_TEST
+
+/* Pack one watch record for rules_delta_digest. */
+static void pack_change(msgpack_sbuffer *sb, uint64_t version, const char *op,
+                        const char *path, const struct quota *q)
+{
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 4);
+    wire_pack_kv_u64(&pk, "version", version);
+    wire_pack_kv_str(&pk, "op", op);
+    wire_pack_kv_str(&pk, "path", path);
+    wire_pack_str(&pk, "new");
+    if (q != NULL) {
+        quota_pack(&pk, q);
+    } else {
+        msgpack_pack_nil(&pk);
+    }
+}
+
+/* A delta's predicted digest equals the digest after applying it, and a
+ * delta that differs from what the servers hold predicts another one. */
+START_TEST(delta_digest)
+{
+    scratch_make();
+    struct allot *a = open_manual(0, 0);
+    struct quota base[2] = {
+        cap_q("org", 10, 0, 0, QUOTA_EXCEED_REJECT, 1),
+        rate_q("org/p", 5, 5, QUOTA_EXCEED_REJECT, 0, false, 2),
+    };
+    ck_assert_int_eq(rules_replace(a, base, 2, 2, false), 0);
+    struct quota p4 = rate_q("org/p", 6, 6, QUOTA_EXCEED_REJECT, 0, false, 4);
+    struct quota q5 = rate_q("org/q", 7, 7, QUOTA_EXCEED_REJECT, 0, false, 5);
+    struct quota q7 = rate_q("org/q", 8, 8, QUOTA_EXCEED_REJECT, 0, false, 7);
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    pack_change(&sb, 3, "principal.add", "", NULL);
+    pack_change(&sb, 4, "quota.set", "org/p", &p4);
+    pack_change(&sb, 5, "quota.set", "org/q", &q5);
+    pack_change(&sb, 6, "quota.rm", "org/p", NULL);
+    pack_change(&sb, 7, "quota.set", "org/q", &q7);
+    msgpack_unpacked us[5];
+    const msgpack_object *cs[5];
+    size_t off = 0;
+    for (size_t i = 0; i < 5; i++) {
+        msgpack_unpacked_init(&us[i]);
+        ck_assert_int_eq(msgpack_unpack_next(&us[i], sb.data, sb.size, &off),
+                         MSGPACK_UNPACK_SUCCESS);
+        cs[i] = &us[i].data;
+    }
+    char msg[ALLOT_ERRMSG_SIZE];
+    uint8_t predicted[QUOTA_DIGEST_SIZE], part[QUOTA_DIGEST_SIZE];
+    ck_assert_int_eq(rules_delta_digest(a, cs, 5, predicted, msg), 0);
+    ck_assert_int_eq(rules_delta_digest(a, cs, 4, part, msg), 0);
+    ck_assert_mem_ne(predicted, part, sizeof part);
+    /* What the servers hold at 7: org@1, org/q@7. */
+    uint8_t want[QUOTA_DIGEST_SIZE] = {0};
+    quota_digest_toggle(want, "org", 3, 1);
+    quota_digest_toggle(want, "org/q", 5, 7);
+    ck_assert_mem_eq(predicted, want, sizeof want);
+    /* Predicting applied nothing. */
+    ck_assert_uint_eq(allot_catalog_version(a), 2);
+    for (size_t i = 0; i < 5; i++) {
+        ck_assert_int_eq(rules_apply_change(a, cs[i], msg), 0);
+    }
+    uint8_t held[QUOTA_DIGEST_SIZE];
+    uint64_t v;
+    rules_digest(a, held, &v);
+    ck_assert_uint_eq(v, 7);
+    ck_assert_mem_eq(held, want, sizeof want);
+    /* A record without a readable quota cannot be predicted. */
+    msgpack_sbuffer bad;
+    msgpack_sbuffer_init(&bad);
+    pack_change(&bad, 8, "quota.set", "org/r", NULL);
+    msgpack_unpacked ub;
+    msgpack_unpacked_init(&ub);
+    off = 0;
+    ck_assert_int_eq(msgpack_unpack_next(&ub, bad.data, bad.size, &off),
+                     MSGPACK_UNPACK_SUCCESS);
+    const msgpack_object *cb = &ub.data;
+    ck_assert_int_eq(rules_delta_digest(a, &cb, 1, part, msg), ALLOT_EINVALID);
+    msgpack_unpacked_destroy(&ub);
+    msgpack_sbuffer_destroy(&bad);
+    for (size_t i = 0; i < 5; i++) {
+        msgpack_unpacked_destroy(&us[i]);
+    }
+    msgpack_sbuffer_destroy(&sb);
+    allot_close(a);
     scratch_remove();
 }
 END_TEST
@@ -1049,6 +1208,8 @@ static Suite *enforce_suite(void)
     tcase_add_test(tc, lkg_restart);
     tcase_add_test(tc, windows);
     tcase_add_test(tc, options);
+    tcase_add_test(tc, digest_vectors);
+    tcase_add_test(tc, delta_digest);
     suite_add_tcase(s, tc);
     return s;
 }
