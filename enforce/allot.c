@@ -1045,6 +1045,13 @@ int enf_open(const struct allot_options *opts, const struct enf_test_hooks *h,
     a->cancel_fd = -1;
     a->manual_clock = h != NULL && h->manual_clock;
     a->weight = opts->weight > 0 ? opts->weight : 1.0;
+    /* The whole of every limit until a gossip view says otherwise. */
+    atomic_init(&a->frac_equal, 1.0);
+    atomic_init(&a->frac_weighted, 1.0);
+    uint64_t start_ms = clock_mono_ns() / 1000000u;
+    a->share_equal =
+        (struct shares_host){.joined_ms = start_ms, .last_part = -1};
+    a->share_weighted = a->share_equal;
     a->per_key_max =
         opts->per_key_max ? opts->per_key_max : ENF_PER_KEY_DEFAULT;
     a->max_handles =

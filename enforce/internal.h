@@ -31,6 +31,7 @@
 #include "epoch.h"
 #include "gcra.h"
 #include "keys.h"
+#include "shares.h"
 #include "slots.h"
 
 /* lib/tree.h must come after every system header. */
@@ -73,7 +74,8 @@ struct enf_params
     uint64_t units_fp32;  /* units per tick, 32.32 fixed point, rounded up */
     double local_rate;
     uint64_t local_burst;
-    uint64_t max_apps; /* capacity: UINT64_MAX = no limit */
+    uint64_t share_gen; /* a->share_gen its local rate was computed at */
+    uint64_t max_apps;  /* capacity: UINT64_MAX = no limit */
     uint64_t max_memory_mb;
     uint64_t max_vcores;
 };
@@ -196,6 +198,14 @@ struct allot
     bool dirty;       /* the rule set changed since it was saved */
     bool need_resync; /* a change could not be applied: pull again */
     _Atomic uint64_t version;
+    /* This host's part of its fleet's limits (docs/enforce.md, "Shares"),
+     * as fractions of a limit: 1 until a gossip view exists. Written under
+     * mu; read without it by rules_params_new (a stale read is caught by
+     * share_gen at the next rules_reshare). */
+    struct shares_host share_equal, share_weighted;
+    _Atomic double frac_equal, frac_weighted;
+    _Atomic uint64_t share_gen;
+    _Atomic uint64_t fleet_members; /* alive or suspect, this host included */
 
     /* --- Status (atomics, any thread) ---------------------------------- */
     _Atomic uint64_t server_version;
@@ -238,18 +248,15 @@ struct allot
 
 /* The fleet as far as this host knows it. Until the shares issue feeds the
  * gossip member's view in, the host knows only itself. */
-struct enf_fleet_view
-{
-    const char *fleet;   /* this host's fleet */
-    double own_weight;   /* this host's weight */
-    double total_weight; /* sum over the alive members of the fleet */
-    unsigned members;
-};
-
-/* The fraction of a global rate this host enforces: the one place the
- * share policy lives (docs/enforce.md, "Shares"). */
-double rules_share_fraction(const struct enf_fleet_view *v,
-                            const struct quota_fields *f);
+/* A new view of this host's fleet from its gossip member: m[0..n) alive or
+ * suspect members with their weights (self at index self), `known` the
+ * members that did not leave. Recomputes this host's fractions with
+ * shares_host_part() and rebuilds every rate rule of its fleet whose local
+ * rate is stale. Takes a->mu. */
+void rules_reshare(struct allot *a, const struct shares_member *m, size_t n,
+                   size_t self, size_t known, uint64_t now_ms);
+/* A member of this host's fleet turned suspect or dead. Takes a->mu. */
+void rules_fleet_loss(struct allot *a, uint64_t now_ms);
 
 /* Build the params of quota q for this host. ALLOT_ENOMEM. */
 int rules_params_new(struct allot *a, const struct quota *q,

@@ -36,33 +36,59 @@ RB_GENERATE_STATIC(enf_mirror, enf_params, link, params_cmp)
 
 /* --- Shares --------------------------------------------------------------- */
 
-double rules_share_fraction(const struct enf_fleet_view *v,
-                            const struct quota_fields *f)
-{
-    /* Until the shares issue feeds in the gossip member's view of the
-     * fleet, a host knows only itself:
-     * total weight = own weight, so it enforces the whole rate. The shares
-     * issue replaces this view, not this function's callers. */
-    if (v->members <= 1 || !(v->total_weight > 0) || !(v->own_weight > 0)) {
-        return 1.0;
-    }
-    switch (f->share) {
-    case QUOTA_SHARE_EQUAL:
-        return 1.0 / (double)v->members;
-    case QUOTA_SHARE_WEIGHTED:
-    case QUOTA_SHARE_DEMAND: /* demand needs usage reports: weights for now */
-    default:
-        return v->own_weight / v->total_weight;
-    }
-}
-
-/* --- Params --------------------------------------------------------------- */
-
 static uint64_t sat_mul_ticks(double units, double t)
 {
     double x = units * t + 0.5;
     return x < 0x1p64 ? (uint64_t)x : UINT64_MAX;
 }
+
+/* The fraction of a fleet limit this host enforces for a rule: its part
+ * of its own fleet's limits (1 until its gossip member has a view), and
+ * the whole limit of a rule for a fleet it is not in. `demand` divides
+ * like `weighted` until hosts gossip their demand. */
+static double share_fraction(struct allot *a, const char *rule_fleet,
+                             uint8_t share)
+{
+    if (strcmp(rule_fleet != NULL ? rule_fleet : "default", a->fleet) != 0) {
+        return 1.0;
+    }
+    double f = share == QUOTA_SHARE_EQUAL ? atomic_load(&a->frac_equal)
+                                          : atomic_load(&a->frac_weighted);
+    return f > 0 && f <= 1.0 ? f : 1.0;
+}
+
+/* The rate fields that depend on this host's part: local rate and burst,
+ * and the GCRA parameters they give. */
+static void params_local(struct allot *a, struct enf_params *p)
+{
+    uint64_t gen = atomic_load(&a->share_gen);
+    double frac = share_fraction(a, p->fleet, p->share);
+    double rate = p->rate > 0 ? p->rate : QUOTA_RATE_MIN;
+    uint64_t burst = p->burst > 0 ? p->burst : (uint64_t)ceil(rate);
+    p->share_gen = gen;
+    p->local_rate = rate * frac;
+    p->local_burst = burst;
+    if (frac < 1.0) {
+        /* shares_burst()'s rule: proportional, rounded up, at least 1. */
+        double b = ceil((double)burst * frac - 1e-9);
+        p->local_burst = b < 1 ? 1 : (uint64_t)b;
+    }
+    p->g.t = (double)GCRA_TICKS_PER_NS * 1e9 / p->local_rate;
+    p->g.inv_t = 1.0 / p->g.t;
+    p->g.tau = sat_mul_ticks((double)p->local_burst, p->g.t);
+    p->g.max_delay =
+        sat_mul_ticks((double)p->max_delay_ms, 1e6 * GCRA_TICKS_PER_NS);
+    p->g.mode =
+        p->on_exceed <= QUOTA_EXCEED_DELAY ? p->on_exceed : QUOTA_EXCEED_REJECT;
+    uint64_t tick = (uint64_t)a->tick_us * 1000u * GCRA_TICKS_PER_NS;
+    p->precise_clock = !a->manual_clock && p->g.tau < ENF_PRECISE_TICKS * tick;
+    p->fast = !p->precise_clock;
+    p->inc1 = gcra_cost_ticks(&p->g, 1);
+    double u = ceil(0x1p32 / p->g.t);
+    p->units_fp32 = u < 0x1p63 ? (uint64_t)u : (uint64_t)1 << 63;
+}
+
+/* --- Params --------------------------------------------------------------- */
 
 int rules_params_new(struct allot *a, const struct quota *q,
                      struct enf_params **out)
@@ -94,34 +120,8 @@ int rules_params_new(struct allot *a, const struct quota *q,
     p->on_exceed = q->f.on_exceed;
     p->max_apps = p->max_memory_mb = p->max_vcores = UINT64_MAX;
     if (p->kind == QUOTA_KIND_RATE) {
-        struct enf_fleet_view v = {.fleet = a->fleet,
-                                   .own_weight = a->weight,
-                                   .total_weight = a->weight,
-                                   .members = 1};
-        double frac = rules_share_fraction(&v, &q->f);
-        double rate = q->f.rate > 0 ? q->f.rate : QUOTA_RATE_MIN;
-        uint64_t burst = q->f.burst > 0 ? q->f.burst : (uint64_t)ceil(rate);
-        p->local_rate = rate * frac;
-        p->local_burst = burst;
-        if (frac < 1.0) {
-            double b = ceil((double)burst * frac);
-            p->local_burst = b < 1 ? 1 : (uint64_t)b;
-        }
         p->per_key = q->f.per_key;
-        p->g.t = (double)GCRA_TICKS_PER_NS * 1e9 / p->local_rate;
-        p->g.inv_t = 1.0 / p->g.t;
-        p->g.tau = sat_mul_ticks((double)p->local_burst, p->g.t);
-        p->g.max_delay =
-            sat_mul_ticks((double)q->f.max_delay_ms, 1e6 * GCRA_TICKS_PER_NS);
-        p->g.mode = q->f.on_exceed <= QUOTA_EXCEED_DELAY ? q->f.on_exceed
-                                                         : QUOTA_EXCEED_REJECT;
-        uint64_t tick = (uint64_t)a->tick_us * 1000u * GCRA_TICKS_PER_NS;
-        p->precise_clock =
-            !a->manual_clock && p->g.tau < ENF_PRECISE_TICKS * tick;
-        p->fast = !p->precise_clock;
-        p->inc1 = gcra_cost_ticks(&p->g, 1);
-        double u = ceil(0x1p32 / p->g.t);
-        p->units_fp32 = u < 0x1p63 ? (uint64_t)u : (uint64_t)1 << 63;
+        params_local(a, p);
     } else {
         if (q->f.max_apps > 0) {
             p->max_apps = q->f.max_apps;
@@ -774,4 +774,104 @@ void rules_close(struct allot *a)
     a->n_handles = a->cap_handles = 0;
     free(atomic_load(&a->table));
     atomic_store(&a->table, NULL);
+}
+
+/* --- Shares: a new view of the fleet -------------------------------------- */
+
+/* The library's defaults (gossip/gossip.h): gossip every 200 ms, probe
+ * every 1 s, retransmit and suspicion multipliers 4. */
+#define SHARE_GOSSIP_MS 200u
+#define SHARE_PROBE_MS  1000u
+#define SHARE_MULT      4u
+
+static uint64_t ceil_log10(size_t n)
+{
+    uint64_t d = 1;
+    for (size_t x = 10; x < n && d < 20; x *= 10) {
+        d++;
+    }
+    return d;
+}
+
+/* A copy of p with its local fields recomputed at the current fractions. */
+static int params_reshared(struct allot *a, const struct enf_params *p,
+                           struct enf_params **out)
+{
+    struct enf_params *np = malloc(sizeof *np);
+    if (np == NULL) {
+        return ALLOT_ENOMEM;
+    }
+    *np = *p;
+    np->path = strdup(p->path);
+    np->fleet = p->fleet != NULL ? strdup(p->fleet) : NULL;
+    if (np->path == NULL || (p->fleet != NULL && np->fleet == NULL)) {
+        free(np->path);
+        free(np->fleet);
+        free(np);
+        return ALLOT_ENOMEM;
+    }
+    params_local(a, np);
+    *out = np;
+    return 0;
+}
+
+void rules_reshare(struct allot *a, const struct shares_member *m, size_t n,
+                   size_t self, size_t known, uint64_t now_ms)
+{
+    pthread_mutex_lock(&a->mu);
+    /* Probation: the time an ALIVE message takes to be retransmitted
+     * everywhere, twice. Quiet period: the smallest suspicion timeout,
+     * twice (docs/enforce.md, "Shares while the fleet changes"). */
+    uint64_t probation = 2u * SHARE_MULT * ceil_log10(n + 1) * SHARE_GOSSIP_MS;
+    uint64_t settle =
+        2u * SHARE_MULT * ceil_log10(n > 1 ? n : 2) * SHARE_PROBE_MS;
+    a->share_equal.probation_ms = a->share_weighted.probation_ms = probation;
+    a->share_equal.settle_ms = a->share_weighted.settle_ms = settle;
+    double fe, fw;
+    if (shares_host_part(&a->share_equal, QUOTA_SHARE_EQUAL, 1.0, m, n, self,
+                         known, now_ms, &fe) != 0 ||
+        shares_host_part(&a->share_weighted, QUOTA_SHARE_WEIGHTED, 1.0, m, n,
+                         self, known, now_ms, &fw) != 0) {
+        pthread_mutex_unlock(&a->mu); /* a bad view changes nothing */
+        return;
+    }
+    atomic_store(&a->fleet_members, n);
+    if (fe != atomic_load(&a->frac_equal) ||
+        fw != atomic_load(&a->frac_weighted)) {
+        atomic_store(&a->frac_equal, fe);
+        atomic_store(&a->frac_weighted, fw);
+        atomic_fetch_add(&a->share_gen, 1);
+    }
+    /* Every rate rule computed at another generation (this change, or a
+     * rule built while one was under way) is rebuilt, in one table. */
+    uint64_t gen = atomic_load(&a->share_gen);
+    struct retired r = {NULL};
+    bool changed = false;
+    struct enf_params *p, *next;
+    for (p = RB_MIN(enf_mirror, &a->mirror); p != NULL; p = next) {
+        next = RB_NEXT(enf_mirror, &a->mirror, p);
+        if (p->kind != QUOTA_KIND_RATE || p->share_gen == gen) {
+            continue;
+        }
+        struct enf_params *np;
+        if (params_reshared(a, p, &np) != 0) {
+            break; /* retried at the next view */
+        }
+        RB_REMOVE(enf_mirror, &a->mirror, p);
+        RB_INSERT(enf_mirror, &a->mirror, np);
+        retire(&r, p);
+        changed = true;
+    }
+    if (changed && publish(a, NULL, NULL, &r) != 0) {
+        a->need_resync = true; /* the old table still points to r's */
+    }
+    pthread_mutex_unlock(&a->mu);
+}
+
+void rules_fleet_loss(struct allot *a, uint64_t now_ms)
+{
+    pthread_mutex_lock(&a->mu);
+    shares_host_loss(&a->share_equal, now_ms);
+    shares_host_loss(&a->share_weighted, now_ms);
+    pthread_mutex_unlock(&a->mu);
 }

@@ -190,6 +190,75 @@ static void add_server(void *data, const struct gossip_member *m)
     msgpack_unpacked_destroy(&u);
 }
 
+/* This host's fleet as its member sees it: agents of its fleet, alive or
+ * suspect (weights in thousandths), and how many did not leave. Names are
+ * the library's only during the callback: copied. */
+struct fleet_view
+{
+    const char *fleet;
+    struct shares_member *m;
+    char (*names)[GOSSIP_NAME_MAX + 1];
+    size_t n, cap, known, self;
+    bool have_self, full;
+};
+
+static void add_fleet_member(void *data, const struct gossip_member *m)
+{
+    struct fleet_view *v = data;
+    if (m->meta.role != GOSSIP_ROLE_AGENT || m->state == GOSSIP_LEFT ||
+        strcmp(m->meta.fleet, v->fleet) != 0) {
+        return;
+    }
+    v->known++;
+    if (m->state != GOSSIP_ALIVE && m->state != GOSSIP_SUSPECT) {
+        return;
+    }
+    if (v->n == v->cap) {
+        v->full = true;
+        return;
+    }
+    if (m->self) {
+        v->self = v->n;
+        v->have_self = true;
+    }
+    snprintf(v->names[v->n], sizeof v->names[0], "%s", m->name);
+    v->m[v->n] = (struct shares_member){
+        v->names[v->n],
+        m->meta.weight > 0 ? (double)m->meta.weight / WEIGHT_SCALE
+                           : 1.0 / WEIGHT_SCALE,
+        0};
+    v->n++;
+}
+
+static void reshare(struct enf_gossip *s)
+{
+    size_t cap = gossip_member_count(s->g, GOSSIP_ALIVE) +
+                 gossip_member_count(s->g, GOSSIP_SUSPECT) + 1;
+    struct fleet_view v = {.fleet = s->a->fleet, .cap = cap};
+    v.m = calloc(cap, sizeof *v.m);
+    v.names = calloc(cap, sizeof *v.names);
+    if (v.m != NULL && v.names != NULL) {
+        gossip_member_foreach(s->g, add_fleet_member, &v);
+        if (v.have_self && !v.full) {
+            rules_reshare(s->a, v.m, v.n, v.self, v.known,
+                          clock_mono_ns() / 1000000u);
+        }
+    }
+    free(v.m);
+    free(v.names);
+}
+
+static void on_member(void *data, enum gossip_event ev,
+                      const struct gossip_member *m)
+{
+    struct enf_gossip *s = data;
+    if ((ev == GOSSIP_EV_SUSPECT || ev == GOSSIP_EV_DEAD) &&
+        m->meta.role == GOSSIP_ROLE_AGENT &&
+        strcmp(m->meta.fleet, s->a->fleet) == 0) {
+        rules_fleet_loss(s->a, clock_mono_ns() / 1000000u);
+    }
+}
+
 static void kick(struct enf_gossip *s)
 {
     uint64_t one = 1;
@@ -206,6 +275,7 @@ static void timer_cb(uv_timer_t *t)
     gossip_member_foreach(s->g, add_server, &l);
     atomic_store(&s->a->gossip_members, l.alive);
     atomic_store(&s->a->gossip_servers, l.n);
+    reshare(s);
     /* Push-pull delivers keyed values through the broadcast callback too;
      * reading the store as well costs nothing and covers any path. */
     uint8_t buf[GOSSIP_BROADCAST_MAX];
@@ -644,6 +714,7 @@ int source_gossip_start(struct allot *a, const struct allot_options *o,
         gc.meta.fleet = a->fleet;
         gc.cb.data = s;
         gc.cb.broadcast = on_broadcast;
+        gc.cb.member = on_member;
         gc.leave_timeout_ms = 1000; /* bounds allot_close() */
         rv = gossip_new(&s->g, gossip_uv_io(s->guv), &gc, errmsg);
         if (rv != 0) {

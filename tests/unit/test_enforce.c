@@ -804,6 +804,70 @@ END_TEST
 /* --- The sink ---------------------------------------------------------------
  */
 
+/* The gossip view reaches the rule table: rules of this host's fleet
+ * enforce this host's part (equal or weighted), others the whole rate;
+ * the part follows probation, the quiet period after a loss, and a change
+ * of view, and a rule arriving later is computed at the current part. */
+START_TEST(fleet_parts)
+{
+    scratch_make();
+    struct allot *a = open_manual(0, 0);
+    struct allot_rule *eq = rule(a, "org/eq");
+    struct allot_rule *w = rule(a, "org/w");
+    struct allot_rule *other = rule(a, "org/other");
+    struct quota qs[3] = {
+        rate_q("org/eq", 300, 30, QUOTA_EXCEED_REJECT, 0, false, 1),
+        rate_q("org/w", 400, 40, QUOTA_EXCEED_REJECT, 0, false, 1),
+        rate_q("org/other", 500, 50, QUOTA_EXCEED_REJECT, 0, false, 1)};
+    qs[1].f.share = QUOTA_SHARE_WEIGHTED;
+    snprintf(qs[2].f.fleet, sizeof qs[2].f.fleet, "batch");
+    ck_assert_int_eq(rules_replace(a, qs, 3, 1, false), 0);
+    struct allot_rule_stats rs;
+    allot_rule_stats(eq, &rs);
+    ck_assert_double_eq_tol(rs.local_rate, 300, 1e-9); /* no view yet */
+
+    /* Three hosts of fleet "default", weights 1, 1, 2; this one first. */
+    struct shares_member m[4] = {
+        {"host-a", 1, 0}, {"host-b", 1, 0}, {"host-c", 2, 0}, {"host-d", 1, 0}};
+    uint64_t t0 = a->share_equal.joined_ms;
+    rules_reshare(a, m, 3, 0, 3, t0 + 100); /* on probation: the floor */
+    allot_rule_stats(eq, &rs);
+    ck_assert_double_eq_tol(rs.local_rate, 300 * SHARES_RATE_FLOOR / 3, 1e-9);
+    rules_reshare(a, m, 3, 0, 3, t0 + 60000);
+    allot_rule_stats(eq, &rs);
+    ck_assert_double_eq_tol(rs.local_rate, 100, 1e-9);
+    ck_assert_uint_eq(rs.local_burst, 10);
+    allot_rule_stats(w, &rs);
+    double wpart =
+        400 * (SHARES_RATE_FLOOR / 3 + (1 - SHARES_RATE_FLOOR) * 1.0 / 4.0);
+    ck_assert_double_eq_tol(rs.local_rate, wpart, 1e-9);
+    allot_rule_stats(other, &rs);
+    ck_assert_double_eq_tol(rs.local_rate, 500, 1e-9); /* not our fleet */
+
+    /* A fourth host: the parts shrink at once. */
+    rules_reshare(a, m, 4, 0, 4, t0 + 61000);
+    allot_rule_stats(eq, &rs);
+    ck_assert_double_eq_tol(rs.local_rate, 75, 1e-9);
+    /* It dies: no growth during the quiet period, then 100 again. */
+    rules_fleet_loss(a, t0 + 70000);
+    rules_reshare(a, m, 3, 0, 4, t0 + 70000);
+    allot_rule_stats(eq, &rs);
+    ck_assert_double_eq_tol(rs.local_rate, 75, 1e-9);
+    rules_reshare(a, m, 3, 0, 4, t0 + 70000 + 60000);
+    allot_rule_stats(eq, &rs);
+    ck_assert_double_eq_tol(rs.local_rate, 100, 1e-9);
+
+    /* A rule that arrives now is computed at the current part. */
+    struct quota q4 =
+        rate_q("org/late", 600, 60, QUOTA_EXCEED_REJECT, 0, false, 2);
+    set_quota(a, 2, &q4);
+    allot_rule_stats(rule(a, "org/late"), &rs);
+    ck_assert_double_eq_tol(rs.local_rate, 200, 1e-9);
+    allot_close(a);
+    scratch_remove();
+}
+END_TEST
+
 START_TEST(changes_and_replays)
 {
     scratch_make();
@@ -1204,6 +1268,7 @@ static Suite *enforce_suite(void)
     tcase_add_test(tc, swaps_under_checks);
     tcase_add_test(tc, epoch_waits_reader);
     tcase_add_test(tc, changes_and_replays);
+    tcase_add_test(tc, fleet_parts);
     tcase_add_test(tc, wait_version);
     tcase_add_test(tc, lkg_restart);
     tcase_add_test(tc, windows);
