@@ -17,8 +17,9 @@
  * (the member struct, ~100 bytes with its name, plus its slots in two hash
  * tables kept at most half full: by name, and the broadcast queue's by key,
  * which fills with one ALIVE per member while the fleet joins). Measured
- * peaks (378 MB at N = 1,000, 1,396 MB at 2,000) fit
- * N * 58 KB + N^2 * 320 bytes, so N = 10,000 would need about 33 GB. A
+ * peaks: 378 MB at N = 1,000, 1,395 MB at 2,000, 3,429 MB at 3,000, about
+ * N * 58 KB + N^2 * 320-380 bytes (the tables double, so the cost per
+ * pair steps); the estimate takes 380, so N = 10,000 would need ~36 GB. A
  * size whose estimate is over --mem-limit-mb is skipped with the estimate
  * printed (--force runs it anyway), and each child runs under that
  * address-space limit, so a size that does not fit fails cleanly instead
@@ -43,7 +44,7 @@
 
 /* Peak memory of a simulation of n members, from the fit above (bytes). */
 #define SIM_FIXED_PER_MEMBER 58000.0
-#define SIM_PER_RECORD       320.0
+#define SIM_PER_RECORD       380.0
 
 struct opts
 {
