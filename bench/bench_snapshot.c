@@ -30,6 +30,7 @@
 #include "../lib/lib.h"
 #include "../proto/quota.h"
 #include "../raft/raft_fsm.h"
+#include "bench_util.h"
 
 #define SIZES_MAX  8
 #define REPEAT_MAX 50
@@ -327,23 +328,12 @@ int main(int argc, char **argv)
     while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (ch) {
         case 'q': {
-            char copy[256];
-            char *save = NULL;
-            snprintf(copy, sizeof copy, "%s", optarg);
-            o.n_sizes = 0;
-            for (char *t = strtok_r(copy, ",", &save); t != NULL;
-                 t = strtok_r(NULL, ",", &save)) {
-                if (o.n_sizes == SIZES_MAX ||
-                    parse_ulong("--quotas", t, 1, 10000000,
-                                &o.sizes[o.n_sizes]) != 0) {
-                    return 2;
-                }
-                o.n_sizes++;
-            }
-            if (o.n_sizes == 0) {
-                fprintf(stderr, "error: invalid: --quotas needs a size\n");
+            int n = bench_parse_list("--quotas", optarg, 1, 10000000, o.sizes,
+                                     SIZES_MAX);
+            if (n < 0) {
                 return 2;
             }
+            o.n_sizes = (unsigned)n;
             break;
         }
         case 'b':

@@ -280,6 +280,38 @@ void bench_remove_tree(const char *dir)
     nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+int bench_parse_list(const char *flag, const char *s, unsigned long lo,
+                     unsigned long hi, unsigned long *out, unsigned max)
+{
+    char copy[256];
+    if (snprintf(copy, sizeof copy, "%s", s) >= (int)sizeof copy) {
+        fprintf(stderr, "error: invalid: %s: list too long\n", flag);
+        return -1;
+    }
+    unsigned n = 0;
+    char *save = NULL;
+    for (char *t = strtok_r(copy, ",", &save); t != NULL;
+         t = strtok_r(NULL, ",", &save)) {
+        char *end;
+        errno = 0;
+        unsigned long v = strtoul(t, &end, 10);
+        if (n == max || errno != 0 || t[0] == '-' || *end != '\0' || v < lo ||
+            v > hi) {
+            fprintf(stderr,
+                    "error: invalid: %s takes up to %u numbers, each %lu "
+                    "to %lu, got \"%s\"\n",
+                    flag, max, lo, hi, s);
+            return -1;
+        }
+        out[n++] = v;
+    }
+    if (n == 0) {
+        fprintf(stderr, "error: invalid: %s needs a number\n", flag);
+        return -1;
+    }
+    return (int)n;
+}
+
 void bench_samples_push(uint64_t **v, size_t *n, size_t *cap, uint64_t x)
 {
     if (*n == *cap) {

@@ -66,6 +66,12 @@ int bench_pick_ports(uint16_t *ports, unsigned n);
 /* Remove dir and everything under it (no symlinks followed). */
 void bench_remove_tree(const char *dir);
 
+/* Parse a comma-separated list of numbers in [lo, hi] ("1000,10000") into
+ * out[0..max). The count (>= 1), or -1 with a message naming flag on
+ * stderr. */
+int bench_parse_list(const char *flag, const char *s, unsigned long lo,
+                     unsigned long hi, unsigned long *out, unsigned max);
+
 /* Append x to a growable array; on allocation failure the sample is lost
  * (counts kept elsewhere stay right). */
 void bench_samples_push(uint64_t **v, size_t *n, size_t *cap, uint64_t x);

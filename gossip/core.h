@@ -165,7 +165,8 @@ struct gossip
     struct relay relays[RELAY_MAX];
 
     struct gtimer gossip_timer;
-    uint64_t last_gossip; /* ms of the last gossip round */
+    uint64_t last_gossip;  /* ms of the last gossip round */
+    unsigned early_rounds; /* early rounds still owed to fresh news */
     struct gtimer pushpull_timer;
     struct gtimer reconnect_timer;
     struct gtimer join_timer;
