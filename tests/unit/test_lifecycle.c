@@ -118,10 +118,15 @@ static struct fsm_validator validator(const char *name, const char *prefix,
 {
     struct fsm_validator v;
     memset(&v, 0, sizeof v);
-    snprintf(v.name, sizeof v.name, "%s", name);
-    snprintf(v.prefix, sizeof v.prefix, "%s", prefix);
+    /* Checked, so a test's long value fails loudly instead of being cut
+     * (and gcc -O3 sees the truncation handled). */
+    ck_assert_int_lt(snprintf(v.name, sizeof v.name, "%s", name),
+                     (int)sizeof v.name);
+    ck_assert_int_lt(snprintf(v.prefix, sizeof v.prefix, "%s", prefix),
+                     (int)sizeof v.prefix);
     v.is_url = is_url;
-    snprintf(v.target, sizeof v.target, "%s", target);
+    ck_assert_int_lt(snprintf(v.target, sizeof v.target, "%s", target),
+                     (int)sizeof v.target);
     v.timeout_ms = timeout_ms;
     v.fail_open = fail_open;
     return v;
