@@ -841,6 +841,9 @@ void rules_reshare(struct allot *a, const struct shares_member *m, size_t n,
         atomic_store(&a->frac_equal, fe);
         atomic_store(&a->frac_weighted, fw);
         atomic_fetch_add(&a->share_gen, 1);
+        LOGI("enforce", "fleet part changed",
+             "fleet=%s members=%zu known=%zu equal=%.4f weighted=%.4f",
+             a->fleet, n, known, fe, fw);
     }
     /* Every rate rule computed at another generation (this change, or a
      * rule built while one was under way) is rebuilt, in one table. */

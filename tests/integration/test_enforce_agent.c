@@ -24,6 +24,7 @@
  * however slow the machine. */
 #include <check.h>
 #include <jansson.h>
+#include <math.h>
 #include <signal.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -646,6 +647,17 @@ static void write_keyring(const char *path)
     ck_assert_int_eq(fclose(f), 0);
 }
 
+/* An agent of fleet "web" that knows no server, only gossip seeds. */
+static void gossip_agent_start(struct agent *ag, const char *name,
+                               const char *bind, const char *seeds,
+                               const char *keyring, const char *weight)
+{
+    const char *extra[] = {
+        "--gossip", bind,       "--gossip-seeds", seeds, "--gossip-keyring",
+        keyring,    "--weight", weight,           NULL};
+    agent_start_args(ag, name, NULL, extra);
+}
+
 /* 3 allotd and 2 agents that know no server address, only gossip seeds:
  * every rule reaches them by announcement, then a read from a server found
  * among the members, checked against the announced digest. */
@@ -666,16 +678,8 @@ START_TEST(gossip_e2e)
     for (int i = 0; i < 2; i++) {
         snprintf(bind[i], sizeof bind[i], "127.0.0.1:%u",
                  (unsigned)harness_free_port());
-        const char *extra[] = {"--gossip",
-                               bind[i],
-                               "--gossip-seeds",
-                               seeds,
-                               "--gossip-keyring",
-                               keyring,
-                               "--weight",
-                               "2",
-                               NULL};
-        agent_start_args(&ag[i], i == 0 ? "gagent1" : "gagent2", NULL, extra);
+        gossip_agent_start(&ag[i], i == 0 ? "gagent1" : "gagent2", bind[i],
+                           seeds, keyring, "2");
         fd[i] = agent_connect(&ag[i]);
     }
     /* Rules created after the agents started reach them by gossip. */
@@ -753,6 +757,109 @@ START_TEST(gossip_e2e)
         stats(fd[i], "org/api", &st);
         ck_assert_uint_eq(st.catalog_version, v);
         ck_assert_uint_eq(st.admitted, 8);
+        close(fd[i]);
+        agent_stop(&ag[i]);
+    }
+    harness_end();
+}
+END_TEST
+
+/* The local rate `path` is enforced at on this agent (its part). */
+static double local_rate(int fd, const char *path)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    req_begin(&sb, &pk, next_id++, "stats", 1);
+    wire_pack_kv_str(&pk, "path", path);
+    struct harness_reply rep;
+    req_end(fd, &sb, &rep);
+    ck_assert_msg(rep.ok, "stats: %s %s", rep.error, rep.message);
+    const msgpack_object *rs = wire_map_get(rep.result, "rule_stats");
+    ck_assert(rs != NULL && rs->type == MSGPACK_OBJECT_ARRAY &&
+              rs->via.array.size == 1);
+    const msgpack_object *v = wire_map_get(&rs->via.array.ptr[0], "local_rate");
+    ck_assert(v != NULL);
+    double r =
+        v->type == MSGPACK_OBJECT_FLOAT64 || v->type == MSGPACK_OBJECT_FLOAT32
+            ? v->via.f64
+        : v->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? (double)v->via.u64
+                                                     : -1;
+    harness_reply_destroy(&rep);
+    return r;
+}
+
+/* Poll until every agent of fds enforces `want` for path. */
+static void wait_parts(const int *fds, int n, const char *path, double want)
+{
+    double t0 = harness_now();
+    for (;;) {
+        int at = 0;
+        double seen = 0;
+        for (int i = 0; i < n; i++) {
+            seen = local_rate(fds[i], path);
+            at += seen > want - 1e-6 && seen < want + 1e-6;
+        }
+        if (at == n) {
+            break;
+        }
+        ck_assert_msg(harness_now() - t0 < WAIT_MS / 1000.0,
+                      "%d of %d agents at %.3f/s for %s (one has %.3f)", at, n,
+                      want, path, seen);
+        harness_sleep_ms(50);
+    }
+    harness_log("%d agents enforce %.1f/s of %s after %.2f s", n, want, path,
+                harness_now() - t0);
+}
+
+/* A fleet-wide rate divided by the agents' own gossip view: three agents
+ * of fleet "web" each enforce a third; one leaves and the other two take
+ * half each; it comes back and they shrink again; with every server dead
+ * they keep their parts (docs/enforce.md, "Shares"). */
+START_TEST(fleet_shares)
+{
+    harness_begin("fleet_shares");
+    char keyring[600];
+    snprintf(keyring, sizeof keyring, "%s/gossip.keys", harness_dir());
+    write_keyring(keyring);
+    harness_set_gossip(keyring);
+    harness_cluster_start(3);
+    ck_assert_uint_ne(harness_wait_leader(WAIT_MS), 0);
+    CTL_OK("quota", "set", "web", "kind=rate", "rate=300", "burst=30",
+           "fleet=web", "share=equal");
+    char seeds[128], bind[3][32];
+    snprintf(seeds, sizeof seeds, "%s,%s", harness_node_gossip_addr(1),
+             harness_node_gossip_addr(2));
+    struct agent ag[3];
+    int fd[3];
+    const char *names[3] = {"sagent1", "sagent2", "sagent3"};
+    uint64_t v = cluster_version();
+    for (int i = 0; i < 3; i++) {
+        snprintf(bind[i], sizeof bind[i], "127.0.0.1:%u",
+                 (unsigned)harness_free_port());
+        gossip_agent_start(&ag[i], names[i], bind[i], seeds, keyring, "1");
+        fd[i] = agent_connect(&ag[i]);
+        wait_version(fd[i], v);
+    }
+    wait_parts(fd, 3, "web", 100);
+    /* A graceful stop is a leave: the other two grow at once. */
+    close(fd[2]);
+    agent_stop(&ag[2]);
+    wait_parts(fd, 2, "web", 150);
+    /* Back (same data, same address): the others shrink as soon as they
+     * see it; it takes its third once its probation is over. */
+    gossip_agent_start(&ag[2], names[2], bind[2], seeds, keyring, "1");
+    fd[2] = agent_connect(&ag[2]);
+    wait_parts(fd, 3, "web", 100);
+    /* Every server dies: the parts stay. */
+    kill_servers();
+    harness_sleep_ms(2000);
+    for (int i = 0; i < 3; i++) {
+        double r = local_rate(fd[i], "web");
+        ck_assert_msg(fabs(r - 100) < 1e-6, "%s enforces %.3f/s, want 100",
+                      names[i], r);
+    }
+    /* (Checked for all before any stops: a leaving agent grows the rest.) */
+    for (int i = 0; i < 3; i++) {
         close(fd[i]);
         agent_stop(&ag[i]);
     }
@@ -924,6 +1031,7 @@ static Suite *suite(void)
     tcase_add_test(tc, agent_disconnect);
     tcase_add_test(tc, e2e);
     tcase_add_test(tc, gossip_e2e);
+    tcase_add_test(tc, fleet_shares);
     tcase_add_test(tc, usage_report);
     suite_add_tcase(s, tc);
     return s;
