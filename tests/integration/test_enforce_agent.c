@@ -189,16 +189,23 @@ static int count_admitted(int fd, const char *path, int tries)
     return n;
 }
 
-/* acquire: the slot, or 0 when refused. */
-static uint64_t acquire(int fd, const char *path)
+/* op with one argument, path; asserts an ok reply. */
+static void call_path(int fd, const char *op, const char *path,
+                      struct harness_reply *rep)
 {
     msgpack_sbuffer sb;
     msgpack_packer pk;
-    req_begin(&sb, &pk, next_id++, "acquire", 1);
+    req_begin(&sb, &pk, next_id++, op, 1);
     wire_pack_kv_str(&pk, "path", path);
+    req_end(fd, &sb, rep);
+    ck_assert_msg(rep->ok, "%s %s: %s %s", op, path, rep->error, rep->message);
+}
+
+/* acquire: the slot, or 0 when refused. */
+static uint64_t acquire(int fd, const char *path)
+{
     struct harness_reply rep;
-    req_end(fd, &sb, &rep);
-    ck_assert_msg(rep.ok, "acquire %s: %s %s", path, rep.error, rep.message);
+    call_path(fd, "acquire", path, &rep);
     uint64_t slot =
         get_bool(rep.result, "allowed") ? get_u64(rep.result, "slot") : 0;
     harness_reply_destroy(&rep);
@@ -767,13 +774,8 @@ END_TEST
 /* The local rate `path` is enforced at on this agent (its part). */
 static double local_rate(int fd, const char *path)
 {
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    req_begin(&sb, &pk, next_id++, "stats", 1);
-    wire_pack_kv_str(&pk, "path", path);
     struct harness_reply rep;
-    req_end(fd, &sb, &rep);
-    ck_assert_msg(rep.ok, "stats: %s %s", rep.error, rep.message);
+    call_path(fd, "stats", path, &rep);
     const msgpack_object *rs = wire_map_get(rep.result, "rule_stats");
     ck_assert(rs != NULL && rs->type == MSGPACK_OBJECT_ARRAY &&
               rs->via.array.size == 1);
