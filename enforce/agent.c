@@ -372,7 +372,7 @@ static void pack_rule_stats(msgpack_packer *pk, struct allot_rule *r)
 {
     struct allot_rule_stats rs;
     allot_rule_stats(r, &rs);
-    msgpack_pack_map(pk, 12);
+    msgpack_pack_map(pk, 15);
     wire_pack_kv_str(pk, "path", allot_rule_path(r));
     wire_pack_kv_u64(pk, "rule_version", rs.rule_version);
     wire_pack_kv_str(pk, "kind",
@@ -382,6 +382,9 @@ static void pack_rule_stats(msgpack_packer *pk, struct allot_rule *r)
     wire_pack_str(pk, "local_rate");
     msgpack_pack_double(pk, rs.local_rate);
     wire_pack_kv_u64(pk, "local_burst", rs.local_burst);
+    wire_pack_kv_u64(pk, "local_max_apps", rs.local_max_apps);
+    wire_pack_kv_u64(pk, "local_max_memory_mb", rs.local_max_memory_mb);
+    wire_pack_kv_u64(pk, "local_max_vcores", rs.local_max_vcores);
     wire_pack_kv_u64(pk, "in_use_apps", rs.in_use_apps);
     wire_pack_kv_u64(pk, "in_use_memory_mb", rs.in_use_memory_mb);
     wire_pack_kv_u64(pk, "in_use_vcores", rs.in_use_vcores);

@@ -720,6 +720,9 @@ int allot_rule_stats(struct allot_rule *r, struct allot_rule_stats *st)
         st->kind = p->kind;
         st->local_rate = p->local_rate;
         st->local_burst = p->local_burst;
+        st->local_max_apps = p->max_apps;
+        st->local_max_memory_mb = p->max_memory_mb;
+        st->local_max_vcores = p->max_vcores;
     }
     epoch_exit(rd);
     st->in_use_apps = atomic_load(&r->apps);
@@ -1088,6 +1091,7 @@ int enf_open(const struct allot_options *opts, const struct enf_test_hooks *h,
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_mutex_init(&a->mu, NULL);
+    pthread_mutex_init(&a->view_mu, NULL);
     pthread_mutex_init(&a->stats_mu, NULL);
     pthread_cond_init(&a->cv, &ca);
     pthread_condattr_destroy(&ca);
@@ -1164,6 +1168,7 @@ err_after_sync:
     pthread_cond_destroy(&a->cv);
     pthread_mutex_destroy(&a->stats_mu);
     pthread_mutex_destroy(&a->mu);
+    pthread_mutex_destroy(&a->view_mu);
     close(a->cancel_fd);
 err_after_lock:
     close(a->lock_fd);
@@ -1191,6 +1196,7 @@ void allot_close(struct allot *a)
     pthread_cond_destroy(&a->cv);
     pthread_mutex_destroy(&a->stats_mu);
     pthread_mutex_destroy(&a->mu);
+    pthread_mutex_destroy(&a->view_mu);
     close(a->cancel_fd);
     close(a->lock_fd);
     free_config(a);

@@ -291,6 +291,9 @@ struct allot_rule_stats
     int kind;              /* 0 none, 1 capacity, 2 rate */
     double local_rate;     /* rate rules: this host's share, units/s */
     uint64_t local_burst;
+    /* Capacity rules: this host's slots of each limit (its part of the
+     * fleet's; UINT64_MAX = no limit). */
+    uint64_t local_max_apps, local_max_memory_mb, local_max_vcores;
     uint64_t in_use_apps; /* capacity rules: held now */
     uint64_t in_use_memory_mb;
     uint64_t in_use_vcores;

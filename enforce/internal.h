@@ -74,8 +74,11 @@ struct enf_params
     uint64_t units_fp32;  /* units per tick, 32.32 fixed point, rounded up */
     double local_rate;
     uint64_t local_burst;
-    uint64_t share_gen; /* a->share_gen its local rate was computed at */
-    uint64_t max_apps;  /* capacity: UINT64_MAX = no limit */
+    uint64_t share_gen; /* a->share_gen its local part was computed at */
+    /* Capacity: the quota's limits (0 = none), and this host's slots of
+     * them (UINT64_MAX = no limit). */
+    uint64_t total_apps, total_memory_mb, total_vcores;
+    uint64_t max_apps;
     uint64_t max_memory_mb;
     uint64_t max_vcores;
 };
@@ -206,6 +209,13 @@ struct allot
     _Atomic double frac_equal, frac_weighted;
     _Atomic uint64_t share_gen;
     _Atomic uint64_t fleet_members; /* alive or suspect, this host included */
+    /* The last view for dividing slots (capacity rules): names
+     * and weights of the fleet's members, this host at view_self; n 0
+     * until a settled view exists (slots are not divided before). */
+    pthread_mutex_t view_mu; /* the view; taken after mu, never before */
+    struct shares_member *view;
+    char (*view_names)[65];
+    size_t view_n, view_cap, view_self;
 
     /* --- Status (atomics, any thread) ---------------------------------- */
     _Atomic uint64_t server_version;

@@ -59,9 +59,51 @@ static double share_fraction(struct allot *a, const char *rule_fleet,
 
 /* The rate fields that depend on this host's part: local rate and burst,
  * and the GCRA parameters they give. */
+/* This host's slots of a capacity limit (0 = none: no limit): its part by
+ * weight over the last settled view of its fleet, by largest remainders
+ * (shares_slots), or the whole limit without one. Takes view_mu. */
+static uint64_t slots_local(struct allot *a, const struct enf_params *p,
+                            uint64_t total)
+{
+    if (total == 0) {
+        return UINT64_MAX;
+    }
+    if (strcmp(p->fleet != NULL ? p->fleet : "default", a->fleet) != 0) {
+        return total;
+    }
+    pthread_mutex_lock(&a->view_mu);
+    size_t n = a->view_n;
+    if (n == 0) {
+        pthread_mutex_unlock(&a->view_mu);
+        return total;
+    }
+    double *w = malloc(n * sizeof *w);
+    uint64_t *out = malloc(n * sizeof *out);
+    uint64_t mine = total; /* out of memory: the whole limit, as before */
+    if (w != NULL && out != NULL) {
+        for (size_t i = 0; i < n; i++) {
+            w[i] = a->view[i].weight;
+        }
+        if (shares_slots(w, total, a->view, n, out) == 0) {
+            mine = out[a->view_self];
+        }
+    }
+    pthread_mutex_unlock(&a->view_mu);
+    free(w);
+    free(out);
+    return mine;
+}
+
 static void params_local(struct allot *a, struct enf_params *p)
 {
     uint64_t gen = atomic_load(&a->share_gen);
+    if (p->kind != QUOTA_KIND_RATE) {
+        p->share_gen = gen;
+        p->max_apps = slots_local(a, p, p->total_apps);
+        p->max_memory_mb = slots_local(a, p, p->total_memory_mb);
+        p->max_vcores = slots_local(a, p, p->total_vcores);
+        return;
+    }
     double frac = share_fraction(a, p->fleet, p->share);
     double rate = p->rate > 0 ? p->rate : QUOTA_RATE_MIN;
     uint64_t burst = p->burst > 0 ? p->burst : (uint64_t)ceil(rate);
@@ -123,15 +165,10 @@ int rules_params_new(struct allot *a, const struct quota *q,
         p->per_key = q->f.per_key;
         params_local(a, p);
     } else {
-        if (q->f.max_apps > 0) {
-            p->max_apps = q->f.max_apps;
-        }
-        if (q->f.max_memory_mb > 0) {
-            p->max_memory_mb = q->f.max_memory_mb;
-        }
-        if (q->f.max_vcores > 0) {
-            p->max_vcores = q->f.max_vcores;
-        }
+        p->total_apps = q->f.max_apps;
+        p->total_memory_mb = q->f.max_memory_mb;
+        p->total_vcores = q->f.max_vcores;
+        params_local(a, p);
     }
     *out = p;
     return 0;
@@ -739,10 +776,10 @@ int rules_pack_for_disk(struct allot *a, msgpack_sbuffer *sb, uint64_t *version)
             snprintf(q.f.fleet, sizeof q.f.fleet, "%s",
                      p->fleet != NULL ? p->fleet : "default");
         } else {
-            q.f.max_apps = p->max_apps == UINT64_MAX ? 0 : p->max_apps;
-            q.f.max_memory_mb =
-                p->max_memory_mb == UINT64_MAX ? 0 : p->max_memory_mb;
-            q.f.max_vcores = p->max_vcores == UINT64_MAX ? 0 : p->max_vcores;
+            /* The quota's limits, not this host's slots of them. */
+            q.f.max_apps = p->total_apps;
+            q.f.max_memory_mb = p->total_memory_mb;
+            q.f.max_vcores = p->total_vcores;
         }
         quota_pack(&pk, &q);
     }
@@ -751,6 +788,11 @@ int rules_pack_for_disk(struct allot *a, msgpack_sbuffer *sb, uint64_t *version)
 
 void rules_close(struct allot *a)
 {
+    free(a->view);
+    free(a->view_names);
+    a->view = NULL;
+    a->view_names = NULL;
+    a->view_n = a->view_cap = 0;
     struct enf_params *p, *next;
     for (p = RB_MIN(enf_mirror, &a->mirror); p != NULL; p = next) {
         next = RB_NEXT(enf_mirror, &a->mirror, p);
@@ -815,6 +857,67 @@ static int params_reshared(struct allot *a, const struct enf_params *p,
     return 0;
 }
 
+/* Keep the view slots are divided by, in name order (so comparing two
+ * views is comparing arrays). Only a settled view is kept: off probation
+ * and with a majority of the known members (the rules of
+ * shares_host_part); otherwise the last one stays. true when it changed.
+ * Under mu. */
+static bool view_store(struct allot *a, const struct shares_member *m, size_t n,
+                       size_t self, size_t known, uint64_t now_ms)
+{
+    const struct shares_host *h = &a->share_weighted;
+    if (now_ms - h->joined_ms < h->probation_ms || 2 * n <= known) {
+        return false;
+    }
+    size_t *order = malloc(n * sizeof *order);
+    if (order == NULL) {
+        return false; /* the last view stays */
+    }
+    /* Insertion by name: views are small and this runs twice a second. */
+    for (size_t i = 0; i < n; i++) {
+        size_t j = i;
+        while (j > 0 && strcmp(m[order[j - 1]].name, m[i].name) > 0) {
+            order[j] = order[j - 1];
+            j--;
+        }
+        order[j] = i;
+    }
+    pthread_mutex_lock(&a->view_mu);
+    bool changed = false;
+    if (n > a->view_cap) {
+        struct shares_member *v = realloc(a->view, n * sizeof *v);
+        if (v != NULL) {
+            a->view = v;
+        }
+        char(*names)[65] = realloc(a->view_names, n * sizeof *names);
+        if (names != NULL) {
+            a->view_names = names;
+        }
+        if (v == NULL || names == NULL) {
+            goto out; /* the last view stays */
+        }
+        a->view_cap = n;
+    }
+    changed = n != a->view_n;
+    for (size_t i = 0; i < n; i++) {
+        const struct shares_member *x = &m[order[i]];
+        if (!changed && (strcmp(a->view_names[i], x->name) != 0 ||
+                         a->view[i].weight != x->weight)) {
+            changed = true;
+        }
+        snprintf(a->view_names[i], sizeof a->view_names[i], "%s", x->name);
+        a->view[i] = (struct shares_member){a->view_names[i], x->weight, 0};
+        if (order[i] == self) {
+            a->view_self = i;
+        }
+    }
+    a->view_n = n;
+out:
+    pthread_mutex_unlock(&a->view_mu);
+    free(order);
+    return changed;
+}
+
 void rules_reshare(struct allot *a, const struct shares_member *m, size_t n,
                    size_t self, size_t known, uint64_t now_ms)
 {
@@ -836,7 +939,8 @@ void rules_reshare(struct allot *a, const struct shares_member *m, size_t n,
         return;
     }
     atomic_store(&a->fleet_members, n);
-    if (fe != atomic_load(&a->frac_equal) ||
+    bool view_changed = view_store(a, m, n, self, known, now_ms);
+    if (view_changed || fe != atomic_load(&a->frac_equal) ||
         fw != atomic_load(&a->frac_weighted)) {
         atomic_store(&a->frac_equal, fe);
         atomic_store(&a->frac_weighted, fw);
@@ -853,7 +957,7 @@ void rules_reshare(struct allot *a, const struct shares_member *m, size_t n,
     struct enf_params *p, *next;
     for (p = RB_MIN(enf_mirror, &a->mirror); p != NULL; p = next) {
         next = RB_NEXT(enf_mirror, &a->mirror, p);
-        if (p->kind != QUOTA_KIND_RATE || p->share_gen == gen) {
+        if (p->share_gen == gen) {
             continue;
         }
         struct enf_params *np;

@@ -857,12 +857,46 @@ START_TEST(fleet_parts)
     allot_rule_stats(eq, &rs);
     ck_assert_double_eq_tol(rs.local_rate, 100, 1e-9);
 
-    /* A rule that arrives now is computed at the current part. */
+    /* Capacity: slots by weight over the settled view, largest remainders
+     * (10 apps over weights 1, 1, 2 -> 2.5, 2.5, 5: the tie for the last
+     * slot goes to the first name, this host); memory divides exactly. */
+    struct quota cq = cap_q("batch", 10, 1000, 0, QUOTA_EXCEED_REJECT, 3);
+    set_quota(a, 3, &cq);
+    struct allot_rule *cap = rule(a, "batch");
+    allot_rule_stats(cap, &rs);
+    ck_assert_uint_eq(rs.local_max_apps, 3);
+    ck_assert_uint_eq(rs.local_max_memory_mb, 250);
+    ck_assert_uint_eq(rs.local_max_vcores, UINT64_MAX);
+    struct allot_slot *s1, *s2, *s3, *s4;
+    ck_assert_int_eq(allot_acquire(cap, NULL, &s1), 0);
+    ck_assert_int_eq(allot_acquire(cap, NULL, &s2), 0);
+    ck_assert_int_eq(allot_acquire(cap, NULL, &s3), 0);
+    ck_assert(s1 != NULL && s2 != NULL && s3 != NULL);
+    ck_assert_int_eq(allot_acquire(cap, NULL, &s4), 0);
+    ck_assert_ptr_null(s4); /* the fourth is over this host's 3 */
+    allot_release(s1);
+    allot_release(s2);
+    allot_release(s3);
+    /* The fourth member back: 10 over 1, 1, 2, 1 -> 2 each, 4 for host-c. */
+    rules_reshare(a, m, 4, 0, 4, t0 + 200000);
+    allot_rule_stats(cap, &rs);
+    ck_assert_uint_eq(rs.local_max_apps, 2);
+    ck_assert_uint_eq(rs.local_max_memory_mb, 200);
+
+    /* A rule that arrives now is computed at the current part (a quarter,
+     * four members). */
     struct quota q4 =
-        rate_q("org/late", 600, 60, QUOTA_EXCEED_REJECT, 0, false, 2);
-    set_quota(a, 2, &q4);
+        rate_q("org/late", 600, 60, QUOTA_EXCEED_REJECT, 0, false, 4);
+    set_quota(a, 4, &q4);
     allot_rule_stats(rule(a, "org/late"), &rs);
-    ck_assert_double_eq_tol(rs.local_rate, 200, 1e-9);
+    ck_assert_double_eq_tol(rs.local_rate, 150, 1e-9);
+    /* The file holds the quota's limits, not this host's slots: reopened
+     * without a view, the whole limit. */
+    allot_close(a);
+    a = open_manual(0, 0);
+    allot_rule_stats(rule(a, "batch"), &rs);
+    ck_assert_uint_eq(rs.local_max_apps, 10);
+    ck_assert_uint_eq(rs.local_max_memory_mb, 1000);
     allot_close(a);
     scratch_remove();
 }
