@@ -869,6 +869,119 @@ START_TEST(fleet_shares)
 }
 END_TEST
 
+/* Offer every agent of fds about `per_agent` checks a second of path for
+ * `seconds`, round robin from this thread; returns the checks admitted
+ * and sets *offered. */
+static uint64_t offer_load(const int *fds, int n, const char *path,
+                           double per_agent, double seconds, uint64_t *offered)
+{
+    uint64_t admitted = 0, sent = 0;
+    double t0 = harness_now(), gap = 1.0 / (per_agent * n);
+    while (harness_now() - t0 < seconds) {
+        admitted += (uint64_t)check(fds[sent % (uint64_t)n], path, NULL);
+        sent++;
+        double next = t0 + (double)sent * gap, now = harness_now();
+        if (next > now) {
+            harness_sleep_ms((int)((next - now) * 1000.0));
+        }
+    }
+    *offered = sent;
+    return admitted;
+}
+
+/* One load phase: the fleet never admits more than L * T plus its hosts'
+ * bursts (GCRA's bound on each host, summed), and admits most of what it
+ * can when the offer is above L (the offer is what this thread managed
+ * to send: a slow machine lowers both). */
+static void load_phase(const char *what, const int *fds, int n, double rate,
+                       uint64_t burst_each)
+{
+    const double seconds = 4.0;
+    uint64_t offered;
+    uint64_t admitted =
+        offer_load(fds, n, "api", 3.0 * rate / n, seconds, &offered);
+    double bound = rate * seconds + (double)(burst_each * (uint64_t)n) + n;
+    harness_log("%s: %d agents, offered %.1f/s, admitted %.1f/s (L = %.0f/s)",
+                what, n, (double)offered / seconds, (double)admitted / seconds,
+                rate);
+    ck_assert_msg((double)admitted <= bound,
+                  "%s: admitted %llu > L*T + bursts = %.0f", what,
+                  (unsigned long long)admitted, bound);
+    double can =
+        (double)offered < rate * seconds ? (double)offered : rate * seconds;
+    ck_assert_msg((double)admitted >= 0.5 * can,
+                  "%s: admitted %llu, under half of %.0f", what,
+                  (unsigned long long)admitted, can);
+}
+
+/* The shares issue's process test: 3 allotd and 12 agents of fleet web,
+ * each offered 3x its part of L = 120/s. The fleet admits about L; half
+ * the agents stop and the rest double their parts (the fleet still admits
+ * about L); they come back and the parts halve; every server dies and
+ * the parts stay. */
+START_TEST(fleet_load)
+{
+    enum { N = 12 };
+    const double rate = 120;
+    harness_begin("fleet_load");
+    char keyring[600];
+    snprintf(keyring, sizeof keyring, "%s/gossip.keys", harness_dir());
+    write_keyring(keyring);
+    harness_set_gossip(keyring);
+    harness_cluster_start(3);
+    ck_assert_uint_ne(harness_wait_leader(WAIT_MS), 0);
+    CTL_OK("quota", "set", "api", "kind=rate", "rate=120", "burst=12",
+           "fleet=web", "share=equal");
+    char seeds[128], bind[N][32], names[N][16];
+    snprintf(seeds, sizeof seeds, "%s,%s", harness_node_gossip_addr(1),
+             harness_node_gossip_addr(2));
+    struct agent ag[N];
+    int fd[N];
+    uint64_t v = cluster_version();
+    for (int i = 0; i < N; i++) {
+        snprintf(bind[i], sizeof bind[i], "127.0.0.1:%u",
+                 (unsigned)harness_free_port());
+        snprintf(names[i], sizeof names[i], "lagent%d", i + 1);
+        gossip_agent_start(&ag[i], names[i], bind[i], seeds, keyring, "1");
+    }
+    for (int i = 0; i < N; i++) {
+        fd[i] = agent_connect(&ag[i]);
+        wait_version(fd[i], v);
+    }
+    wait_parts(fd, N, "api", rate / N);
+    load_phase("12 agents", fd, N, rate, 1);
+    /* Half stop (scale-in): the others double their parts. */
+    for (int i = N / 2; i < N; i++) {
+        close(fd[i]);
+        agent_stop(&ag[i]);
+    }
+    wait_parts(fd, N / 2, "api", rate / (N / 2));
+    load_phase("6 agents", fd, N / 2, rate, 2);
+    /* They come back: the parts halve again. */
+    for (int i = N / 2; i < N; i++) {
+        gossip_agent_start(&ag[i], names[i], bind[i], seeds, keyring, "1");
+    }
+    for (int i = N / 2; i < N; i++) {
+        fd[i] = agent_connect(&ag[i]);
+    }
+    wait_parts(fd, N, "api", rate / N);
+    load_phase("12 agents again", fd, N, rate, 1);
+    /* Every server dies: the parts, and the fleet's limit, stay. */
+    kill_servers();
+    load_phase("12 agents, no server", fd, N, rate, 1);
+    for (int i = 0; i < N; i++) {
+        double r = local_rate(fd[i], "api");
+        ck_assert_msg(fabs(r - rate / N) < 1e-6, "%s enforces %.3f/s", names[i],
+                      r);
+    }
+    for (int i = 0; i < N; i++) {
+        close(fd[i]);
+        agent_stop(&ag[i]);
+    }
+    harness_end();
+}
+END_TEST
+
 /* --- Usage reports ----------------------------------------------------- */
 
 /* Sum a rule's counter over every window `host` reported, from
@@ -1034,6 +1147,7 @@ static Suite *suite(void)
     tcase_add_test(tc, e2e);
     tcase_add_test(tc, gossip_e2e);
     tcase_add_test(tc, fleet_shares);
+    tcase_add_test(tc, fleet_load);
     tcase_add_test(tc, usage_report);
     suite_add_tcase(s, tc);
     return s;
