@@ -49,6 +49,9 @@
 #define ENF_HEALTH_RETRY_NS 100000000u
 /* Instances open at once in one process (slot handles carry the number). */
 #define ENF_INSTANCES_MAX 255u
+/* Demand-shared rules a host tracks and gossips (its metadata blob holds
+ * one (hash, demand) pair for each: 256 bytes at most). */
+#define ENF_DEMAND_RULES 16u
 
 /* One rule as received, with what the hot path needs precomputed.
  * Immutable once published, except `link` (the mirror's, writer-only). */
@@ -212,7 +215,16 @@ struct allot
     /* The last view for dividing slots (capacity rules): names
      * and weights of the fleet's members, this host at view_self; n 0
      * until a settled view exists (slots are not divided before). */
-    pthread_mutex_t view_mu; /* the view; taken after mu, never before */
+    pthread_mutex_t view_mu; /* the view and demand parts; after mu */
+    /* Demand rules of this host's fleet: each one's part-keeping state
+     * and this host's fraction, by hash of the path (ENF_DEMAND_RULES at
+     * most; more divide like weighted). */
+    struct enf_demand
+    {
+        uint32_t hash; /* 0: free */
+        struct shares_host sh;
+        double frac;
+    } demand[ENF_DEMAND_RULES];
     struct shares_member *view;
     char (*view_names)[65];
     size_t view_n, view_cap, view_self;
@@ -265,6 +277,30 @@ struct allot
  * rate is stale. Takes a->mu. */
 void rules_reshare(struct allot *a, const struct shares_member *m, size_t n,
                    size_t self, size_t known, uint64_t now_ms);
+
+/* The 32-bit name of a rule path in demand blobs. */
+uint32_t rules_demand_hash(const char *path);
+/* This host's demand (units/s over the last complete usage window) for
+ * up to cap demand-shared rate rules of its fleet that it has resolved,
+ * the largest first. Takes a->mu and a->stats_mu. */
+struct enf_demand_item
+{
+    uint32_t hash;
+    double demand;
+};
+size_t rules_demands(struct allot *a, struct enf_demand_item *out, size_t cap);
+/* Encode / decode a demand blob: a msgpack array of [hash, demand] pairs.
+ * Decoding is bounds-checked: anything else reads as no pairs. */
+size_t rules_demand_encode(const struct enf_demand_item *it, size_t n,
+                           uint8_t *buf, size_t cap);
+size_t rules_demand_decode(const uint8_t *buf, size_t len,
+                           struct enf_demand_item *out, size_t cap);
+/* Members' demand blobs for rules_reshare_demand: app[i], app_len[i] of
+ * member i of the view (NULL, 0: none). Recomputes the demand rules'
+ * parts; call after rules_reshare with the same view. Takes a->mu. */
+void rules_reshare_demand(struct allot *a, const struct shares_member *m,
+                          const uint8_t *const *app, const size_t *app_len,
+                          size_t n, size_t self, size_t known, uint64_t now_ms);
 /* A member of this host's fleet turned suspect or dead. Takes a->mu. */
 void rules_fleet_loss(struct allot *a, uint64_t now_ms);
 

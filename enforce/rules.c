@@ -46,19 +46,36 @@ static uint64_t sat_mul_ticks(double units, double t)
  * of its own fleet's limits (1 until its gossip member has a view), and
  * the whole limit of a rule for a fleet it is not in. `demand` divides
  * like `weighted` until hosts gossip their demand. */
-static double share_fraction(struct allot *a, const char *rule_fleet,
-                             uint8_t share)
+static struct enf_demand *demand_find(struct allot *a, uint32_t hash)
 {
-    if (strcmp(rule_fleet != NULL ? rule_fleet : "default", a->fleet) != 0) {
+    for (unsigned i = 0; i < ENF_DEMAND_RULES; i++) {
+        if (a->demand[i].hash == hash) {
+            return &a->demand[i];
+        }
+    }
+    return NULL;
+}
+
+static double share_fraction(struct allot *a, const struct enf_params *p)
+{
+    if (strcmp(p->fleet != NULL ? p->fleet : "default", a->fleet) != 0) {
         return 1.0;
     }
-    double f = share == QUOTA_SHARE_EQUAL ? atomic_load(&a->frac_equal)
-                                          : atomic_load(&a->frac_weighted);
+    double f = p->share == QUOTA_SHARE_EQUAL ? atomic_load(&a->frac_equal)
+                                             : atomic_load(&a->frac_weighted);
+    if (p->share == QUOTA_SHARE_DEMAND) {
+        /* Its own part once the fleet's demands are known; until then
+         * (and beyond ENF_DEMAND_RULES rules) by weight. */
+        pthread_mutex_lock(&a->view_mu);
+        const struct enf_demand *d = demand_find(a, rules_demand_hash(p->path));
+        if (d != NULL && d->frac > 0) {
+            f = d->frac;
+        }
+        pthread_mutex_unlock(&a->view_mu);
+    }
     return f > 0 && f <= 1.0 ? f : 1.0;
 }
 
-/* The rate fields that depend on this host's part: local rate and burst,
- * and the GCRA parameters they give. */
 /* This host's slots of a capacity limit (0 = none: no limit): its part by
  * weight over the last settled view of its fleet, by largest remainders
  * (shares_slots), or the whole limit without one. Takes view_mu. */
@@ -94,6 +111,8 @@ static uint64_t slots_local(struct allot *a, const struct enf_params *p,
     return mine;
 }
 
+/* The fields that depend on this host's part: a rate rule's local rate
+ * and burst and the GCRA parameters they give; a capacity rule's slots. */
 static void params_local(struct allot *a, struct enf_params *p)
 {
     uint64_t gen = atomic_load(&a->share_gen);
@@ -104,7 +123,7 @@ static void params_local(struct allot *a, struct enf_params *p)
         p->max_vcores = slots_local(a, p, p->total_vcores);
         return;
     }
-    double frac = share_fraction(a, p->fleet, p->share);
+    double frac = share_fraction(a, p);
     double rate = p->rate > 0 ? p->rate : QUOTA_RATE_MIN;
     uint64_t burst = p->burst > 0 ? p->burst : (uint64_t)ceil(rate);
     p->share_gen = gen;
@@ -918,6 +937,34 @@ out:
     return changed;
 }
 
+/* Every rule computed at another generation of the fractions (a change,
+ * or a rule built while one was under way) is rebuilt, in one table.
+ * Under mu. */
+static void rebuild_stale(struct allot *a)
+{
+    uint64_t gen = atomic_load(&a->share_gen);
+    struct retired r = {NULL};
+    bool changed = false;
+    struct enf_params *p, *next;
+    for (p = RB_MIN(enf_mirror, &a->mirror); p != NULL; p = next) {
+        next = RB_NEXT(enf_mirror, &a->mirror, p);
+        if (p->share_gen == gen) {
+            continue;
+        }
+        struct enf_params *np;
+        if (params_reshared(a, p, &np) != 0) {
+            break; /* retried at the next view */
+        }
+        RB_REMOVE(enf_mirror, &a->mirror, p);
+        RB_INSERT(enf_mirror, &a->mirror, np);
+        retire(&r, p);
+        changed = true;
+    }
+    if (changed && publish(a, NULL, NULL, &r) != 0) {
+        a->need_resync = true; /* the old table still points to r's */
+    }
+}
+
 void rules_reshare(struct allot *a, const struct shares_member *m, size_t n,
                    size_t self, size_t known, uint64_t now_ms)
 {
@@ -949,29 +996,7 @@ void rules_reshare(struct allot *a, const struct shares_member *m, size_t n,
              "fleet=%s members=%zu known=%zu equal=%.4f weighted=%.4f",
              a->fleet, n, known, fe, fw);
     }
-    /* Every rate rule computed at another generation (this change, or a
-     * rule built while one was under way) is rebuilt, in one table. */
-    uint64_t gen = atomic_load(&a->share_gen);
-    struct retired r = {NULL};
-    bool changed = false;
-    struct enf_params *p, *next;
-    for (p = RB_MIN(enf_mirror, &a->mirror); p != NULL; p = next) {
-        next = RB_NEXT(enf_mirror, &a->mirror, p);
-        if (p->share_gen == gen) {
-            continue;
-        }
-        struct enf_params *np;
-        if (params_reshared(a, p, &np) != 0) {
-            break; /* retried at the next view */
-        }
-        RB_REMOVE(enf_mirror, &a->mirror, p);
-        RB_INSERT(enf_mirror, &a->mirror, np);
-        retire(&r, p);
-        changed = true;
-    }
-    if (changed && publish(a, NULL, NULL, &r) != 0) {
-        a->need_resync = true; /* the old table still points to r's */
-    }
+    rebuild_stale(a);
     pthread_mutex_unlock(&a->mu);
 }
 
@@ -980,5 +1005,222 @@ void rules_fleet_loss(struct allot *a, uint64_t now_ms)
     pthread_mutex_lock(&a->mu);
     shares_host_loss(&a->share_equal, now_ms);
     shares_host_loss(&a->share_weighted, now_ms);
+    pthread_mutex_lock(&a->view_mu);
+    for (unsigned i = 0; i < ENF_DEMAND_RULES; i++) {
+        if (a->demand[i].hash != 0) {
+            shares_host_loss(&a->demand[i].sh, now_ms);
+        }
+    }
+    pthread_mutex_unlock(&a->view_mu);
     pthread_mutex_unlock(&a->mu);
+}
+
+/* --- Demand: what each host wanted, gossiped, divided max-min fair -------- */
+
+uint32_t rules_demand_hash(const char *path)
+{
+    uint32_t h = 2166136261u; /* FNV-1a: stable across hosts and builds */
+    for (const unsigned char *c = (const unsigned char *)path; *c; c++) {
+        h = (h ^ *c) * 16777619u;
+    }
+    return h != 0 ? h : 1; /* 0 marks a free slot */
+}
+
+static bool demand_rule(const struct allot *a, const struct enf_params *p)
+{
+    return p != NULL && p->kind == QUOTA_KIND_RATE &&
+           p->share == QUOTA_SHARE_DEMAND &&
+           strcmp(p->fleet != NULL ? p->fleet : "default", a->fleet) == 0;
+}
+
+static int demand_desc(const void *x, const void *y)
+{
+    const struct enf_demand_item *a = x, *b = y;
+    return a->demand > b->demand ? -1 : a->demand < b->demand ? 1 : 0;
+}
+
+size_t rules_demands(struct allot *a, struct enf_demand_item *out, size_t cap)
+{
+    /* Which handles are demand rules (under mu), then their last windows
+     * (under stats_mu): the two locks are never held together here. */
+    pthread_mutex_lock(&a->mu);
+    uint32_t n = a->n_handles;
+    struct allot_rule **hs = malloc((n > 0 ? n : 1) * sizeof *hs);
+    size_t k = 0;
+    for (uint32_t i = 0; hs != NULL && i < n; i++) {
+        if (demand_rule(a, mirror_find(a, a->handles[i]->path))) {
+            hs[k++] = a->handles[i];
+        }
+    }
+    pthread_mutex_unlock(&a->mu);
+    if (hs == NULL) {
+        return 0;
+    }
+    struct enf_demand_item *all = malloc((k > 0 ? k : 1) * sizeof *all);
+    if (all == NULL) {
+        free(hs);
+        return 0;
+    }
+    double secs = (double)a->window_ms / 1000.0;
+    pthread_mutex_lock(&a->stats_mu);
+    for (size_t i = 0; i < k; i++) {
+        /* Wanted = admitted units + refused requests (a refused request's
+         * size is not counted: bytes rules under-report refused demand). */
+        const struct allot_usage *w = &hs[i]->win_last;
+        all[i] = (struct enf_demand_item){rules_demand_hash(hs[i]->path),
+                                          (double)(w->cost + w->rejected) /
+                                              (secs > 0 ? secs : 1)};
+    }
+    pthread_mutex_unlock(&a->stats_mu);
+    qsort(all, k, sizeof *all, demand_desc);
+    size_t m = k < cap ? k : cap;
+    memcpy(out, all, m * sizeof *out);
+    free(all);
+    free(hs);
+    return m;
+}
+
+size_t rules_demand_encode(const struct enf_demand_item *it, size_t n,
+                           uint8_t *buf, size_t cap)
+{
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, (uint32_t)n);
+    for (size_t i = 0; i < n; i++) {
+        msgpack_pack_array(&pk, 2);
+        msgpack_pack_uint32(&pk, it[i].hash);
+        msgpack_pack_float(&pk, (float)it[i].demand);
+    }
+    size_t len = sb.size <= cap ? sb.size : 0;
+    memcpy(buf, sb.data, len);
+    msgpack_sbuffer_destroy(&sb);
+    return len;
+}
+
+size_t rules_demand_decode(const uint8_t *buf, size_t len,
+                           struct enf_demand_item *out, size_t cap)
+{
+    if (buf == NULL || len == 0) {
+        return 0;
+    }
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    size_t off = 0, n = 0;
+    if (msgpack_unpack_next(&u, (const char *)buf, len, &off) ==
+            MSGPACK_UNPACK_SUCCESS &&
+        off == len && u.data.type == MSGPACK_OBJECT_ARRAY) {
+        const msgpack_object_array *arr = &u.data.via.array;
+        for (uint32_t i = 0; i < arr->size && n < cap; i++) {
+            const msgpack_object *e = &arr->ptr[i];
+            if (e->type != MSGPACK_OBJECT_ARRAY || e->via.array.size != 2 ||
+                e->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+                e->via.array.ptr[0].via.u64 > UINT32_MAX ||
+                (e->via.array.ptr[1].type != MSGPACK_OBJECT_FLOAT32 &&
+                 e->via.array.ptr[1].type != MSGPACK_OBJECT_FLOAT64)) {
+                continue;
+            }
+            double d = e->via.array.ptr[1].via.f64;
+            if (!(d >= 0) || isinf(d)) {
+                continue;
+            }
+            out[n++] = (struct enf_demand_item){
+                (uint32_t)e->via.array.ptr[0].via.u64, d};
+        }
+    }
+    msgpack_unpacked_destroy(&u);
+    return n;
+}
+
+/* The slot of a demand rule, taken when free (a new one starts on
+ * probation like the host). NULL when every slot is in use. Under mu
+ * and view_mu. */
+static struct enf_demand *demand_slot(struct allot *a, uint32_t hash)
+{
+    struct enf_demand *d = demand_find(a, hash);
+    if (d == NULL && (d = demand_find(a, 0)) != NULL) {
+        *d = (struct enf_demand){
+            .hash = hash, .sh = a->share_weighted, .frac = 0};
+        d->sh.last_part = -1;
+    }
+    return d;
+}
+
+void rules_reshare_demand(struct allot *a, const struct shares_member *m,
+                          const uint8_t *const *app, const size_t *app_len,
+                          size_t n, size_t self, size_t known, uint64_t now_ms)
+{
+    struct enf_demand_item(*items)[ENF_DEMAND_RULES] =
+        calloc(n > 0 ? n : 1, sizeof *items);
+    size_t *n_items = calloc(n > 0 ? n : 1, sizeof *n_items);
+    struct shares_member *v = calloc(n > 0 ? n : 1, sizeof *v);
+    if (items == NULL || n_items == NULL || v == NULL || self >= n) {
+        free(items);
+        free(n_items);
+        free(v);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        n_items[i] =
+            rules_demand_decode(app[i], app_len[i], items[i], ENF_DEMAND_RULES);
+        v[i] = m[i];
+    }
+    pthread_mutex_lock(&a->mu);
+    bool changed = false;
+    uint32_t seen[ENF_DEMAND_RULES];
+    size_t n_seen = 0;
+    for (struct enf_params *p = RB_MIN(enf_mirror, &a->mirror); p != NULL;
+         p = RB_NEXT(enf_mirror, &a->mirror, p)) {
+        if (!demand_rule(a, p)) {
+            continue;
+        }
+        uint32_t h = rules_demand_hash(p->path);
+        if (n_seen < ENF_DEMAND_RULES) {
+            seen[n_seen++] = h;
+        }
+        for (size_t i = 0; i < n; i++) {
+            v[i].demand = 0;
+            for (size_t j = 0; j < n_items[i]; j++) {
+                if (items[i][j].hash == h) {
+                    v[i].demand = items[i][j].demand;
+                }
+            }
+        }
+        double rate = p->rate > 0 ? p->rate : QUOTA_RATE_MIN;
+        pthread_mutex_lock(&a->view_mu);
+        struct enf_demand *d = demand_slot(a, h);
+        double part;
+        if (d != NULL) {
+            d->sh.probation_ms = a->share_weighted.probation_ms;
+            d->sh.settle_ms = a->share_weighted.settle_ms;
+            if (shares_host_part(&d->sh, QUOTA_SHARE_DEMAND, rate, v, n, self,
+                                 known, now_ms, &part) == 0 &&
+                part / rate != d->frac) {
+                d->frac = part / rate;
+                changed = true;
+            }
+        }
+        pthread_mutex_unlock(&a->view_mu);
+    }
+    /* Slots of rules that are gone (or no longer demand-shared) free up. */
+    pthread_mutex_lock(&a->view_mu);
+    for (unsigned i = 0; i < ENF_DEMAND_RULES; i++) {
+        bool keep = false;
+        for (size_t j = 0; j < n_seen && !keep; j++) {
+            keep = a->demand[i].hash == seen[j];
+        }
+        if (!keep) {
+            a->demand[i].hash = 0;
+        }
+    }
+    pthread_mutex_unlock(&a->view_mu);
+    if (changed) {
+        atomic_fetch_add(&a->share_gen, 1);
+        rebuild_stale(a);
+    }
+    pthread_mutex_unlock(&a->mu);
+    free(items);
+    free(n_items);
+    free(v);
 }

@@ -68,6 +68,8 @@
 #define DELTA_MAX 4096u
 /* The gossip weight is an integer: this host's weight in thousandths. */
 #define WEIGHT_SCALE 1000.0
+/* Demand goes out at most this often (docs/enforce.md, "Shares"). */
+#define DEMAND_PUBLISH_MS 5000u
 
 struct enf_gossip
 {
@@ -93,6 +95,11 @@ struct enf_gossip
     struct source_expect ann; /* newest announcement */
     char servers[SERVERS_MAX * 64];
     uint64_t busy_since_ms; /* the pull thread's request began; 0 idle */
+    /* Loop thread: the demand last published, and when. */
+    uint32_t weight; /* this member's gossip weight (thousandths) */
+    struct enf_demand_item demand[ENF_DEMAND_RULES];
+    size_t n_demand;
+    uint64_t demand_at;
 };
 
 /* --- Loop thread ---------------------------------------------------------- */
@@ -198,6 +205,9 @@ struct fleet_view
     const char *fleet;
     struct shares_member *m;
     char (*names)[GOSSIP_NAME_MAX + 1];
+    uint8_t (*apps)[GOSSIP_APP_MAX]; /* demand blobs */
+    const uint8_t **app;
+    size_t *app_len;
     size_t n, cap, known, self;
     bool have_self, full;
 };
@@ -222,6 +232,12 @@ static void add_fleet_member(void *data, const struct gossip_member *m)
         v->have_self = true;
     }
     snprintf(v->names[v->n], sizeof v->names[0], "%s", m->name);
+    size_t alen = m->meta.app_len <= GOSSIP_APP_MAX ? m->meta.app_len : 0;
+    if (alen > 0) {
+        memcpy(v->apps[v->n], m->meta.app, alen);
+    }
+    v->app[v->n] = v->apps[v->n];
+    v->app_len[v->n] = alen;
     v->m[v->n] = (struct shares_member){
         v->names[v->n],
         m->meta.weight > 0 ? (double)m->meta.weight / WEIGHT_SCALE
@@ -237,15 +253,59 @@ static void reshare(struct enf_gossip *s)
     struct fleet_view v = {.fleet = s->a->fleet, .cap = cap};
     v.m = calloc(cap, sizeof *v.m);
     v.names = calloc(cap, sizeof *v.names);
-    if (v.m != NULL && v.names != NULL) {
+    v.apps = calloc(cap, sizeof *v.apps);
+    v.app = calloc(cap, sizeof *v.app);
+    v.app_len = calloc(cap, sizeof *v.app_len);
+    if (v.m != NULL && v.names != NULL && v.apps != NULL && v.app != NULL &&
+        v.app_len != NULL) {
         gossip_member_foreach(s->g, add_fleet_member, &v);
         if (v.have_self && !v.full) {
-            rules_reshare(s->a, v.m, v.n, v.self, v.known,
-                          clock_mono_ns() / 1000000u);
+            uint64_t now = clock_mono_ns() / 1000000u;
+            rules_reshare(s->a, v.m, v.n, v.self, v.known, now);
+            rules_reshare_demand(s->a, v.m, v.app, v.app_len, v.n, v.self,
+                                 v.known, now);
         }
     }
     free(v.m);
     free(v.names);
+    free(v.apps);
+    free(v.app);
+    free(v.app_len);
+}
+
+/* This host's demand for its demand-shared rules, in its metadata: at
+ * most every DEMAND_PUBLISH_MS, and only when a demand moved by more
+ * than a fifth or the set of rules changed (every change is a broadcast
+ * to the whole fleet). */
+static void publish_demand(struct enf_gossip *s)
+{
+    uint64_t now = clock_mono_ns() / 1000000u;
+    if (now - s->demand_at < DEMAND_PUBLISH_MS) {
+        return;
+    }
+    struct enf_demand_item it[ENF_DEMAND_RULES];
+    size_t n = rules_demands(s->a, it, ENF_DEMAND_RULES);
+    bool moved = n != s->n_demand;
+    for (size_t i = 0; i < n && !moved; i++) {
+        const struct enf_demand_item *o = &s->demand[i];
+        moved = o->hash != it[i].hash ||
+                fabs(o->demand - it[i].demand) > 0.2 * fmax(o->demand, 1.0);
+    }
+    if (!moved) {
+        return;
+    }
+    uint8_t blob[GOSSIP_APP_MAX];
+    size_t len = rules_demand_encode(it, n, blob, sizeof blob);
+    struct gossip_meta meta = {.role = GOSSIP_ROLE_AGENT,
+                               .weight = s->weight,
+                               .fleet = s->a->fleet,
+                               .app = len > 0 ? blob : NULL,
+                               .app_len = len};
+    if (gossip_set_meta(s->g, &meta) == 0) {
+        memcpy(s->demand, it, n * sizeof it[0]);
+        s->n_demand = n;
+        s->demand_at = now;
+    }
 }
 
 static void on_member(void *data, enum gossip_event ev,
@@ -276,6 +336,7 @@ static void timer_cb(uv_timer_t *t)
     atomic_store(&s->a->gossip_members, l.alive);
     atomic_store(&s->a->gossip_servers, l.n);
     reshare(s);
+    publish_demand(s);
     /* Push-pull delivers keyed values through the broadcast callback too;
      * reading the store as well costs nothing and covers any path. */
     uint8_t buf[GOSSIP_BROADCAST_MAX];
@@ -711,6 +772,7 @@ int source_gossip_start(struct allot *a, const struct allot_options *o,
         gc.meta.weight = w >= 4294967295.0 ? UINT32_MAX
                          : w < 1.0         ? 1u
                                            : (uint32_t)lround(w);
+        s->weight = gc.meta.weight;
         gc.meta.fleet = a->fleet;
         gc.cb.data = s;
         gc.cb.broadcast = on_broadcast;

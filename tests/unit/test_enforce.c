@@ -902,6 +902,67 @@ START_TEST(fleet_parts)
 }
 END_TEST
 
+/* Demand shares: each host's wanted rate (its last usage window) goes
+ * out in its gossip metadata as (hash, demand) pairs; every host divides a
+ * demand rule max-min fair over the demands its view carries. */
+START_TEST(demand_parts)
+{
+    scratch_make();
+    struct allot *a = open_manual(0, 0);
+    struct quota q = rate_q("org/d", 100, 10, QUOTA_EXCEED_REJECT, 0, false, 1);
+    q.f.share = QUOTA_SHARE_DEMAND;
+    ck_assert_int_eq(rules_replace(a, &q, 1, 1, false), 0);
+    struct allot_rule *r = rule(a, "org/d");
+
+    /* What this host wanted: 20 decisions in the window (some refused). */
+    struct allot_decision d;
+    for (int i = 0; i < 20; i++) {
+        allot_check(r, NULL, 1, &d);
+    }
+    enf_roll_windows(a);
+    struct enf_demand_item it[ENF_DEMAND_RULES];
+    ck_assert_uint_eq(rules_demands(a, it, ENF_DEMAND_RULES), 1);
+    ck_assert_uint_eq(it[0].hash, rules_demand_hash("org/d"));
+    ck_assert_double_eq_tol(it[0].demand, 20.0 / 10.0, 1e-9); /* 10 s */
+
+    /* Blobs round-trip; garbage decodes to nothing. */
+    uint8_t blob[3][GOSSIP_APP_MAX];
+    size_t len[3];
+    const double want[3] = {200, 10, 20}; /* this host wants the most */
+    for (int i = 0; i < 3; i++) {
+        struct enf_demand_item x = {rules_demand_hash("org/d"), want[i]};
+        len[i] = rules_demand_encode(&x, 1, blob[i], sizeof blob[i]);
+        ck_assert_uint_gt(len[i], 0);
+        struct enf_demand_item y;
+        ck_assert_uint_eq(rules_demand_decode(blob[i], len[i], &y, 1), 1);
+        ck_assert_double_eq_tol(y.demand, want[i], 1e-3);
+    }
+    const uint8_t junk[] = {0x93, 0x01, 0xc1, 0xff};
+    ck_assert_uint_eq(rules_demand_decode(junk, sizeof junk, it, 4), 0);
+    ck_assert_uint_eq(rules_demand_decode(blob[0], len[0] - 1, it, 4), 0);
+
+    /* Three hosts: floor 5/3 each; of the 95 left, 10 and 20 are met and
+     * this host gets the other 65. */
+    struct shares_member m[3] = {
+        {"host-a", 1, 0}, {"host-b", 1, 0}, {"host-c", 1, 0}};
+    const uint8_t *app[3] = {blob[0], blob[1], blob[2]};
+    uint64_t t0 = a->share_weighted.joined_ms;
+    rules_reshare(a, m, 3, 0, 3, t0 + 60000);
+    rules_reshare_demand(a, m, app, len, 3, 0, 3, t0 + 60000);
+    struct allot_rule_stats rs;
+    allot_rule_stats(r, &rs);
+    ck_assert_double_eq_tol(rs.local_rate, 5.0 / 3 + 65, 1e-4);
+    /* Without demand blobs every host wants nothing: equal thirds. */
+    const uint8_t *none[3] = {NULL, NULL, NULL};
+    size_t zero[3] = {0, 0, 0};
+    rules_reshare_demand(a, m, none, zero, 3, 0, 3, t0 + 61000);
+    allot_rule_stats(r, &rs);
+    ck_assert_double_eq_tol(rs.local_rate, 100.0 / 3, 1e-4);
+    allot_close(a);
+    scratch_remove();
+}
+END_TEST
+
 START_TEST(changes_and_replays)
 {
     scratch_make();
@@ -1303,6 +1364,7 @@ static Suite *enforce_suite(void)
     tcase_add_test(tc, epoch_waits_reader);
     tcase_add_test(tc, changes_and_replays);
     tcase_add_test(tc, fleet_parts);
+    tcase_add_test(tc, demand_parts);
     tcase_add_test(tc, wait_version);
     tcase_add_test(tc, lkg_restart);
     tcase_add_test(tc, windows);
