@@ -1,6 +1,7 @@
 /* bench_shares_sim - fleet shares under change, in virtual time.
  *
  *   bench_shares_sim [--scenario NAME|all] [--policy equal|weighted|demand]
+ *                    [--traffic uniform|skewed|bursts]
  *                    [--limit L] [--seed N] [--out DIR] [--hosts N]
  *
  * Every host is a real gossip member (gossip/, on the simulator's fake
@@ -68,8 +69,19 @@ struct host
     struct gossip_leave leave;
 };
 
+/* How much each host is offered (docs/benchmarks.md, "Fleet shares in
+ * simulation"): the same above its part everywhere; Zipf-skewed by host
+ * (host i gets a share proportional to 1/(i+1)); or a quieter base with
+ * surges (2 s of every 10 s, a fifth of the hosts offer ten times more). */
+enum traffic {
+    TRAFFIC_UNIFORM,
+    TRAFFIC_SKEWED,
+    TRAFFIC_BURSTS,
+};
+
 struct world
 {
+    enum traffic traffic;
     struct sim *sim;
     struct host h[HOSTS_MAX];
     int n; /* slots in use */
@@ -262,6 +274,19 @@ static double offered(const struct world *w, const struct scenario *sc, int i,
                       uint64_t now, int target_hosts)
 {
     double base = 3.0 * w->limit / (double)target_hosts;
+    if (w->traffic == TRAFFIC_SKEWED && strcmp(sc->name, "demand-shift") != 0) {
+        double h = 0; /* harmonic number over the hosts meant to run */
+        for (int k = 0; k < target_hosts; k++) {
+            h += 1.0 / (k + 1);
+        }
+        return 3.0 * w->limit * (1.0 / (i + 1)) / h;
+    }
+    if (w->traffic == TRAFFIC_BURSTS && strcmp(sc->name, "demand-shift") != 0) {
+        uint64_t period = now / 10000u;
+        bool surging = now % 10000u < 2000u &&
+                       ((uint64_t)i * 2654435761u + period * 40503u) % 5u == 0;
+        return 0.5 * base * (surging ? 10.0 : 1.0);
+    }
     if (strcmp(sc->name, "demand-shift") == 0) {
         bool first = i < w->n / 2;
         bool swapped = now >= sc->change;
@@ -377,12 +402,14 @@ static void write_svg(const char *path, const struct scenario *sc,
 }
 
 static void run(const struct scenario *sc, enum quota_share policy,
-                double limit, uint64_t seed, const char *out, int hosts)
+                double limit, uint64_t seed, const char *out, int hosts,
+                enum traffic traffic)
 {
     struct world *w = calloc(1, sizeof *w);
     if (w == NULL) {
         exit(2);
     }
+    w->traffic = traffic;
     w->sim = sim_new(seed);
     w->policy = sc->force_policy ? sc->policy : policy;
     w->limit = limit;
@@ -517,6 +544,7 @@ int main(int argc, char **argv)
     double limit = 1000;
     uint64_t seed = 1;
     int hosts = 100;
+    enum traffic traffic = TRAFFIC_UNIFORM;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (v == NULL) {
@@ -535,6 +563,18 @@ int main(int argc, char **argv)
             seed = strtoull(v, NULL, 10);
         } else if (strcmp(a, "--out") == 0) {
             out = v;
+        } else if (strcmp(a, "--traffic") == 0) {
+            if (strcmp(v, "uniform") == 0) {
+                traffic = TRAFFIC_UNIFORM;
+            } else if (strcmp(v, "skewed") == 0) {
+                traffic = TRAFFIC_SKEWED;
+            } else if (strcmp(v, "bursts") == 0) {
+                traffic = TRAFFIC_BURSTS;
+            } else {
+                fprintf(stderr, "error: invalid: --traffic must be uniform, "
+                                "skewed or bursts\n");
+                return 2;
+            }
         } else if (strcmp(a, "--hosts") == 0) {
             hosts = atoi(v);
         } else {
@@ -552,15 +592,18 @@ int main(int argc, char **argv)
     if (out != NULL) {
         mkdir(out, 0755);
     }
-    printf("L = %.0f units/s, step %d ms, seed %" PRIu64 "\n", limit, STEP_MS,
-           seed);
+    printf("L = %.0f units/s, step %d ms, seed %" PRIu64 ", traffic %s\n",
+           limit, STEP_MS, seed,
+           traffic == TRAFFIC_SKEWED   ? "skewed"
+           : traffic == TRAFFIC_BURSTS ? "bursts"
+                                       : "uniform");
     printf("%-19s %-8s %5s %10s %10s %14s %10s\n", "scenario", "policy",
            "hosts", "steady err", "peak over", "converge", "packets");
     bool any = false;
     for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++) {
         if (strcmp(which, "all") == 0 ||
             strcmp(which, scenarios[i].name) == 0) {
-            run(&scenarios[i], policy, limit, seed, out, hosts);
+            run(&scenarios[i], policy, limit, seed, out, hosts, traffic);
             any = true;
         }
     }
