@@ -655,14 +655,31 @@ static void write_keyring(const char *path)
 }
 
 /* An agent of fleet "web" that knows no server, only gossip seeds. */
+/* window_ms: the usage window (demand is measured over one), or NULL. */
+static void gossip_agent_start_w(struct agent *ag, const char *name,
+                                 const char *bind, const char *seeds,
+                                 const char *keyring, const char *weight,
+                                 const char *window_ms)
+{
+    const char *extra[] = {"--gossip",
+                           bind,
+                           "--gossip-seeds",
+                           seeds,
+                           "--gossip-keyring",
+                           keyring,
+                           "--weight",
+                           weight,
+                           window_ms != NULL ? "--window-ms" : NULL,
+                           window_ms,
+                           NULL};
+    agent_start_args(ag, name, NULL, extra);
+}
+
 static void gossip_agent_start(struct agent *ag, const char *name,
                                const char *bind, const char *seeds,
                                const char *keyring, const char *weight)
 {
-    const char *extra[] = {
-        "--gossip", bind,       "--gossip-seeds", seeds, "--gossip-keyring",
-        keyring,    "--weight", weight,           NULL};
-    agent_start_args(ag, name, NULL, extra);
+    gossip_agent_start_w(ag, name, bind, seeds, keyring, weight, NULL);
 }
 
 /* 3 allotd and 2 agents that know no server address, only gossip seeds:
@@ -982,6 +999,77 @@ START_TEST(fleet_load)
 }
 END_TEST
 
+/* Demand shares between real agents: three agents of fleet web share a
+ * demand rule of 90/s; one is offered 60/s, the others 5/s each. Each
+ * measures what it wanted over a 1 s usage window and gossips it, and the
+ * parts move from a third each towards what each wants: the busy agent
+ * ends with most of the limit, the quiet ones with about what they use. */
+START_TEST(fleet_demand)
+{
+    harness_begin("fleet_demand");
+    char keyring[600];
+    snprintf(keyring, sizeof keyring, "%s/gossip.keys", harness_dir());
+    write_keyring(keyring);
+    harness_set_gossip(keyring);
+    harness_cluster_start(3);
+    ck_assert_uint_ne(harness_wait_leader(WAIT_MS), 0);
+    CTL_OK("quota", "set", "dem", "kind=rate", "rate=90", "burst=9",
+           "fleet=web", "share=demand");
+    char seeds[128], bind[3][32];
+    snprintf(seeds, sizeof seeds, "%s,%s", harness_node_gossip_addr(1),
+             harness_node_gossip_addr(2));
+    struct agent ag[3];
+    int fd[3];
+    const char *names[3] = {"dagent1", "dagent2", "dagent3"};
+    uint64_t v = cluster_version();
+    for (int i = 0; i < 3; i++) {
+        snprintf(bind[i], sizeof bind[i], "127.0.0.1:%u",
+                 (unsigned)harness_free_port());
+        gossip_agent_start_w(&ag[i], names[i], bind[i], seeds, keyring, "1",
+                             "1000");
+        fd[i] = agent_connect(&ag[i]);
+        wait_version(fd[i], v);
+    }
+    /* No demand known yet: by weight, a third each. */
+    wait_parts(fd, 3, "dem", 30);
+    /* 60/s to the first, 5/s to each other, until the parts follow. */
+    double t0 = harness_now();
+    double p0 = 0, p1 = 0, p2 = 0;
+    for (int tick = 0;; tick++) {
+        for (int k = 0; k < 6; k++) {
+            check(fd[0], "dem", NULL);
+        }
+        if (tick % 2 == 0) {
+            check(fd[1], "dem", NULL);
+            check(fd[2], "dem", NULL);
+        }
+        harness_sleep_ms(100);
+        if (tick % 10 == 9) {
+            p0 = local_rate(fd[0], "dem");
+            p1 = local_rate(fd[1], "dem");
+            p2 = local_rate(fd[2], "dem");
+            if (p0 > 60 && p1 < 15 && p2 < 15) {
+                break;
+            }
+        }
+        ck_assert_msg(harness_now() - t0 < WAIT_MS / 1000.0,
+                      "parts stay at %.1f, %.1f, %.1f", p0, p1, p2);
+    }
+    harness_log("demand parts after %.1f s: %.1f, %.1f, %.1f /s",
+                harness_now() - t0, p0, p1, p2);
+    /* They still add up to the limit (within the floor's rounding). */
+    ck_assert_msg(fabs(p0 + p1 + p2 - 90) < 0.5, "parts sum to %.2f",
+                  p0 + p1 + p2);
+    for (int i = 0; i < 3; i++) {
+        close(fd[i]);
+    }
+    for (int i = 0; i < 3; i++) {
+        agent_stop(&ag[i]);
+    }
+    harness_end();
+}
+END_TEST
+
 /* --- Usage reports ----------------------------------------------------- */
 
 /* Sum a rule's counter over every window `host` reported, from
@@ -1148,6 +1236,7 @@ static Suite *suite(void)
     tcase_add_test(tc, gossip_e2e);
     tcase_add_test(tc, fleet_shares);
     tcase_add_test(tc, fleet_load);
+    tcase_add_test(tc, fleet_demand);
     tcase_add_test(tc, usage_report);
     suite_add_tcase(s, tc);
     return s;
