@@ -415,14 +415,16 @@ static void run(const struct scenario *sc, enum quota_share policy,
     w->limit = limit;
     int n = hosts;
     w->n = n;
-    /* Probation: an ALIVE message is sent retransmit_mult * ceil(log10(N
-     * + 1)) times, one gossip round apart; twice that covers its spread
-     * with margin (docs/enforce.md). Defaults: 4, 200 ms. */
-    w->probation_ms = 2u * 4u * (uint64_t)ceil(log10((double)n + 1.0)) * 200u;
-    /* Settle: twice the smallest suspicion timeout, suspicion_mult *
-     * log10(N) * probe interval (defaults 4 and 1 s): deaths from one
-     * partition arrive within about that. */
-    w->settle_ms = 2u * 4u * (uint64_t)ceil(log10((double)n)) * 1000u;
+    /* Probation and quiet period as liballot sets them, for the fleet's
+     * full size and the gossip defaults the hosts run with. */
+    struct gossip_config gc;
+    gossip_config_init(&gc);
+    struct shares_host timing;
+    shares_host_timing(&timing, (size_t)n, gc.gossip_interval_ms,
+                       gc.probe_interval_ms, gc.retransmit_mult,
+                       gc.suspicion_mult);
+    w->probation_ms = timing.probation_ms;
+    w->settle_ms = timing.settle_ms;
     for (int i = 0; i < n; i++) {
         sim_add(w->sim);
         snprintf(w->h[i].name, NAME_LEN, "host-%04d", i);

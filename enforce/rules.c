@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../gossip/gossip.h"
 #include "../lib/lib.h"
 #include "../proto/wire.h"
 #include "internal.h"
@@ -839,21 +840,6 @@ void rules_close(struct allot *a)
 
 /* --- Shares: a new view of the fleet -------------------------------------- */
 
-/* The library's defaults (gossip/gossip.h): gossip every 200 ms, probe
- * every 1 s, retransmit and suspicion multipliers 4. */
-#define SHARE_GOSSIP_MS 200u
-#define SHARE_PROBE_MS  1000u
-#define SHARE_MULT      4u
-
-static uint64_t ceil_log10(size_t n)
-{
-    uint64_t d = 1;
-    for (size_t x = 10; x < n && d < 20; x *= 10) {
-        d++;
-    }
-    return d;
-}
-
 /* A copy of p with its local fields recomputed at the current fractions. */
 static int params_reshared(struct allot *a, const struct enf_params *p,
                            struct enf_params **out)
@@ -969,14 +955,15 @@ void rules_reshare(struct allot *a, const struct shares_member *m, size_t n,
                    size_t self, size_t known, uint64_t now_ms)
 {
     pthread_mutex_lock(&a->mu);
-    /* Probation: the time an ALIVE message takes to be retransmitted
-     * everywhere, twice. Quiet period: the smallest suspicion timeout,
-     * twice (docs/enforce.md, "Shares while the fleet changes"). */
-    uint64_t probation = 2u * SHARE_MULT * ceil_log10(n + 1) * SHARE_GOSSIP_MS;
-    uint64_t settle =
-        2u * SHARE_MULT * ceil_log10(n > 1 ? n : 2) * SHARE_PROBE_MS;
-    a->share_equal.probation_ms = a->share_weighted.probation_ms = probation;
-    a->share_equal.settle_ms = a->share_weighted.settle_ms = settle;
+    /* The member runs with the library's default timings (source_gossip.c
+     * changes only its leave timeout). */
+    struct gossip_config gc;
+    gossip_config_init(&gc);
+    shares_host_timing(&a->share_weighted, n, gc.gossip_interval_ms,
+                       gc.probe_interval_ms, gc.retransmit_mult,
+                       gc.suspicion_mult);
+    a->share_equal.probation_ms = a->share_weighted.probation_ms;
+    a->share_equal.settle_ms = a->share_weighted.settle_ms;
     double fe, fw;
     if (shares_host_part(&a->share_equal, QUOTA_SHARE_EQUAL, 1.0, m, n, self,
                          known, now_ms, &fe) != 0 ||

@@ -262,3 +262,23 @@ void shares_host_loss(struct shares_host *h, uint64_t now_ms)
 {
     h->loss_at = now_ms > 0 ? now_ms : 1;
 }
+
+/* ceil(log10(n)) for n >= 2, in integers (the same on every host). */
+static uint64_t ceil_log10(size_t n)
+{
+    uint64_t d = 1;
+    for (size_t x = 10; x < n && d < 20; x *= 10) {
+        d++;
+    }
+    return d;
+}
+
+void shares_host_timing(struct shares_host *h, size_t n, uint32_t gossip_ms,
+                        uint32_t probe_ms, uint32_t retransmit_mult,
+                        uint32_t suspicion_mult)
+{
+    h->probation_ms =
+        2u * (uint64_t)retransmit_mult * ceil_log10(n + 1) * gossip_ms;
+    h->settle_ms =
+        2u * (uint64_t)suspicion_mult * ceil_log10(n > 1 ? n : 2) * probe_ms;
+}

@@ -93,6 +93,16 @@ struct shares_host
     uint64_t loss_at;      /* the last loss seen (0: none) */
 };
 
+/* Set h's probation and quiet period for a view of n members, from the
+ * gossip timings its members run with: probation = twice the time an
+ * ALIVE message takes to be retransmitted everywhere (retransmit_mult *
+ * ceil(log10(n + 1)) gossip rounds); quiet period = twice the smallest
+ * suspicion timeout (suspicion_mult * ceil(log10(n)) probe intervals, n
+ * taken as at least 2). */
+void shares_host_timing(struct shares_host *h, size_t n, uint32_t gossip_ms,
+                        uint32_t probe_ms, uint32_t retransmit_mult,
+                        uint32_t suspicion_mult);
+
 /* A member of this host's view turned suspect or dead at now_ms. */
 void shares_host_loss(struct shares_host *h, uint64_t now_ms);
 

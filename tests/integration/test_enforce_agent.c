@@ -682,28 +682,63 @@ static void gossip_agent_start(struct agent *ag, const char *name,
     gossip_agent_start_w(ag, name, bind, seeds, keyring, weight, NULL);
 }
 
+/* A 3-server cluster that gossips: a fresh keyring at DIR/gossip.keys
+ * (path into keyring), the gossip addresses of servers 1 and 2 (into
+ * seeds) for agents to join through. */
+struct gossip_cluster
+{
+    char keyring[600];
+    char seeds[128];
+};
+
+static void gossip_cluster_begin(const char *test, struct gossip_cluster *gc)
+{
+    harness_begin(test);
+    snprintf(gc->keyring, sizeof gc->keyring, "%s/gossip.keys", harness_dir());
+    write_keyring(gc->keyring);
+    harness_set_gossip(gc->keyring);
+    harness_cluster_start(3);
+    ck_assert_uint_ne(harness_wait_leader(WAIT_MS), 0);
+    snprintf(gc->seeds, sizeof gc->seeds, "%s,%s", harness_node_gossip_addr(1),
+             harness_node_gossip_addr(2));
+}
+
+/* n agents of fleet web (weight 1) named PREFIX1.., each on a gossip
+ * address of its own (kept in bind[] for restarts), connected and holding
+ * the cluster's current rules. window_ms: their usage window, or NULL. */
+static void fleet_start(const struct gossip_cluster *gc, const char *prefix,
+                        int n, const char *window_ms, struct agent *ag, int *fd,
+                        char (*names)[16], char (*bind)[32])
+{
+    uint64_t v = cluster_version();
+    for (int i = 0; i < n; i++) {
+        snprintf(bind[i], sizeof bind[i], "127.0.0.1:%u",
+                 (unsigned)harness_free_port());
+        snprintf(names[i], sizeof names[i], "%s%d", prefix, i + 1);
+        gossip_agent_start_w(&ag[i], names[i], bind[i], gc->seeds, gc->keyring,
+                             "1", window_ms);
+    }
+    for (int i = 0; i < n; i++) {
+        fd[i] = agent_connect(&ag[i]);
+        wait_version(fd[i], v);
+    }
+}
+
 /* 3 allotd and 2 agents that know no server address, only gossip seeds:
  * every rule reaches them by announcement, then a read from a server found
  * among the members, checked against the announced digest. */
 START_TEST(gossip_e2e)
 {
-    harness_begin("gossip_e2e");
-    char keyring[600];
-    snprintf(keyring, sizeof keyring, "%s/gossip.keys", harness_dir());
-    write_keyring(keyring);
-    harness_set_gossip(keyring);
-    harness_cluster_start(3);
-    ck_assert_uint_ne(harness_wait_leader(WAIT_MS), 0);
-    char seeds[128], bind[2][32];
-    snprintf(seeds, sizeof seeds, "%s,%s", harness_node_gossip_addr(1),
-             harness_node_gossip_addr(2));
+    struct gossip_cluster gc;
+    gossip_cluster_begin("gossip_e2e", &gc);
+    char bind[2][32];
     struct agent ag[2];
     int fd[2];
     for (int i = 0; i < 2; i++) {
         snprintf(bind[i], sizeof bind[i], "127.0.0.1:%u",
                  (unsigned)harness_free_port());
         gossip_agent_start(&ag[i], i == 0 ? "gagent1" : "gagent2", bind[i],
-                           seeds, keyring, "2");
+                           gc.seeds, gc.keyring, "2");
         fd[i] = agent_connect(&ag[i]);
     }
     /* Rules created after the agents started reach them by gossip. */
@@ -836,29 +871,14 @@ static void wait_parts(const int *fds, int n, const char *path, double want)
  * they keep their parts (docs/enforce.md, "Shares"). */
 START_TEST(fleet_shares)
 {
-    harness_begin("fleet_shares");
-    char keyring[600];
-    snprintf(keyring, sizeof keyring, "%s/gossip.keys", harness_dir());
-    write_keyring(keyring);
-    harness_set_gossip(keyring);
-    harness_cluster_start(3);
-    ck_assert_uint_ne(harness_wait_leader(WAIT_MS), 0);
+    struct gossip_cluster gc;
+    gossip_cluster_begin("fleet_shares", &gc);
     CTL_OK("quota", "set", "web", "kind=rate", "rate=300", "burst=30",
            "fleet=web", "share=equal");
-    char seeds[128], bind[3][32];
-    snprintf(seeds, sizeof seeds, "%s,%s", harness_node_gossip_addr(1),
-             harness_node_gossip_addr(2));
     struct agent ag[3];
     int fd[3];
-    const char *names[3] = {"sagent1", "sagent2", "sagent3"};
-    uint64_t v = cluster_version();
-    for (int i = 0; i < 3; i++) {
-        snprintf(bind[i], sizeof bind[i], "127.0.0.1:%u",
-                 (unsigned)harness_free_port());
-        gossip_agent_start(&ag[i], names[i], bind[i], seeds, keyring, "1");
-        fd[i] = agent_connect(&ag[i]);
-        wait_version(fd[i], v);
-    }
+    char names[3][16], bind[3][32];
+    fleet_start(&gc, "sagent", 3, NULL, ag, fd, names, bind);
     wait_parts(fd, 3, "web", 100);
     /* A graceful stop is a leave: the other two grow at once. */
     close(fd[2]);
@@ -866,7 +886,7 @@ START_TEST(fleet_shares)
     wait_parts(fd, 2, "web", 150);
     /* Back (same data, same address): the others shrink as soon as they
      * see it; it takes its third once its probation is over. */
-    gossip_agent_start(&ag[2], names[2], bind[2], seeds, keyring, "1");
+    gossip_agent_start(&ag[2], names[2], bind[2], gc.seeds, gc.keyring, "1");
     fd[2] = agent_connect(&ag[2]);
     wait_parts(fd, 3, "web", 100);
     /* Every server dies: the parts stay. */
@@ -940,31 +960,14 @@ START_TEST(fleet_load)
 {
     enum { N = 12 };
     const double rate = 120;
-    harness_begin("fleet_load");
-    char keyring[600];
-    snprintf(keyring, sizeof keyring, "%s/gossip.keys", harness_dir());
-    write_keyring(keyring);
-    harness_set_gossip(keyring);
-    harness_cluster_start(3);
-    ck_assert_uint_ne(harness_wait_leader(WAIT_MS), 0);
+    struct gossip_cluster gc;
+    gossip_cluster_begin("fleet_load", &gc);
     CTL_OK("quota", "set", "api", "kind=rate", "rate=120", "burst=12",
            "fleet=web", "share=equal");
-    char seeds[128], bind[N][32], names[N][16];
-    snprintf(seeds, sizeof seeds, "%s,%s", harness_node_gossip_addr(1),
-             harness_node_gossip_addr(2));
+    char bind[N][32], names[N][16];
     struct agent ag[N];
     int fd[N];
-    uint64_t v = cluster_version();
-    for (int i = 0; i < N; i++) {
-        snprintf(bind[i], sizeof bind[i], "127.0.0.1:%u",
-                 (unsigned)harness_free_port());
-        snprintf(names[i], sizeof names[i], "lagent%d", i + 1);
-        gossip_agent_start(&ag[i], names[i], bind[i], seeds, keyring, "1");
-    }
-    for (int i = 0; i < N; i++) {
-        fd[i] = agent_connect(&ag[i]);
-        wait_version(fd[i], v);
-    }
+    fleet_start(&gc, "lagent", N, NULL, ag, fd, names, bind);
     wait_parts(fd, N, "api", rate / N);
     load_phase("12 agents", fd, N, rate, 1);
     /* Half stop (scale-in): the others double their parts. */
@@ -976,7 +979,8 @@ START_TEST(fleet_load)
     load_phase("6 agents", fd, N / 2, rate, 2);
     /* They come back: the parts halve again. */
     for (int i = N / 2; i < N; i++) {
-        gossip_agent_start(&ag[i], names[i], bind[i], seeds, keyring, "1");
+        gossip_agent_start(&ag[i], names[i], bind[i], gc.seeds, gc.keyring,
+                           "1");
     }
     for (int i = N / 2; i < N; i++) {
         fd[i] = agent_connect(&ag[i]);
@@ -1006,30 +1010,14 @@ END_TEST
  * ends with most of the limit, the quiet ones with about what they use. */
 START_TEST(fleet_demand)
 {
-    harness_begin("fleet_demand");
-    char keyring[600];
-    snprintf(keyring, sizeof keyring, "%s/gossip.keys", harness_dir());
-    write_keyring(keyring);
-    harness_set_gossip(keyring);
-    harness_cluster_start(3);
-    ck_assert_uint_ne(harness_wait_leader(WAIT_MS), 0);
+    struct gossip_cluster gc;
+    gossip_cluster_begin("fleet_demand", &gc);
     CTL_OK("quota", "set", "dem", "kind=rate", "rate=90", "burst=9",
            "fleet=web", "share=demand");
-    char seeds[128], bind[3][32];
-    snprintf(seeds, sizeof seeds, "%s,%s", harness_node_gossip_addr(1),
-             harness_node_gossip_addr(2));
     struct agent ag[3];
     int fd[3];
-    const char *names[3] = {"dagent1", "dagent2", "dagent3"};
-    uint64_t v = cluster_version();
-    for (int i = 0; i < 3; i++) {
-        snprintf(bind[i], sizeof bind[i], "127.0.0.1:%u",
-                 (unsigned)harness_free_port());
-        gossip_agent_start_w(&ag[i], names[i], bind[i], seeds, keyring, "1",
-                             "1000");
-        fd[i] = agent_connect(&ag[i]);
-        wait_version(fd[i], v);
-    }
+    char names[3][16], bind[3][32];
+    fleet_start(&gc, "dagent", 3, "1000", ag, fd, names, bind);
     /* No demand known yet: by weight, a third each. */
     wait_parts(fd, 3, "dem", 30);
     /* 60/s to the first, 5/s to each other, until the parts follow. */

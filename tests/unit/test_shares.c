@@ -291,6 +291,18 @@ START_TEST(host_rules)
     ck_assert_int_eq(
         shares_host_part(&h, QUOTA_SHARE_EQUAL, 100, m, 20, 20, 20, 0, &p),
         ALLOT_EINVALID);
+    /* Timings from the gossip settings: 100 members, 200 ms rounds, 1 s
+     * probes, multipliers 4: 2*4*ceil(log10 101)*200 ms and
+     * 2*4*ceil(log10 100)*1 s; 1,000 members: 4 and 3 decades. */
+    shares_host_timing(&h, 100, 200, 1000, 4, 4);
+    ck_assert_uint_eq(h.probation_ms, 4800);
+    ck_assert_uint_eq(h.settle_ms, 16000);
+    shares_host_timing(&h, 1000, 200, 1000, 4, 4);
+    ck_assert_uint_eq(h.probation_ms, 6400);
+    ck_assert_uint_eq(h.settle_ms, 24000);
+    shares_host_timing(&h, 1, 200, 1000, 4, 4);
+    ck_assert_uint_eq(h.probation_ms, 1600);
+    ck_assert_uint_eq(h.settle_ms, 8000);
     ck_assert_int_eq(
         shares_host_part(&h, QUOTA_SHARE_EQUAL, 100, m, 20, 0, 19, 0, &p),
         ALLOT_EINVALID);
