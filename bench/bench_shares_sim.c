@@ -45,7 +45,7 @@
 #define HOSTS_MAX  2000
 #define STEP_MS    100
 #define DEMAND_MS  1000 /* demand re-published at most this often */
-#define SETTLE_PCT 0.05
+#define SETTLE_PCT 0.05 /* converged: admitted within 5% of its target */
 #define FLEET      "web"
 #define NAME_LEN   24
 
@@ -92,7 +92,7 @@ struct world
     /* scratch for one host's view */
     struct shares_member view[HOSTS_MAX];
     char view_names[HOSTS_MAX][GOSSIP_NAME_MAX + 1];
-    size_t nv, known;
+    size_t nv, known, suspect;
     int self;
     const char *self_name;
 };
@@ -119,9 +119,10 @@ static void on_member(void *data, enum gossip_event ev,
 {
     struct host *h = data;
     h->dirty = true;
-    if ((ev == GOSSIP_EV_SUSPECT || ev == GOSSIP_EV_DEAD) &&
-        strcmp(m->meta.fleet, FLEET) == 0) {
-        shares_host_loss(&h->sh, sim_now(h->w->sim));
+    if ((ev == GOSSIP_EV_SUSPECT || ev == GOSSIP_EV_DEAD ||
+         (ev == GOSSIP_EV_JOIN && m->returned)) &&
+        !m->self && strcmp(m->meta.fleet, FLEET) == 0) {
+        shares_host_change(&h->sh, sim_now(h->w->sim));
     }
 }
 
@@ -194,6 +195,7 @@ static void collect(void *data, const struct gossip_member *m)
     if (m->self) {
         w->self = (int)w->nv;
     }
+    w->suspect += m->state == GOSSIP_SUSPECT;
     /* The name is the library's only during the callback: copied. */
     snprintf(w->view_names[w->nv], sizeof w->view_names[0], "%s", m->name);
     w->view[w->nv] = (struct shares_member){
@@ -201,6 +203,47 @@ static void collect(void *data, const struct gossip_member *m)
         m->meta.weight > 0 ? m->meta.weight / 1000.0 : 1.0,
         d >= 0 && isfinite(d) ? d : 0};
     w->nv++;
+}
+
+/* Is host i's view of the fleet the truth: exactly the hosts that run
+ * and serve, alive or suspect? */
+struct view_check
+{
+    const struct world *w;
+    int in_truth, seen;
+};
+
+static void check_member(void *data, const struct gossip_member *m)
+{
+    struct view_check *c = data;
+    if (strcmp(m->meta.fleet, FLEET) != 0 ||
+        (m->state != GOSSIP_ALIVE && m->state != GOSSIP_SUSPECT)) {
+        return;
+    }
+    c->seen++;
+    int k = atoi(m->name + 5); /* "host-%04d" */
+    if (k >= 0 && k < c->w->n && c->w->h[k].up && c->w->h[k].serving) {
+        c->in_truth++;
+    }
+}
+
+static bool views_complete(struct world *w)
+{
+    int truth = 0;
+    for (int i = 0; i < w->n; i++) {
+        truth += w->h[i].up && w->h[i].serving;
+    }
+    for (int i = 0; i < w->n; i++) {
+        if (!w->h[i].up || !w->h[i].serving) {
+            continue;
+        }
+        struct view_check c = {.w = w};
+        gossip_member_foreach(sim_gossip(w->sim, i), check_member, &c);
+        if (c.seen != truth || c.in_truth != truth) {
+            return false;
+        }
+    }
+    return true;
 }
 
 /* The part changes only when the view does, or when a probation or settle
@@ -214,21 +257,25 @@ static double host_part(struct world *w, int i, uint64_t now)
     }
     h->dirty = false;
     uint64_t end_p = h->sh.joined_ms + h->sh.probation_ms;
-    uint64_t end_s = h->sh.loss_at + h->sh.settle_ms;
+    uint64_t end_s = h->sh.change_at + h->sh.settle_ms;
     h->recheck_at = UINT64_MAX;
     if (now < end_p) {
         h->recheck_at = end_p;
     }
-    if (h->sh.loss_at != 0 && now < end_s && end_s < h->recheck_at) {
+    if (h->sh.change_at != 0 && now < end_s && end_s < h->recheck_at) {
         h->recheck_at = end_s;
     }
-    w->nv = w->known = 0;
+    w->nv = w->known = w->suspect = 0;
     w->self = -1;
     gossip_member_foreach(sim_gossip(w->sim, i), collect, w);
     double part = 0;
-    if (w->self < 0 ||
-        shares_host_part(&w->h[i].sh, w->policy, w->limit, w->view, w->nv,
-                         (size_t)w->self, w->known, now, &part) != 0) {
+    struct shares_view v = {.m = w->view,
+                            .n = w->nv,
+                            .self = (size_t)(w->self >= 0 ? w->self : 0),
+                            .suspect = w->suspect,
+                            .known = w->known};
+    if (w->self < 0 || shares_host_part(&w->h[i].sh, w->policy, w->limit, &v,
+                                        now, &part) != 0) {
         return w->h[i].part; /* keep the last one */
     }
     return part;
@@ -265,6 +312,14 @@ struct scenario
     uint64_t end;            /* ms */
     enum quota_share policy; /* forced for demand-shift */
     bool force_policy;
+    /* When the change is over, after `change` (ms): the last join or
+     * leave, the heal; UINT64_MAX: it never is (flapping). */
+    uint64_t over_after;
+    /* The issue's targets apply (docs/shares.md): not to the uneven
+     * partition, whose overshoot is the documented price of a minority
+     * that keeps its parts. */
+    bool checked;
+    bool zero_over; /* peak over-admission must be 0 (scale-in, crash) */
 };
 
 /* Offered load per host: 3x an equal part of L over the hosts meant to
@@ -401,9 +456,11 @@ static void write_svg(const char *path, const struct scenario *sc,
     fclose(f);
 }
 
-static void run(const struct scenario *sc, enum quota_share policy,
+/* Run one scenario, print its figures; false when check is set and a
+ * target is missed. */
+static bool run(const struct scenario *sc, enum quota_share policy,
                 double limit, uint64_t seed, const char *out, int hosts,
-                enum traffic traffic)
+                enum traffic traffic, bool check)
 {
     struct world *w = calloc(1, sizeof *w);
     if (w == NULL) {
@@ -439,10 +496,16 @@ static void run(const struct scenario *sc, enum quota_share policy,
     if (s == NULL) {
         exit(2);
     }
+    uint64_t over =
+        sc->over_after == UINT64_MAX ? UINT64_MAX : sc->change + sc->over_after;
+    uint64_t complete_at = UINT64_MAX; /* every view is the truth */
     for (uint64_t now = 0; now < sc->end; now += STEP_MS) {
         sim_run_until(w->sim, now);
         if (now >= sc->change) {
             apply_change(w, sc, now, &target);
+        }
+        if (now >= over && complete_at == UINT64_MAX && views_complete(w)) {
+            complete_at = now;
         }
         struct sample x = {.t = (double)now / 1000.0, .pmin = INFINITY};
         for (int i = 0; i < n; i++) {
@@ -468,7 +531,10 @@ static void run(const struct scenario *sc, enum quota_share policy,
         }
         s[ns++] = x;
     }
-    /* Figures. */
+    /* Figures: steady error over the last quarter; peak over-admission
+     * after the change; the time from the end of the change until every
+     * view holds it, and from then until the admitted rate stays within
+     * SETTLE_PCT of its target. */
     double err = 0, peak = 0;
     size_t q0 = ns - ns / 4, settled = ns;
     for (size_t i = 0; i < ns; i++) {
@@ -478,8 +544,10 @@ static void run(const struct scenario *sc, enum quota_share policy,
             err += e;
         }
         if (s[i].t * 1000 >= (double)sc->change) {
-            double over = (s[i].admitted - limit) / limit;
-            peak = over > peak ? over : peak;
+            double o = (s[i].admitted - limit) / limit;
+            peak = o > peak ? o : peak;
+        }
+        if (complete_at != UINT64_MAX && s[i].t * 1000 >= (double)complete_at) {
             if (e > SETTLE_PCT) {
                 settled = ns;
             } else if (settled == ns) {
@@ -488,20 +556,41 @@ static void run(const struct scenario *sc, enum quota_share policy,
         }
     }
     err /= (double)(ns - q0);
-    char conv[32];
-    if (settled < ns) {
-        snprintf(conv, sizeof conv, "%.1f s",
-                 s[settled].t - (double)sc->change / 1000.0);
-    } else {
-        snprintf(conv, sizeof conv, "not settled");
+    double view_s = -1, conv_s = -1;
+    char view[32] = "-", conv[32] = "-";
+    if (complete_at != UINT64_MAX) {
+        view_s = (double)(complete_at - over) / 1000.0;
+        snprintf(view, sizeof view, "%.1f s", view_s);
+        if (settled < ns) {
+            conv_s = s[settled].t - (double)complete_at / 1000.0;
+            snprintf(conv, sizeof conv, "%.1f s", conv_s);
+        } else {
+            snprintf(conv, sizeof conv, "not settled");
+        }
+    } else if (over != UINT64_MAX) {
+        snprintf(view, sizeof view, "not complete");
+    }
+    /* The targets (docs/shares.md): steady state within 1% of L, peak
+     * over-admission at most 5% (none for scale-in and crashes), the
+     * fleet's rate converged within 2 s of the views holding the change -
+     * plus, after deaths, the quiet period hosts wait on purpose. */
+    bool crashes = strcmp(sc->name, "crash") == 0;
+    double conv_max = 2.0 + (crashes ? (double)w->settle_ms / 1000.0 : 0);
+    const char *verdict = "-";
+    bool ok = true;
+    if (sc->checked) {
+        ok = err <= 0.01 && peak <= (sc->zero_over ? 1e-9 : 0.05) &&
+             (over == UINT64_MAX || (conv_s >= 0 && conv_s <= conv_max));
+        verdict = ok ? "ok" : "MISSED";
     }
     struct sim_stats st;
     sim_stats(w->sim, &st);
-    printf("%-19s %-8s %5d %9.2f%% %9.2f%% %14s %10" PRIu64 "\n", sc->name,
-           w->policy == QUOTA_SHARE_EQUAL      ? "equal"
-           : w->policy == QUOTA_SHARE_WEIGHTED ? "weighted"
-                                               : "demand",
-           n, 100 * err, 100 * peak, conv, st.packets);
+    printf(
+        "%-19s %-8s %5d %9.2f%% %9.2f%% %13s %12s %10" PRIu64 " %s\n", sc->name,
+        w->policy == QUOTA_SHARE_EQUAL      ? "equal"
+        : w->policy == QUOTA_SHARE_WEIGHTED ? "weighted"
+                                            : "demand",
+        n, 100 * err, 100 * peak, view, conv, st.packets, check ? verdict : "");
     if (left_status[1] + left_status[2] > 0) {
         printf("  note: %d leaves timed out, %d failed (of %d)\n",
                left_status[1], left_status[2],
@@ -527,16 +616,23 @@ static void run(const struct scenario *sc, enum quota_share policy,
     free(s);
     sim_free(w->sim);
     free(w);
+    return ok || !check;
 }
 
 static const struct scenario scenarios[] = {
-    {"scale-out", 10, 30000, 150000, QUOTA_SHARE_EQUAL, false},
-    {"scale-in", 100, 30000, 150000, QUOTA_SHARE_EQUAL, false},
-    {"crash", 100, 30000, 120000, QUOTA_SHARE_EQUAL, false},
-    {"partition", 100, 30000, 150000, QUOTA_SHARE_EQUAL, false},
-    {"partition-minority", 100, 30000, 150000, QUOTA_SHARE_EQUAL, false},
-    {"flapping", 100, 30000, 120000, QUOTA_SHARE_EQUAL, false},
-    {"demand-shift", 100, 60000, 150000, QUOTA_SHARE_DEMAND, true},
+    {"scale-out", 10, 30000, 150000, QUOTA_SHARE_EQUAL, false, 60000, true,
+     false},
+    {"scale-in", 100, 30000, 150000, QUOTA_SHARE_EQUAL, false, 60000, true,
+     true},
+    {"crash", 100, 30000, 120000, QUOTA_SHARE_EQUAL, false, 0, true, true},
+    {"partition", 100, 30000, 150000, QUOTA_SHARE_EQUAL, false, 60000, true,
+     false},
+    {"partition-minority", 100, 30000, 150000, QUOTA_SHARE_EQUAL, false, 60000,
+     false, false},
+    {"flapping", 100, 30000, 120000, QUOTA_SHARE_EQUAL, false, UINT64_MAX, true,
+     false},
+    {"demand-shift", 100, 60000, 150000, QUOTA_SHARE_DEMAND, true, 0, true,
+     false},
 };
 
 int main(int argc, char **argv)
@@ -547,8 +643,13 @@ int main(int argc, char **argv)
     uint64_t seed = 1;
     int hosts = 100;
     enum traffic traffic = TRAFFIC_UNIFORM;
+    bool check = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--check") == 0) {
+            check = true;
+            continue;
+        }
         if (v == NULL) {
             fprintf(stderr, "error: invalid: %s needs a value\n", a);
             return 2;
@@ -599,19 +700,25 @@ int main(int argc, char **argv)
            traffic == TRAFFIC_SKEWED   ? "skewed"
            : traffic == TRAFFIC_BURSTS ? "bursts"
                                        : "uniform");
-    printf("%-19s %-8s %5s %10s %10s %14s %10s\n", "scenario", "policy",
-           "hosts", "steady err", "peak over", "converge", "packets");
-    bool any = false;
+    printf("%-19s %-8s %5s %10s %10s %13s %12s %10s %s\n", "scenario", "policy",
+           "hosts", "steady err", "peak over", "views", "converge", "packets",
+           check ? "targets" : "");
+    bool any = false, all_ok = true;
     for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++) {
         if (strcmp(which, "all") == 0 ||
             strcmp(which, scenarios[i].name) == 0) {
-            run(&scenarios[i], policy, limit, seed, out, hosts, traffic);
+            all_ok &= run(&scenarios[i], policy, limit, seed, out, hosts,
+                          traffic, check);
             any = true;
         }
     }
     if (!any) {
         fprintf(stderr, "error: invalid: unknown scenario %s\n", which);
         return 2;
+    }
+    if (!all_ok) {
+        printf("a target was missed (docs/shares.md, \"Targets\")\n");
+        return 1;
     }
     return 0;
 }

@@ -6,6 +6,7 @@
  * on stderr, `error: CODE: message`, and a non-zero exit status: 2 for a
  * command line we could not understand, 1 for everything else. */
 #include <errno.h>
+#include <inttypes.h>
 #include <jansson.h>
 #include <sodium.h>
 #include <stdarg.h>
@@ -101,6 +102,8 @@ static void usage(FILE *out)
             "  gossip keygen                   print a new gossip key\n"
             "  usage [PATH] [--host NAME]      the latest usage windows "
             "hosts reported\n"
+            "  share show PATH                 each host's part of a rule, "
+            "from gossip\n"
             "Signing: --identity FILE (or ALLOT_IDENTITY) signs every request;"
             " --token T\n(or ALLOT_TOKEN) sends a bearer token instead."
             "\n"
@@ -859,6 +862,106 @@ static int cmd_usage(struct cli *cli)
     struct usage_args a = {.prefix = cli->n_pos == 2 ? cli->pos[1] : "",
                            .host = cli->host};
     return call_and_print(cli, "usage.ls", pack_usage, &a, print_usage_windows);
+}
+
+static bool flag_of(const msgpack_object *m, const char *key)
+{
+    const msgpack_object *o = wire_map_get(m, key);
+    return o != NULL && o->type == MSGPACK_OBJECT_BOOLEAN && o->via.boolean;
+}
+
+/* A slot count; UINT64_MAX is no limit. */
+static void slots_text(const msgpack_object *m, const char *key, char *buf,
+                       size_t size)
+{
+    const msgpack_object *o = wire_map_get(m, key);
+    if (o != NULL && o->type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
+        o->via.u64 == UINT64_MAX) {
+        snprintf(buf, size, "-");
+    } else {
+        text_of(m, key, NULL, buf, size);
+    }
+}
+
+static void print_share(const msgpack_object *res)
+{
+    char path[300], kind[16], fleet[80], share[32], a[32], b[32], c[32], d[32];
+    text_of(res, "path", NULL, path, sizeof path);
+    text_of(res, "kind", NULL, kind, sizeof kind);
+    text_of(res, "fleet", NULL, fleet, sizeof fleet);
+    text_of(res, "share", NULL, share, sizeof share);
+    bool rate = strcmp(kind, "rate") == 0;
+    if (rate) {
+        text_of(res, "rate", NULL, a, sizeof a);
+        text_of(res, "burst", NULL, b, sizeof b);
+        printf("%s: rate %s/s, burst %s, share %s, fleet %s\n", path, a, b,
+               share, fleet);
+    } else {
+        printf("%s: capacity, %s, fleet %s\n", path, share, fleet);
+    }
+    const msgpack_object *v = wire_map_get(res, "view");
+    uint64_t view = v != NULL && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER
+                        ? v->via.u64
+                        : 0;
+    text_of(res, "members", NULL, a, sizeof a);
+    text_of(res, "suspect", NULL, b, sizeof b);
+    text_of(res, "known", NULL, c, sizeof c);
+    printf("this node's view %08" PRIx64 ": %s members (%s suspect), %s "
+           "known\n",
+           view, a, b, c);
+    if (rate) {
+        printf("%-24s %-21s %-8s %7s %10s %10s %6s %-8s %s\n", "HOST", "ADDR",
+               "STATE", "WEIGHT", "DEMAND", "PART/S", "BURST", "VIEW", "NOTE");
+    } else {
+        printf("%-24s %-21s %-8s %7s %8s %10s %8s %-8s %s\n", "HOST", "ADDR",
+               "STATE", "WEIGHT", "APPS", "MEMORY_MB", "VCORES", "VIEW",
+               "NOTE");
+    }
+    const msgpack_object *hs = wire_map_get(res, "hosts");
+    for (uint32_t i = 0; hs != NULL && hs->type == MSGPACK_OBJECT_ARRAY &&
+                         i < hs->via.array.size;
+         i++) {
+        const msgpack_object *h = &hs->via.array.ptr[i];
+        char name[80], addr[32], st[16], w[32], hv[16];
+        text_of(h, "name", NULL, name, sizeof name);
+        text_of(h, "addr", NULL, addr, sizeof addr);
+        text_of(h, "state", NULL, st, sizeof st);
+        text_of(h, "weight", NULL, w, sizeof w);
+        const msgpack_object *x = wire_map_get(h, "host_view");
+        snprintf(hv, sizeof hv, "%08" PRIx64,
+                 x != NULL && x->type == MSGPACK_OBJECT_POSITIVE_INTEGER
+                     ? x->via.u64
+                     : 0);
+        /* What the host enforces may differ from the part computed here:
+         * say why. */
+        const char *note = flag_of(h, "probation")    ? "probation (floor)"
+                           : flag_of(h, "holding")    ? "holding its last part"
+                           : !flag_of(h, "same_view") ? "other view"
+                                                      : "";
+        if (rate) {
+            text_of(h, "demand", NULL, a, sizeof a);
+            text_of(h, "part", NULL, b, sizeof b);
+            text_of(h, "part_burst", NULL, c, sizeof c);
+            printf("%-24s %-21s %-8s %7s %10s %10s %6s %-8s %s\n", name, addr,
+                   st, w, a, b, c, hv, note);
+        } else {
+            slots_text(h, "max_apps", a, sizeof a);
+            slots_text(h, "max_memory_mb", b, sizeof b);
+            slots_text(h, "max_vcores", d, sizeof d);
+            printf("%-24s %-21s %-8s %7s %8s %10s %8s %-8s %s\n", name, addr,
+                   st, w, a, b, d, hv, note);
+        }
+    }
+}
+
+static int cmd_share(struct cli *cli)
+{
+    const char *sub = cli->n_pos > 1 ? cli->pos[1] : "";
+    if (strcmp(sub, "show") != 0 || cli->n_pos != 3) {
+        return fail(ALLOT_EINVALID, "usage: share show PATH [-o json]");
+    }
+    struct path_args a = {.path = cli->pos[2], .cli = cli};
+    return call_and_print(cli, "share.show", pack_path, &a, print_share);
 }
 
 static int cmd_gossip(struct cli *cli)
@@ -1997,6 +2100,8 @@ int main(int argc, char **argv)
         rv = cmd_gossip(&cli);
     } else if (strcmp(group, "usage") == 0) {
         rv = cmd_usage(&cli);
+    } else if (strcmp(group, "share") == 0) {
+        rv = cmd_share(&cli);
     } else if (strcmp(group, "audit") == 0) {
         rv = cmd_audit(&cli);
     } else if (strcmp(group, "token") == 0) {

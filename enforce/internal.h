@@ -50,8 +50,8 @@
 /* Instances open at once in one process (slot handles carry the number). */
 #define ENF_INSTANCES_MAX 255u
 /* Demand-shared rules a host tracks and gossips (its metadata blob holds
- * one (hash, demand) pair for each: 256 bytes at most). */
-#define ENF_DEMAND_RULES 16u
+ * one (hash, demand) pair for each: about 170 bytes at most). */
+#define ENF_DEMAND_RULES SHARES_BLOB_RULES
 
 /* One rule as received, with what the hot path needs precomputed.
  * Immutable once published, except `link` (the mirror's, writer-only). */
@@ -212,6 +212,7 @@ struct allot
     _Atomic double frac_equal, frac_weighted;
     _Atomic uint64_t share_gen;
     _Atomic uint64_t fleet_members; /* alive or suspect, this host included */
+    _Atomic uint32_t view_version;  /* shares_view_version of the last view */
     /* The last view for dividing slots (capacity rules): names
      * and weights of the fleet's members, this host at view_self; n 0
      * until a settled view exists (slots are not divided before). */
@@ -275,34 +276,27 @@ struct allot
  * members that did not leave. Recomputes this host's fractions with
  * shares_host_part() and rebuilds every rate rule of its fleet whose local
  * rate is stale. Takes a->mu. */
-void rules_reshare(struct allot *a, const struct shares_member *m, size_t n,
-                   size_t self, size_t known, uint64_t now_ms);
+void rules_reshare(struct allot *a, const struct shares_view *v,
+                   uint64_t now_ms);
 
-/* The 32-bit name of a rule path in demand blobs. */
-uint32_t rules_demand_hash(const char *path);
 /* This host's demand (units/s over the last complete usage window) for
  * up to cap demand-shared rate rules of its fleet that it has resolved,
- * the largest first. Takes a->mu and a->stats_mu. */
-struct enf_demand_item
-{
-    uint32_t hash;
-    double demand;
-};
-size_t rules_demands(struct allot *a, struct enf_demand_item *out, size_t cap);
-/* Encode / decode a demand blob: a msgpack array of [hash, demand] pairs.
- * Decoding is bounds-checked: anything else reads as no pairs. */
-size_t rules_demand_encode(const struct enf_demand_item *it, size_t n,
-                           uint8_t *buf, size_t cap);
-size_t rules_demand_decode(const uint8_t *buf, size_t len,
-                           struct enf_demand_item *out, size_t cap);
-/* Members' demand blobs for rules_reshare_demand: app[i], app_len[i] of
- * member i of the view (NULL, 0: none). Recomputes the demand rules'
- * parts; call after rules_reshare with the same view. Takes a->mu. */
-void rules_reshare_demand(struct allot *a, const struct shares_member *m,
+ * the largest first (hashes by shares_rule_hash). Takes a->mu and
+ * a->stats_mu. */
+size_t rules_demands(struct allot *a, struct shares_demand *out, size_t cap);
+/* The version of the view this host last computed its parts from and
+ * its state (SHARES_STATE_*), as it publishes them. */
+void rules_view_state(struct allot *a, uint32_t *view, uint32_t *state);
+/* Members' blobs for rules_reshare_demand: app[i], app_len[i] of member
+ * i of the view (NULL, 0: none; decoded by shares_blob_decode). Recomputes the
+ * demand rules' parts; call after rules_reshare with the same view. Takes
+ * a->mu. */
+void rules_reshare_demand(struct allot *a, const struct shares_view *v,
                           const uint8_t *const *app, const size_t *app_len,
-                          size_t n, size_t self, size_t known, uint64_t now_ms);
-/* A member of this host's fleet turned suspect or dead. Takes a->mu. */
-void rules_fleet_loss(struct allot *a, uint64_t now_ms);
+                          uint64_t now_ms);
+/* A member of this host's fleet turned suspect or dead, or came back
+ * (shares_host_change). Takes a->mu. */
+void rules_fleet_change(struct allot *a, uint64_t now_ms);
 
 /* Build the params of quota q for this host. ALLOT_ENOMEM. */
 int rules_params_new(struct allot *a, const struct quota *q,

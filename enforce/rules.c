@@ -68,7 +68,7 @@ static double share_fraction(struct allot *a, const struct enf_params *p)
         /* Its own part once the fleet's demands are known; until then
          * (and beyond ENF_DEMAND_RULES rules) by weight. */
         pthread_mutex_lock(&a->view_mu);
-        const struct enf_demand *d = demand_find(a, rules_demand_hash(p->path));
+        const struct enf_demand *d = demand_find(a, shares_rule_hash(p->path));
         if (d != NULL && d->frac > 0) {
             f = d->frac;
         }
@@ -867,11 +867,13 @@ static int params_reshared(struct allot *a, const struct enf_params *p,
  * and with a majority of the known members (the rules of
  * shares_host_part); otherwise the last one stays. true when it changed.
  * Under mu. */
-static bool view_store(struct allot *a, const struct shares_member *m, size_t n,
-                       size_t self, size_t known, uint64_t now_ms)
+static bool view_store(struct allot *a, const struct shares_view *v,
+                       uint64_t now_ms)
 {
     const struct shares_host *h = &a->share_weighted;
-    if (now_ms - h->joined_ms < h->probation_ms || 2 * n <= known) {
+    const struct shares_member *m = v->m;
+    size_t n = v->n, self = v->self;
+    if (now_ms - h->joined_ms < h->probation_ms || 2 * n <= v->known) {
         return false;
     }
     size_t *order = malloc(n * sizeof *order);
@@ -890,15 +892,15 @@ static bool view_store(struct allot *a, const struct shares_member *m, size_t n,
     pthread_mutex_lock(&a->view_mu);
     bool changed = false;
     if (n > a->view_cap) {
-        struct shares_member *v = realloc(a->view, n * sizeof *v);
-        if (v != NULL) {
-            a->view = v;
+        struct shares_member *nv = realloc(a->view, n * sizeof *nv);
+        if (nv != NULL) {
+            a->view = nv;
         }
         char(*names)[65] = realloc(a->view_names, n * sizeof *names);
         if (names != NULL) {
             a->view_names = names;
         }
-        if (v == NULL || names == NULL) {
+        if (nv == NULL || names == NULL) {
             goto out; /* the last view stays */
         }
         a->view_cap = n;
@@ -951,9 +953,10 @@ static void rebuild_stale(struct allot *a)
     }
 }
 
-void rules_reshare(struct allot *a, const struct shares_member *m, size_t n,
-                   size_t self, size_t known, uint64_t now_ms)
+void rules_reshare(struct allot *a, const struct shares_view *v,
+                   uint64_t now_ms)
 {
+    size_t n = v->n;
     pthread_mutex_lock(&a->mu);
     /* The member runs with the library's default timings (source_gossip.c
      * changes only its leave timeout). */
@@ -965,15 +968,16 @@ void rules_reshare(struct allot *a, const struct shares_member *m, size_t n,
     a->share_equal.probation_ms = a->share_weighted.probation_ms;
     a->share_equal.settle_ms = a->share_weighted.settle_ms;
     double fe, fw;
-    if (shares_host_part(&a->share_equal, QUOTA_SHARE_EQUAL, 1.0, m, n, self,
-                         known, now_ms, &fe) != 0 ||
-        shares_host_part(&a->share_weighted, QUOTA_SHARE_WEIGHTED, 1.0, m, n,
-                         self, known, now_ms, &fw) != 0) {
+    if (shares_host_part(&a->share_equal, QUOTA_SHARE_EQUAL, 1.0, v, now_ms,
+                         &fe) != 0 ||
+        shares_host_part(&a->share_weighted, QUOTA_SHARE_WEIGHTED, 1.0, v,
+                         now_ms, &fw) != 0) {
         pthread_mutex_unlock(&a->mu); /* a bad view changes nothing */
         return;
     }
     atomic_store(&a->fleet_members, n);
-    bool view_changed = view_store(a, m, n, self, known, now_ms);
+    atomic_store(&a->view_version, shares_view_version(v));
+    bool view_changed = view_store(a, v, now_ms);
     if (view_changed || fe != atomic_load(&a->frac_equal) ||
         fw != atomic_load(&a->frac_weighted)) {
         atomic_store(&a->frac_equal, fe);
@@ -981,21 +985,21 @@ void rules_reshare(struct allot *a, const struct shares_member *m, size_t n,
         atomic_fetch_add(&a->share_gen, 1);
         LOGI("enforce", "fleet part changed",
              "fleet=%s members=%zu known=%zu equal=%.4f weighted=%.4f",
-             a->fleet, n, known, fe, fw);
+             a->fleet, n, v->known, fe, fw);
     }
     rebuild_stale(a);
     pthread_mutex_unlock(&a->mu);
 }
 
-void rules_fleet_loss(struct allot *a, uint64_t now_ms)
+void rules_fleet_change(struct allot *a, uint64_t now_ms)
 {
     pthread_mutex_lock(&a->mu);
-    shares_host_loss(&a->share_equal, now_ms);
-    shares_host_loss(&a->share_weighted, now_ms);
+    shares_host_change(&a->share_equal, now_ms);
+    shares_host_change(&a->share_weighted, now_ms);
     pthread_mutex_lock(&a->view_mu);
     for (unsigned i = 0; i < ENF_DEMAND_RULES; i++) {
         if (a->demand[i].hash != 0) {
-            shares_host_loss(&a->demand[i].sh, now_ms);
+            shares_host_change(&a->demand[i].sh, now_ms);
         }
     }
     pthread_mutex_unlock(&a->view_mu);
@@ -1004,13 +1008,12 @@ void rules_fleet_loss(struct allot *a, uint64_t now_ms)
 
 /* --- Demand: what each host wanted, gossiped, divided max-min fair -------- */
 
-uint32_t rules_demand_hash(const char *path)
+void rules_view_state(struct allot *a, uint32_t *view, uint32_t *state)
 {
-    uint32_t h = 2166136261u; /* FNV-1a: stable across hosts and builds */
-    for (const unsigned char *c = (const unsigned char *)path; *c; c++) {
-        h = (h ^ *c) * 16777619u;
-    }
-    return h != 0 ? h : 1; /* 0 marks a free slot */
+    pthread_mutex_lock(&a->mu);
+    *view = atomic_load(&a->view_version);
+    *state = a->share_equal.state | a->share_weighted.state;
+    pthread_mutex_unlock(&a->mu);
 }
 
 static bool demand_rule(const struct allot *a, const struct enf_params *p)
@@ -1022,11 +1025,11 @@ static bool demand_rule(const struct allot *a, const struct enf_params *p)
 
 static int demand_desc(const void *x, const void *y)
 {
-    const struct enf_demand_item *a = x, *b = y;
+    const struct shares_demand *a = x, *b = y;
     return a->demand > b->demand ? -1 : a->demand < b->demand ? 1 : 0;
 }
 
-size_t rules_demands(struct allot *a, struct enf_demand_item *out, size_t cap)
+size_t rules_demands(struct allot *a, struct shares_demand *out, size_t cap)
 {
     /* Which handles are demand rules (under mu), then their last windows
      * (under stats_mu): the two locks are never held together here. */
@@ -1043,7 +1046,7 @@ size_t rules_demands(struct allot *a, struct enf_demand_item *out, size_t cap)
     if (hs == NULL) {
         return 0;
     }
-    struct enf_demand_item *all = malloc((k > 0 ? k : 1) * sizeof *all);
+    struct shares_demand *all = malloc((k > 0 ? k : 1) * sizeof *all);
     if (all == NULL) {
         free(hs);
         return 0;
@@ -1054,9 +1057,9 @@ size_t rules_demands(struct allot *a, struct enf_demand_item *out, size_t cap)
         /* Wanted = admitted units + refused requests (a refused request's
          * size is not counted: bytes rules under-report refused demand). */
         const struct allot_usage *w = &hs[i]->win_last;
-        all[i] = (struct enf_demand_item){rules_demand_hash(hs[i]->path),
-                                          (double)(w->cost + w->rejected) /
-                                              (secs > 0 ? secs : 1)};
+        all[i] = (struct shares_demand){shares_rule_hash(hs[i]->path),
+                                        (double)(w->cost + w->rejected) /
+                                            (secs > 0 ? secs : 1)};
     }
     pthread_mutex_unlock(&a->stats_mu);
     qsort(all, k, sizeof *all, demand_desc);
@@ -1065,59 +1068,6 @@ size_t rules_demands(struct allot *a, struct enf_demand_item *out, size_t cap)
     free(all);
     free(hs);
     return m;
-}
-
-size_t rules_demand_encode(const struct enf_demand_item *it, size_t n,
-                           uint8_t *buf, size_t cap)
-{
-    msgpack_sbuffer sb;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_array(&pk, (uint32_t)n);
-    for (size_t i = 0; i < n; i++) {
-        msgpack_pack_array(&pk, 2);
-        msgpack_pack_uint32(&pk, it[i].hash);
-        msgpack_pack_float(&pk, (float)it[i].demand);
-    }
-    size_t len = sb.size <= cap ? sb.size : 0;
-    memcpy(buf, sb.data, len);
-    msgpack_sbuffer_destroy(&sb);
-    return len;
-}
-
-size_t rules_demand_decode(const uint8_t *buf, size_t len,
-                           struct enf_demand_item *out, size_t cap)
-{
-    if (buf == NULL || len == 0) {
-        return 0;
-    }
-    msgpack_unpacked u;
-    msgpack_unpacked_init(&u);
-    size_t off = 0, n = 0;
-    if (msgpack_unpack_next(&u, (const char *)buf, len, &off) ==
-            MSGPACK_UNPACK_SUCCESS &&
-        off == len && u.data.type == MSGPACK_OBJECT_ARRAY) {
-        const msgpack_object_array *arr = &u.data.via.array;
-        for (uint32_t i = 0; i < arr->size && n < cap; i++) {
-            const msgpack_object *e = &arr->ptr[i];
-            if (e->type != MSGPACK_OBJECT_ARRAY || e->via.array.size != 2 ||
-                e->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
-                e->via.array.ptr[0].via.u64 > UINT32_MAX ||
-                (e->via.array.ptr[1].type != MSGPACK_OBJECT_FLOAT32 &&
-                 e->via.array.ptr[1].type != MSGPACK_OBJECT_FLOAT64)) {
-                continue;
-            }
-            double d = e->via.array.ptr[1].via.f64;
-            if (!(d >= 0) || isinf(d)) {
-                continue;
-            }
-            out[n++] = (struct enf_demand_item){
-                (uint32_t)e->via.array.ptr[0].via.u64, d};
-        }
-    }
-    msgpack_unpacked_destroy(&u);
-    return n;
 }
 
 /* The slot of a demand rule, taken when free (a new one starts on
@@ -1134,25 +1084,26 @@ static struct enf_demand *demand_slot(struct allot *a, uint32_t hash)
     return d;
 }
 
-void rules_reshare_demand(struct allot *a, const struct shares_member *m,
+void rules_reshare_demand(struct allot *a, const struct shares_view *view,
                           const uint8_t *const *app, const size_t *app_len,
-                          size_t n, size_t self, size_t known, uint64_t now_ms)
+                          uint64_t now_ms)
 {
-    struct enf_demand_item(*items)[ENF_DEMAND_RULES] =
-        calloc(n > 0 ? n : 1, sizeof *items);
-    size_t *n_items = calloc(n > 0 ? n : 1, sizeof *n_items);
+    size_t n = view->n;
+    struct shares_blob *blobs = calloc(n > 0 ? n : 1, sizeof *blobs);
     struct shares_member *v = calloc(n > 0 ? n : 1, sizeof *v);
-    if (items == NULL || n_items == NULL || v == NULL || self >= n) {
-        free(items);
-        free(n_items);
+    if (blobs == NULL || v == NULL || view->self >= n) {
+        free(blobs);
         free(v);
         return;
     }
     for (size_t i = 0; i < n; i++) {
-        n_items[i] =
-            rules_demand_decode(app[i], app_len[i], items[i], ENF_DEMAND_RULES);
-        v[i] = m[i];
+        /* A refused blob reads as no demand: that member gets the floor
+         * or what is left, never a crash or a stale value. */
+        (void)shares_blob_decode(app[i], app_len[i], &blobs[i]);
+        v[i] = view->m[i];
     }
+    struct shares_view dv = *view;
+    dv.m = v;
     pthread_mutex_lock(&a->mu);
     bool changed = false;
     uint32_t seen[ENF_DEMAND_RULES];
@@ -1162,17 +1113,12 @@ void rules_reshare_demand(struct allot *a, const struct shares_member *m,
         if (!demand_rule(a, p)) {
             continue;
         }
-        uint32_t h = rules_demand_hash(p->path);
+        uint32_t h = shares_rule_hash(p->path);
         if (n_seen < ENF_DEMAND_RULES) {
             seen[n_seen++] = h;
         }
         for (size_t i = 0; i < n; i++) {
-            v[i].demand = 0;
-            for (size_t j = 0; j < n_items[i]; j++) {
-                if (items[i][j].hash == h) {
-                    v[i].demand = items[i][j].demand;
-                }
-            }
+            v[i].demand = shares_blob_demand(&blobs[i], h);
         }
         double rate = p->rate > 0 ? p->rate : QUOTA_RATE_MIN;
         pthread_mutex_lock(&a->view_mu);
@@ -1181,8 +1127,8 @@ void rules_reshare_demand(struct allot *a, const struct shares_member *m,
         if (d != NULL) {
             d->sh.probation_ms = a->share_weighted.probation_ms;
             d->sh.settle_ms = a->share_weighted.settle_ms;
-            if (shares_host_part(&d->sh, QUOTA_SHARE_DEMAND, rate, v, n, self,
-                                 known, now_ms, &part) == 0 &&
+            if (shares_host_part(&d->sh, QUOTA_SHARE_DEMAND, rate, &dv, now_ms,
+                                 &part) == 0 &&
                 part / rate != d->frac) {
                 d->frac = part / rate;
                 changed = true;
@@ -1207,7 +1153,6 @@ void rules_reshare_demand(struct allot *a, const struct shares_member *m,
         rebuild_stale(a);
     }
     pthread_mutex_unlock(&a->mu);
-    free(items);
-    free(n_items);
+    free(blobs);
     free(v);
 }

@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <msgpack.h>
+
 #include "../proto/allot_error.h"
 
 struct ord
@@ -229,38 +231,45 @@ int shares_slots(const double *part, uint64_t total,
 }
 
 int shares_host_part(struct shares_host *h, enum quota_share policy,
-                     double limit, const struct shares_member *m, size_t n,
-                     size_t self, size_t known, uint64_t now_ms, double *out)
+                     double limit, const struct shares_view *v, uint64_t now_ms,
+                     double *out)
 {
-    if (self >= n || known < n) {
+    size_t n = v->n;
+    if (v->self >= n || v->suspect > n || v->known < n) {
         return ALLOT_EINVALID;
     }
     double *parts = malloc(n * sizeof *parts);
     if (parts == NULL) {
         return ALLOT_ENOMEM;
     }
-    int rv = shares_rate(policy, limit, m, n, parts);
-    double part = parts[self];
+    int rv = shares_rate(policy, limit, v->m, n, parts);
+    double part = parts[v->self];
     free(parts);
     if (rv != 0) {
         return rv;
     }
+    h->state = 0;
     if (now_ms - h->joined_ms < h->probation_ms) {
-        double floor_part = SHARES_RATE_FLOOR * limit / (double)n;
+        /* A newcomer may not know the fleet yet (its join is under way):
+         * a floor over a view of one would be 5% of the whole limit. */
+        size_t nf = n > SHARES_PROBATION_VIEW ? n : SHARES_PROBATION_VIEW;
+        double floor_part = SHARES_RATE_FLOOR * limit / (double)nf;
         part = part < floor_part ? part : floor_part;
+        h->state = SHARES_STATE_PROBATION;
     } else if (h->last_part >= 0 && part > h->last_part &&
-               (2 * n <= known ||
-                (h->loss_at != 0 && now_ms - h->loss_at < h->settle_ms))) {
+               (2 * n <= v->known || v->suspect > 0 ||
+                (h->change_at != 0 && now_ms - h->change_at < h->settle_ms))) {
         part = h->last_part;
+        h->state = SHARES_STATE_HOLDING;
     }
     h->last_part = part;
     *out = part;
     return 0;
 }
 
-void shares_host_loss(struct shares_host *h, uint64_t now_ms)
+void shares_host_change(struct shares_host *h, uint64_t now_ms)
 {
-    h->loss_at = now_ms > 0 ? now_ms : 1;
+    h->change_at = now_ms > 0 ? now_ms : 1;
 }
 
 /* ceil(log10(n)) for n >= 2, in integers (the same on every host). */
@@ -280,5 +289,129 @@ void shares_host_timing(struct shares_host *h, size_t n, uint32_t gossip_ms,
     h->probation_ms =
         2u * (uint64_t)retransmit_mult * ceil_log10(n + 1) * gossip_ms;
     h->settle_ms =
-        2u * (uint64_t)suspicion_mult * ceil_log10(n > 1 ? n : 2) * probe_ms;
+        (uint64_t)suspicion_mult * ceil_log10(n > 1 ? n : 2) * probe_ms;
+}
+
+uint32_t shares_fnv1a(uint32_t h, const void *p, size_t len)
+{
+    const unsigned char *c = p;
+    for (size_t i = 0; i < len; i++) {
+        h = (h ^ c[i]) * 16777619u;
+    }
+    return h;
+}
+
+uint32_t shares_view_version(const struct shares_view *v)
+{
+    /* A sum of per-member hashes: commutative, so any listing order of
+     * the same view gives the same version. */
+    uint32_t sum = 0;
+    for (size_t i = 0; i < v->n; i++) {
+        const char *name = v->m[i].name;
+        uint32_t h = shares_fnv1a(SHARES_FNV_SEED, name, strlen(name));
+        uint8_t w[8];
+        uint64_t mw = (uint64_t)llround(v->m[i].weight * 1000.0);
+        for (int k = 0; k < 8; k++) {
+            w[k] = (uint8_t)(mw >> (8 * k)); /* the same on every host */
+        }
+        sum += shares_fnv1a(h, w, sizeof w);
+    }
+    return sum;
+}
+
+uint32_t shares_rule_hash(const char *path)
+{
+    uint32_t h = shares_fnv1a(SHARES_FNV_SEED, path, strlen(path));
+    return h != 0 ? h : 1;
+}
+
+size_t shares_blob_encode(const struct shares_blob *b, uint8_t *buf, size_t cap)
+{
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    size_t n = b->n <= SHARES_BLOB_RULES ? b->n : SHARES_BLOB_RULES;
+    msgpack_pack_array(&pk, 3);
+    msgpack_pack_uint32(&pk, b->view);
+    msgpack_pack_uint32(&pk, b->state);
+    msgpack_pack_array(&pk, (uint32_t)n);
+    for (size_t i = 0; i < n; i++) {
+        msgpack_pack_array(&pk, 2);
+        msgpack_pack_uint32(&pk, b->d[i].hash);
+        msgpack_pack_float(&pk, (float)b->d[i].demand);
+    }
+    size_t len = sb.size <= cap ? sb.size : 0;
+    if (len > 0) {
+        memcpy(buf, sb.data, len);
+    }
+    msgpack_sbuffer_destroy(&sb);
+    return len;
+}
+
+static bool u32_of(const msgpack_object *o, uint32_t *out)
+{
+    if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER || o->via.u64 > UINT32_MAX) {
+        return false;
+    }
+    *out = (uint32_t)o->via.u64;
+    return true;
+}
+
+static bool pairs_of(const msgpack_object *o, struct shares_blob *out)
+{
+    if (o->type != MSGPACK_OBJECT_ARRAY ||
+        o->via.array.size > SHARES_BLOB_RULES) {
+        return false;
+    }
+    for (uint32_t i = 0; i < o->via.array.size; i++) {
+        const msgpack_object *e = &o->via.array.ptr[i];
+        if (e->type != MSGPACK_OBJECT_ARRAY || e->via.array.size != 2 ||
+            !u32_of(&e->via.array.ptr[0], &out->d[i].hash) ||
+            (e->via.array.ptr[1].type != MSGPACK_OBJECT_FLOAT32 &&
+             e->via.array.ptr[1].type != MSGPACK_OBJECT_FLOAT64)) {
+            return false;
+        }
+        double d = e->via.array.ptr[1].via.f64;
+        if (!(d >= 0) || isinf(d)) {
+            return false;
+        }
+        out->d[i].demand = d;
+    }
+    out->n = o->via.array.size;
+    return true;
+}
+
+int shares_blob_decode(const uint8_t *buf, size_t len, struct shares_blob *out)
+{
+    memset(out, 0, sizeof *out);
+    if (buf == NULL || len == 0) {
+        return ALLOT_EINVALID;
+    }
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    size_t off = 0;
+    bool ok = msgpack_unpack_next(&u, (const char *)buf, len, &off) ==
+                  MSGPACK_UNPACK_SUCCESS &&
+              off == len && u.data.type == MSGPACK_OBJECT_ARRAY &&
+              u.data.via.array.size == 3 &&
+              u32_of(&u.data.via.array.ptr[0], &out->view) &&
+              u32_of(&u.data.via.array.ptr[1], &out->state) &&
+              pairs_of(&u.data.via.array.ptr[2], out);
+    msgpack_unpacked_destroy(&u);
+    if (!ok) {
+        memset(out, 0, sizeof *out);
+        return ALLOT_EINVALID;
+    }
+    return 0;
+}
+
+double shares_blob_demand(const struct shares_blob *b, uint32_t hash)
+{
+    for (size_t i = 0; i < b->n; i++) {
+        if (b->d[i].hash == hash) {
+            return b->d[i].demand;
+        }
+    }
+    return 0;
 }

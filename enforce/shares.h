@@ -17,10 +17,19 @@
 
 #include "../proto/quota.h"
 
+/* What shares_host_part did last (shares_host.state bits). */
+#define SHARES_STATE_PROBATION 1u /* a newcomer held at the floor */
+#define SHARES_STATE_HOLDING   2u /* growth held: loss, suspects, minority */
+
 /* Every member of a view holds at least this fraction of an equal share
  * of a rate, whatever the policy: a host whose demand was zero when the
  * view was taken can still admit while its new demand spreads. */
 #define SHARES_RATE_FLOOR 0.05
+
+/* A newcomer's floor is taken over a view of at least this many members:
+ * right after it starts it may know only itself, and the floor of a
+ * view of one is a twentieth of the whole limit. */
+#define SHARES_PROBATION_VIEW 20u
 
 /* Members in one view: more is refused (ALLOT_EINVALID). */
 #define SHARES_MEMBERS_MAX 100000u
@@ -69,13 +78,18 @@ int shares_slots(const double *part, uint64_t total,
  * changes they do not, and a host must not take what another may still be
  * using (docs/enforce.md, "Shares while the fleet changes"):
  *   - probation: for probation_ms after it joined, a host takes at most
- *     the floor part (SHARES_RATE_FLOOR of an equal part): the others do
- *     not count it yet, so a full part would overshoot;
- *   - no growth while members are failing: for settle_ms after a member
- *     of its view turned suspect or dead (shares_host_loss), a host does
- *     not grow past its last part. A partition is seen as a trickle of
- *     deaths over a suspicion timeout or more; growing at the first ones
- *     would let both sides grow before either knows how much it lost;
+ *     the floor part (SHARES_RATE_FLOOR of an equal part, over a view of
+ *     at least SHARES_PROBATION_VIEW members): the others do not count it
+ *     yet, so a full part would overshoot;
+ *   - no growth while the view moves: while any member of its view is
+ *     suspect, and for settle_ms after a member turned suspect or dead or
+ *     came back (shares_host_change), a host does not grow past its last
+ *     part. A partition is seen as a trickle of suspicions, then of
+ *     deaths, over a suspicion timeout or more; growing at the first
+ *     deaths would let both sides grow before either knows how much it
+ *     lost. Its heal is a trickle of members coming back: growing when the
+ *     first ones give back a majority would take the parts of those not
+ *     seen yet, which still enforce theirs;
  *   - no growth without a majority: when the members it can reach (alive
  *     or suspect, itself included) are not a strict majority of the members
  *     it knows that did not leave (dead ones included), the host is on the
@@ -89,29 +103,97 @@ struct shares_host
     uint64_t joined_ms;    /* when this host joined, on now_ms's clock */
     uint64_t probation_ms; /* how long a newcomer stays on the floor */
     double last_part;      /* the part enforced last; < 0: none yet */
-    uint64_t settle_ms;    /* quiet time after a loss before growing */
-    uint64_t loss_at;      /* the last loss seen (0: none) */
+    uint64_t settle_ms;    /* quiet time after a change before growing */
+    uint64_t change_at;    /* the last change seen (0: none) */
+    uint32_t state;        /* SHARES_STATE_* of the last part */
 };
 
 /* Set h's probation and quiet period for a view of n members, from the
  * gossip timings its members run with: probation = twice the time an
  * ALIVE message takes to be retransmitted everywhere (retransmit_mult *
- * ceil(log10(n + 1)) gossip rounds); quiet period = twice the smallest
+ * ceil(log10(n + 1)) gossip rounds); quiet period = the smallest
  * suspicion timeout (suspicion_mult * ceil(log10(n)) probe intervals, n
- * taken as at least 2). */
+ * taken as at least 2): it bridges the gap between one member's death and
+ * the next member's first suspicion in a partition (docs/shares.md,
+ * "While the fleet changes"). */
 void shares_host_timing(struct shares_host *h, size_t n, uint32_t gossip_ms,
                         uint32_t probe_ms, uint32_t retransmit_mult,
                         uint32_t suspicion_mult);
 
-/* A member of this host's view turned suspect or dead at now_ms. */
-void shares_host_loss(struct shares_host *h, uint64_t now_ms);
+/* A member of this host's view turned suspect or dead, or came back after
+ * it was dead or left, at now_ms. A graceful leave is not a change (the
+ * others may grow at once), nor is a newcomer (it only shrinks parts, and
+ * quieting every host at each join would hold a scaling fleet's newcomers
+ * on the floor until the joins stop). */
+void shares_host_change(struct shares_host *h, uint64_t now_ms);
 
-/* This host's rate part. m[0..n) is its view of the rule's fleet (alive
- * and suspect members, itself at index self), known >= n the members it
- * knows that did not leave. Updates h->last_part. 0, or shares_rate()'s
- * refusals (and ALLOT_EINVALID for self >= n or known < n). */
+/* One host's view of a rule's fleet: m[0..n) the members alive or
+ * suspect (the host itself at index self), suspect of them suspect now,
+ * known >= n the members it knows that did not leave (dead ones
+ * included). The caller owns m. */
+struct shares_view
+{
+    const struct shares_member *m;
+    size_t n, self, suspect, known;
+};
+
+/* This host's rate part from its view v. Updates h->last_part. 0, or
+ * shares_rate()'s refusals (and ALLOT_EINVALID for self >= n, suspect > n
+ * or known < n). */
 int shares_host_part(struct shares_host *h, enum quota_share policy,
-                     double limit, const struct shares_member *m, size_t n,
-                     size_t self, size_t known, uint64_t now_ms, double *out);
+                     double limit, const struct shares_view *v, uint64_t now_ms,
+                     double *out);
+
+/* FNV-1a over p[0..len) from h (SHARES_FNV_SEED to start): hashes that
+ * hosts exchange (rule names in demand blobs, view versions) must be the
+ * same on every host and build. */
+#define SHARES_FNV_SEED 2166136261u
+uint32_t shares_fnv1a(uint32_t h, const void *p, size_t len);
+
+/* The version of a view, as hosts publish it: a 32-bit digest of its
+ * members' names and weights that does not depend on their order. Two
+ * hosts with the same version compute the same parts (demand aside). */
+uint32_t shares_view_version(const struct shares_view *v);
+
+/* --- What a host publishes --------------------------------------------
+ * Every host puts one blob in its gossip metadata (the member's `app`):
+ * the version of the view it computed its parts from, its state, and its
+ * demand for up to SHARES_BLOB_RULES demand-shared rules (docs/shares.md,
+ * "Published"). On the wire a msgpack array [view, state, [[hash,
+ * demand], ...]] with hash a uint32 (shares_rule_hash) and demand a
+ * float32 in units/s. */
+#define SHARES_BLOB_RULES 16u
+
+struct shares_demand
+{
+    uint32_t hash; /* shares_rule_hash of the rule's path */
+    double demand; /* >= 0, units/s */
+};
+
+struct shares_blob
+{
+    uint32_t view;  /* shares_view_version of the host's last view */
+    uint32_t state; /* SHARES_STATE_* */
+    size_t n;
+    struct shares_demand d[SHARES_BLOB_RULES];
+};
+
+/* The 32-bit name of a rule path in blobs; never 0 (callers use 0 as
+ * "free"). */
+uint32_t shares_rule_hash(const char *path);
+
+/* Encode b into buf[0..cap); the length, or 0 when it does not fit. */
+size_t shares_blob_encode(const struct shares_blob *b, uint8_t *buf,
+                          size_t cap);
+
+/* Decode a blob: 0, or ALLOT_EINVALID for anything that is not one
+ * (bounds-checked; trailing bytes, wrong types, a negative, NaN or
+ * infinite demand, more than SHARES_BLOB_RULES pairs). out is zeroed
+ * first, so a refused blob reads as "no view, no demand". */
+int shares_blob_decode(const uint8_t *buf, size_t len, struct shares_blob *out);
+
+/* Member i's demand for the rule hashed `hash` in a decoded blob; 0 when
+ * it published none. */
+double shares_blob_demand(const struct shares_blob *b, uint32_t hash);
 
 #endif /* ALLOT_ENFORCE_SHARES_H */

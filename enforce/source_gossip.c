@@ -68,8 +68,9 @@
 #define DELTA_MAX 4096u
 /* The gossip weight is an integer: this host's weight in thousandths. */
 #define WEIGHT_SCALE 1000.0
-/* Demand goes out at most this often (docs/enforce.md, "Shares"). */
-#define DEMAND_PUBLISH_MS 5000u
+/* The shares blob (view, state, demand) goes out at most this often
+ * (docs/shares.md, "What hosts publish"). */
+#define PUBLISH_MS 5000u
 
 struct enf_gossip
 {
@@ -97,9 +98,8 @@ struct enf_gossip
     uint64_t busy_since_ms; /* the pull thread's request began; 0 idle */
     /* Loop thread: the demand last published, and when. */
     uint32_t weight; /* this member's gossip weight (thousandths) */
-    struct enf_demand_item demand[ENF_DEMAND_RULES];
-    size_t n_demand;
-    uint64_t demand_at;
+    struct shares_blob published;
+    uint64_t published_at;
 };
 
 /* --- Loop thread ---------------------------------------------------------- */
@@ -208,19 +208,16 @@ struct fleet_view
     uint8_t (*apps)[GOSSIP_APP_MAX]; /* demand blobs */
     const uint8_t **app;
     size_t *app_len;
-    size_t n, cap, known, self;
+    size_t n, cap, known, self, suspect;
     bool have_self, full;
 };
 
 static void add_fleet_member(void *data, const struct gossip_member *m)
 {
     struct fleet_view *v = data;
-    if (m->meta.role != GOSSIP_ROLE_AGENT || m->state == GOSSIP_LEFT ||
-        strcmp(m->meta.fleet, v->fleet) != 0) {
-        return;
-    }
-    v->known++;
-    if (m->state != GOSSIP_ALIVE && m->state != GOSSIP_SUSPECT) {
+    enum gossip_fleet_place at = gossip_fleet_place(m, v->fleet);
+    v->known += at != GOSSIP_FLEET_OUT;
+    if (at != GOSSIP_FLEET_IN) {
         return;
     }
     if (v->n == v->cap) {
@@ -231,6 +228,7 @@ static void add_fleet_member(void *data, const struct gossip_member *m)
         v->self = v->n;
         v->have_self = true;
     }
+    v->suspect += m->state == GOSSIP_SUSPECT;
     snprintf(v->names[v->n], sizeof v->names[0], "%s", m->name);
     size_t alen = m->meta.app_len <= GOSSIP_APP_MAX ? m->meta.app_len : 0;
     if (alen > 0) {
@@ -261,9 +259,15 @@ static void reshare(struct enf_gossip *s)
         gossip_member_foreach(s->g, add_fleet_member, &v);
         if (v.have_self && !v.full) {
             uint64_t now = clock_mono_ns() / 1000000u;
-            rules_reshare(s->a, v.m, v.n, v.self, v.known, now);
-            rules_reshare_demand(s->a, v.m, v.app, v.app_len, v.n, v.self,
-                                 v.known, now);
+            struct shares_view sv = {
+                .m = v.m,
+                .n = v.n,
+                .self = v.self,
+                .suspect = v.suspect,
+                .known = v.known,
+            };
+            rules_reshare(s->a, &sv, now);
+            rules_reshare_demand(s->a, &sv, v.app, v.app_len, now);
         }
     }
     free(v.m);
@@ -273,38 +277,48 @@ static void reshare(struct enf_gossip *s)
     free(v.app_len);
 }
 
-/* This host's demand for its demand-shared rules, in its metadata: at
- * most every DEMAND_PUBLISH_MS, and only when a demand moved by more
- * than a fifth or the set of rules changed (every change is a broadcast
- * to the whole fleet). */
-static void publish_demand(struct enf_gossip *s)
+/* What this host publishes in its metadata (shares.h, "What a host
+ * publishes"): the version of its view, its state and its demand for its
+ * demand-shared rules. At most every PUBLISH_MS, and only when the view or
+ * state changed or a demand moved by more than a fifth: every change is a
+ * broadcast to the whole fleet. */
+static bool blob_moved(const struct shares_blob *o, const struct shares_blob *b)
+{
+    if (o->view != b->view || o->state != b->state || o->n != b->n) {
+        return true;
+    }
+    for (size_t i = 0; i < b->n; i++) {
+        if (o->d[i].hash != b->d[i].hash ||
+            fabs(o->d[i].demand - b->d[i].demand) >
+                0.2 * fmax(o->d[i].demand, 1.0)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void publish(struct enf_gossip *s)
 {
     uint64_t now = clock_mono_ns() / 1000000u;
-    if (now - s->demand_at < DEMAND_PUBLISH_MS) {
+    if (now - s->published_at < PUBLISH_MS) {
         return;
     }
-    struct enf_demand_item it[ENF_DEMAND_RULES];
-    size_t n = rules_demands(s->a, it, ENF_DEMAND_RULES);
-    bool moved = n != s->n_demand;
-    for (size_t i = 0; i < n && !moved; i++) {
-        const struct enf_demand_item *o = &s->demand[i];
-        moved = o->hash != it[i].hash ||
-                fabs(o->demand - it[i].demand) > 0.2 * fmax(o->demand, 1.0);
-    }
-    if (!moved) {
+    struct shares_blob b = {0};
+    b.n = rules_demands(s->a, b.d, SHARES_BLOB_RULES);
+    rules_view_state(s->a, &b.view, &b.state);
+    if (!blob_moved(&s->published, &b)) {
         return;
     }
-    uint8_t blob[GOSSIP_APP_MAX];
-    size_t len = rules_demand_encode(it, n, blob, sizeof blob);
+    uint8_t buf[GOSSIP_APP_MAX];
+    size_t len = shares_blob_encode(&b, buf, sizeof buf);
     struct gossip_meta meta = {.role = GOSSIP_ROLE_AGENT,
                                .weight = s->weight,
                                .fleet = s->a->fleet,
-                               .app = len > 0 ? blob : NULL,
+                               .app = len > 0 ? buf : NULL,
                                .app_len = len};
     if (gossip_set_meta(s->g, &meta) == 0) {
-        memcpy(s->demand, it, n * sizeof it[0]);
-        s->n_demand = n;
-        s->demand_at = now;
+        s->published = b;
+        s->published_at = now;
     }
 }
 
@@ -312,10 +326,11 @@ static void on_member(void *data, enum gossip_event ev,
                       const struct gossip_member *m)
 {
     struct enf_gossip *s = data;
-    if ((ev == GOSSIP_EV_SUSPECT || ev == GOSSIP_EV_DEAD) &&
-        m->meta.role == GOSSIP_ROLE_AGENT &&
+    if ((ev == GOSSIP_EV_SUSPECT || ev == GOSSIP_EV_DEAD ||
+         (ev == GOSSIP_EV_JOIN && m->returned)) &&
+        m->meta.role == GOSSIP_ROLE_AGENT && !m->self &&
         strcmp(m->meta.fleet, s->a->fleet) == 0) {
-        rules_fleet_loss(s->a, clock_mono_ns() / 1000000u);
+        rules_fleet_change(s->a, clock_mono_ns() / 1000000u);
     }
 }
 
@@ -336,7 +351,7 @@ static void timer_cb(uv_timer_t *t)
     atomic_store(&s->a->gossip_members, l.alive);
     atomic_store(&s->a->gossip_servers, l.n);
     reshare(s);
-    publish_demand(s);
+    publish(s);
     /* Push-pull delivers keyed values through the broadcast callback too;
      * reading the store as well costs nothing and covers any path. */
     uint8_t buf[GOSSIP_BROADCAST_MAX];

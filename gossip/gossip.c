@@ -58,6 +58,18 @@ const char *gossip_role_name(enum gossip_role r)
     return r == GOSSIP_ROLE_SERVER ? "server" : "agent";
 }
 
+enum gossip_fleet_place gossip_fleet_place(const struct gossip_member *m,
+                                           const char *fleet)
+{
+    if (m->meta.role != GOSSIP_ROLE_AGENT || m->state == GOSSIP_LEFT ||
+        strcmp(m->meta.fleet, fleet) != 0) {
+        return GOSSIP_FLEET_OUT;
+    }
+    return m->state == GOSSIP_ALIVE || m->state == GOSSIP_SUSPECT
+               ? GOSSIP_FLEET_IN
+               : GOSSIP_FLEET_DOWN;
+}
+
 const char *gossip_event_name(enum gossip_event ev)
 {
     switch (ev) {
@@ -204,6 +216,7 @@ void core_view(const struct member *m, bool self, struct gossip_member *out)
     out->meta.app = m->app;
     out->meta.app_len = m->app_len;
     out->self = self;
+    out->returned = false;
 }
 
 uint32_t core_retransmit_limit(struct gossip *g)

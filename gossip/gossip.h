@@ -167,10 +167,25 @@ struct gossip_member
     uint64_t incarnation;
     struct gossip_meta meta;
     bool self;
+    /* In a GOSSIP_EV_JOIN callback: the member was known before, dead or
+     * left (it came back); false for one seen for the first time. */
+    bool returned;
 };
 
 const char *gossip_state_name(enum gossip_state s);
 const char *gossip_role_name(enum gossip_role r);
+
+/* Where m stands in the agents of `fleet`, for dividing a fleet's limits
+ * (enforce/shares.h): GOSSIP_FLEET_OUT (another role or fleet, or it
+ * left: not counted), GOSSIP_FLEET_DOWN (dead: still counted as known),
+ * GOSSIP_FLEET_IN (alive or suspect: in the view). */
+enum gossip_fleet_place {
+    GOSSIP_FLEET_OUT,
+    GOSSIP_FLEET_DOWN,
+    GOSSIP_FLEET_IN,
+};
+enum gossip_fleet_place gossip_fleet_place(const struct gossip_member *m,
+                                           const char *fleet);
 
 /* --- Callbacks ------------------------------------------------------------
  * All run on the loop, from inside the library. A callback may call

@@ -95,8 +95,10 @@ static void set_state(struct gossip *g, struct member *m, enum gossip_state s)
     }
 }
 
-static void notify(struct gossip *g, enum gossip_event ev,
-                   const struct member *m)
+/* Tell the application that m changed; returned: a GOSSIP_EV_JOIN of a
+ * member known before, dead or left. */
+static void notify_as(struct gossip *g, enum gossip_event ev,
+                      const struct member *m, bool returned)
 {
     char a[GOSSIP_ADDR_STRLEN];
     LOGD(COMP, "member changed", "name=%s member=%s event=%s addr=%s inc=%llu",
@@ -105,8 +107,15 @@ static void notify(struct gossip *g, enum gossip_event ev,
     if (g->cfg.cb.member != NULL) {
         struct gossip_member view;
         core_view(m, false, &view);
+        view.returned = returned;
         g->cfg.cb.member(g->cfg.cb.data, ev, &view);
     }
+}
+
+static void notify(struct gossip *g, enum gossip_event ev,
+                   const struct member *m)
+{
+    notify_as(g, ev, m, false);
 }
 
 void swim_alive_of(const struct member *m, struct gmsg_alive *a)
@@ -485,7 +494,7 @@ void swim_on_alive(struct gossip *g, const struct gmsg_alive *a)
     set_state(g, m, GOSSIP_ALIVE);
     broadcast_alive(g, m);
     if (prev == GOSSIP_DEAD || prev == GOSSIP_LEFT) {
-        notify(g, GOSSIP_EV_JOIN, m);
+        notify_as(g, GOSSIP_EV_JOIN, m, true);
     } else if (prev == GOSSIP_SUSPECT) {
         notify(g, GOSSIP_EV_ALIVE, m);
         if (changed) {

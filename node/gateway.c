@@ -685,6 +685,7 @@ static int decode_args(struct node_req *r, const struct wire_request *wr,
         return 0;
     }
     case WIRE_OP_QUOTA_GET:
+    case WIRE_OP_SHARE_SHOW:
         return arg_path(r, args, "path", true, msg);
     case WIRE_OP_QUOTA_LS: {
         uint64_t limit = NODE_LS_LIMIT_DEFAULT;
@@ -1104,6 +1105,8 @@ void gateway_dispatch(struct conn *c, const char *body, size_t len)
         } else if (r->op == WIRE_OP_GOSSIP_MEMBERS ||
                    r->op == WIRE_OP_GOSSIP_KEYS) {
             announce_handle(r);
+        } else if (r->op == WIRE_OP_SHARE_SHOW) {
+            share_handle(r);
         } else {
             gateway_handle_status(r);
         }

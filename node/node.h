@@ -353,6 +353,9 @@ void announce_tick(struct node *n);
 void announce_stop(struct node *n);
 void announce_handle(struct node_req *r);
 
+/* share.c: share.show, each host's part of one rule from the gossip view */
+void share_handle(struct node_req *r);
+
 /* forward.c */
 void forward_submit(struct node_req *r);
 void forward_tick(struct node *n);

@@ -76,7 +76,8 @@ enum wire_op_flags {
     X(GOSSIP_MEMBERS, "gossip.members", WIRE_OP_LOCAL)     \
     X(GOSSIP_KEYS, "gossip.keys", WIRE_OP_LOCAL)           \
     X(USAGE_REPORT, "usage.report", WIRE_OP_READ)          \
-    X(USAGE_LS, "usage.ls", WIRE_OP_READ)
+    X(USAGE_LS, "usage.ls", WIRE_OP_READ)                  \
+    X(SHARE_SHOW, "share.show", WIRE_OP_LOCAL)
 
 enum wire_op {
     WIRE_OP_UNKNOWN = 0,

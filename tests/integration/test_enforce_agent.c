@@ -869,6 +869,51 @@ static void wait_parts(const int *fds, int n, const char *path, double want)
  * of fleet "web" each enforce a third; one leaves and the other two take
  * half each; it comes back and they shrink again; with every server dead
  * they keep their parts (docs/enforce.md, "Shares"). */
+/* `allotctl share show PATH -o json` until every one of the n hosts
+ * published the view the server computed from (hosts republish at most
+ * every 5 s) and each part is `part`; then a bad path is refused. */
+static void wait_share_show(const char *path, size_t n, double part)
+{
+    double t0 = harness_now();
+    for (;;) {
+        struct harness_ctl r;
+        harness_ctl(&r, NULL, "share", "show", path, "-o", "json",
+                    (const char *)NULL);
+        ck_assert_msg(r.status == 0, "share show failed: %s", r.err);
+        json_error_t je;
+        json_t *j = json_loads(r.out, 0, &je);
+        ck_assert_msg(j != NULL, "share show: not JSON: %s", r.out);
+        json_t *hs = json_object_get(j, "hosts"), *h;
+        size_t i, same = 0, right = 0;
+        json_array_foreach(hs, i, h)
+        {
+            same += json_is_true(json_object_get(h, "same_view"));
+            right +=
+                fabs(json_real_value(json_object_get(h, "part")) - part) < 1e-6;
+        }
+        bool done =
+            json_array_size(hs) == n && same == n && right == n &&
+            json_integer_value(json_object_get(j, "members")) == (json_int_t)n;
+        json_decref(j);
+        if (done) {
+            harness_ctl_free(&r);
+            break;
+        }
+        ck_assert_msg(harness_now() - t0 < 30.0,
+                      "share show never showed %zu hosts at %.1f on one "
+                      "view: %s",
+                      n, part, r.out);
+        harness_ctl_free(&r);
+        harness_sleep_ms(250);
+    }
+    struct harness_ctl r;
+    harness_ctl(&r, NULL, "share", "show", "no/such/rule", (const char *)NULL);
+    ck_assert_int_eq(r.status, 1);
+    ck_assert_msg(strstr(r.err, "no quota at no/such/rule") != NULL, "%s",
+                  r.err);
+    harness_ctl_free(&r);
+}
+
 START_TEST(fleet_shares)
 {
     struct gossip_cluster gc;
@@ -880,6 +925,9 @@ START_TEST(fleet_shares)
     char names[3][16], bind[3][32];
     fleet_start(&gc, "sagent", 3, NULL, ag, fd, names, bind);
     wait_parts(fd, 3, "web", 100);
+    /* The servers see the same parts, and that every host computed them
+     * from the same view (allotctl share show). */
+    wait_share_show("web", 3, 100);
     /* A graceful stop is a leave: the other two grow at once. */
     close(fd[2]);
     agent_stop(&ag[2]);

@@ -830,10 +830,12 @@ START_TEST(fleet_parts)
     struct shares_member m[4] = {
         {"host-a", 1, 0}, {"host-b", 1, 0}, {"host-c", 2, 0}, {"host-d", 1, 0}};
     uint64_t t0 = a->share_equal.joined_ms;
-    rules_reshare(a, m, 3, 0, 3, t0 + 100); /* on probation: the floor */
+    rules_reshare(a, &(struct shares_view){m, 3, 0, 0, 3},
+                  t0 + 100); /* on probation: the floor */
     allot_rule_stats(eq, &rs);
-    ck_assert_double_eq_tol(rs.local_rate, 300 * SHARES_RATE_FLOOR / 3, 1e-9);
-    rules_reshare(a, m, 3, 0, 3, t0 + 60000);
+    ck_assert_double_eq_tol(
+        rs.local_rate, 300 * SHARES_RATE_FLOOR / SHARES_PROBATION_VIEW, 1e-9);
+    rules_reshare(a, &(struct shares_view){m, 3, 0, 0, 3}, t0 + 60000);
     allot_rule_stats(eq, &rs);
     ck_assert_double_eq_tol(rs.local_rate, 100, 1e-9);
     ck_assert_uint_eq(rs.local_burst, 10);
@@ -845,15 +847,20 @@ START_TEST(fleet_parts)
     ck_assert_double_eq_tol(rs.local_rate, 500, 1e-9); /* not our fleet */
 
     /* A fourth host: the parts shrink at once. */
-    rules_reshare(a, m, 4, 0, 4, t0 + 61000);
+    rules_reshare(a, &(struct shares_view){m, 4, 0, 0, 4}, t0 + 61000);
     allot_rule_stats(eq, &rs);
     ck_assert_double_eq_tol(rs.local_rate, 75, 1e-9);
-    /* It dies: no growth during the quiet period, then 100 again. */
-    rules_fleet_loss(a, t0 + 70000);
-    rules_reshare(a, m, 3, 0, 4, t0 + 70000);
+    /* It dies: no growth while it is suspect, nor during the quiet period
+     * after, then 100 again. */
+    rules_fleet_change(a, t0 + 69000);
+    rules_reshare(a, &(struct shares_view){m, 4, 0, 1, 4}, t0 + 69500);
     allot_rule_stats(eq, &rs);
     ck_assert_double_eq_tol(rs.local_rate, 75, 1e-9);
-    rules_reshare(a, m, 3, 0, 4, t0 + 70000 + 60000);
+    rules_fleet_change(a, t0 + 70000);
+    rules_reshare(a, &(struct shares_view){m, 3, 0, 0, 4}, t0 + 70000);
+    allot_rule_stats(eq, &rs);
+    ck_assert_double_eq_tol(rs.local_rate, 75, 1e-9);
+    rules_reshare(a, &(struct shares_view){m, 3, 0, 0, 4}, t0 + 70000 + 60000);
     allot_rule_stats(eq, &rs);
     ck_assert_double_eq_tol(rs.local_rate, 100, 1e-9);
 
@@ -878,7 +885,7 @@ START_TEST(fleet_parts)
     allot_release(s2);
     allot_release(s3);
     /* The fourth member back: 10 over 1, 1, 2, 1 -> 2 each, 4 for host-c. */
-    rules_reshare(a, m, 4, 0, 4, t0 + 200000);
+    rules_reshare(a, &(struct shares_view){m, 4, 0, 0, 4}, t0 + 200000);
     allot_rule_stats(cap, &rs);
     ck_assert_uint_eq(rs.local_max_apps, 2);
     ck_assert_uint_eq(rs.local_max_memory_mb, 200);
@@ -920,26 +927,25 @@ START_TEST(demand_parts)
         allot_check(r, NULL, 1, &d);
     }
     enf_roll_windows(a);
-    struct enf_demand_item it[ENF_DEMAND_RULES];
+    struct shares_demand it[ENF_DEMAND_RULES];
     ck_assert_uint_eq(rules_demands(a, it, ENF_DEMAND_RULES), 1);
-    ck_assert_uint_eq(it[0].hash, rules_demand_hash("org/d"));
+    ck_assert_uint_eq(it[0].hash, shares_rule_hash("org/d"));
     ck_assert_double_eq_tol(it[0].demand, 20.0 / 10.0, 1e-9); /* 10 s */
 
-    /* Blobs round-trip; garbage decodes to nothing. */
+    /* The blobs three hosts publish (the format: test_shares). */
     uint8_t blob[3][GOSSIP_APP_MAX];
     size_t len[3];
     const double want[3] = {200, 10, 20}; /* this host wants the most */
     for (int i = 0; i < 3; i++) {
-        struct enf_demand_item x = {rules_demand_hash("org/d"), want[i]};
-        len[i] = rules_demand_encode(&x, 1, blob[i], sizeof blob[i]);
+        struct shares_blob b = {.n = 1,
+                                .d = {{shares_rule_hash("org/d"), want[i]}}};
+        len[i] = shares_blob_encode(&b, blob[i], sizeof blob[i]);
         ck_assert_uint_gt(len[i], 0);
-        struct enf_demand_item y;
-        ck_assert_uint_eq(rules_demand_decode(blob[i], len[i], &y, 1), 1);
-        ck_assert_double_eq_tol(y.demand, want[i], 1e-3);
     }
-    const uint8_t junk[] = {0x93, 0x01, 0xc1, 0xff};
-    ck_assert_uint_eq(rules_demand_decode(junk, sizeof junk, it, 4), 0);
-    ck_assert_uint_eq(rules_demand_decode(blob[0], len[0] - 1, it, 4), 0);
+    /* This host's published view and state follow its last view. */
+    uint32_t view, state;
+    rules_view_state(a, &view, &state);
+    ck_assert_uint_eq(view, 0);
 
     /* Three hosts: floor 5/3 each; of the 95 left, 10 and 20 are met and
      * this host gets the other 65. */
@@ -947,15 +953,28 @@ START_TEST(demand_parts)
         {"host-a", 1, 0}, {"host-b", 1, 0}, {"host-c", 1, 0}};
     const uint8_t *app[3] = {blob[0], blob[1], blob[2]};
     uint64_t t0 = a->share_weighted.joined_ms;
-    rules_reshare(a, m, 3, 0, 3, t0 + 60000);
-    rules_reshare_demand(a, m, app, len, 3, 0, 3, t0 + 60000);
+    rules_reshare(a, &(struct shares_view){m, 3, 0, 0, 3}, t0 + 60000);
+    rules_reshare_demand(a, &(struct shares_view){m, 3, 0, 0, 3}, app, len,
+                         t0 + 60000);
     struct allot_rule_stats rs;
     allot_rule_stats(r, &rs);
     ck_assert_double_eq_tol(rs.local_rate, 5.0 / 3 + 65, 1e-4);
+    rules_view_state(a, &view, &state);
+    struct shares_view sv = {m, 3, 0, 0, 3};
+    ck_assert_uint_eq(view, shares_view_version(&sv));
+    ck_assert_uint_eq(state, 0);
+    /* A member's garbage blob reads as no demand. */
+    const uint8_t junk[] = {0x93, 0x01, 0xc1, 0xff};
+    const uint8_t *bad[3] = {blob[0], junk, blob[2]};
+    size_t bad_len[3] = {len[0], sizeof junk, len[2]};
+    rules_reshare_demand(a, &sv, bad, bad_len, t0 + 60500);
+    allot_rule_stats(r, &rs);
+    ck_assert_double_eq_tol(rs.local_rate, 5.0 / 3 + 75, 1e-4);
     /* Without demand blobs every host wants nothing: equal thirds. */
     const uint8_t *none[3] = {NULL, NULL, NULL};
     size_t zero[3] = {0, 0, 0};
-    rules_reshare_demand(a, m, none, zero, 3, 0, 3, t0 + 61000);
+    rules_reshare_demand(a, &(struct shares_view){m, 3, 0, 0, 3}, none, zero,
+                         t0 + 61000);
     allot_rule_stats(r, &rs);
     ck_assert_double_eq_tol(rs.local_rate, 100.0 / 3, 1e-4);
     allot_close(a);

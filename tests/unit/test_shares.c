@@ -245,6 +245,15 @@ START_TEST(slot_parts)
 }
 END_TEST
 
+static int host_part(struct shares_host *h, const struct shares_member *m,
+                     size_t n, size_t self, size_t suspect, size_t known,
+                     uint64_t now, double *p)
+{
+    struct shares_view v = {
+        .m = m, .n = n, .self = self, .suspect = suspect, .known = known};
+    return shares_host_part(h, QUOTA_SHARE_EQUAL, 100, &v, now, p);
+}
+
 START_TEST(host_rules)
 {
     char names[20][16];
@@ -253,59 +262,142 @@ START_TEST(host_rules)
     struct shares_host h = {.joined_ms = 0,
                             .probation_ms = 5000,
                             .last_part = -1,
-                            .settle_ms = 16000};
+                            .settle_ms = 1000};
     double p;
     /* Probation: the floor of its view, then the full part. */
-    ck_assert_int_eq(
-        shares_host_part(&h, QUOTA_SHARE_EQUAL, 100, m, 10, 0, 10, 1000, &p),
-        0);
-    ck_assert_double_eq_tol(p, SHARES_RATE_FLOOR * 100 / 10, 1e-12);
-    ck_assert_int_eq(
-        shares_host_part(&h, QUOTA_SHARE_EQUAL, 100, m, 10, 0, 10, 6000, &p),
-        0);
+    ck_assert_int_eq(host_part(&h, m, 10, 0, 0, 10, 1000, &p), 0);
+    ck_assert_double_eq_tol(p, SHARES_RATE_FLOOR * 100 / SHARES_PROBATION_VIEW,
+                            1e-12);
+    ck_assert_uint_eq(h.state, SHARES_STATE_PROBATION);
+    ck_assert_int_eq(host_part(&h, m, 10, 0, 0, 10, 6000, &p), 0);
     ck_assert_double_eq_tol(p, 10, 1e-12);
-    /* One member dies: no growth during the quiet period, then growth. */
-    shares_host_loss(&h, 7000);
-    ck_assert_int_eq(
-        shares_host_part(&h, QUOTA_SHARE_EQUAL, 100, m, 9, 0, 10, 7000, &p), 0);
+    ck_assert_uint_eq(h.state, 0);
+    /* One member suspect, then dead: no growth while any member is
+     * suspect, nor during the quiet period after the last loss. */
+    shares_host_change(&h, 7000);
+    ck_assert_int_eq(host_part(&h, m, 10, 0, 1, 10, 7000, &p), 0);
     ck_assert_double_eq_tol(p, 10, 1e-12);
-    ck_assert_int_eq(
-        shares_host_part(&h, QUOTA_SHARE_EQUAL, 100, m, 9, 0, 10, 22999, &p),
-        0);
-    ck_assert_double_eq_tol(p, 10, 1e-12);
-    ck_assert_int_eq(
-        shares_host_part(&h, QUOTA_SHARE_EQUAL, 100, m, 9, 0, 10, 23000, &p),
-        0);
+    shares_host_change(&h, 20000);
+    ck_assert_int_eq(host_part(&h, m, 9, 0, 1, 10, 30000, &p), 0);
+    ck_assert_double_eq_tol(p, 10, 1e-12); /* another one suspect */
+    ck_assert_uint_eq(h.state, SHARES_STATE_HOLDING);
+    ck_assert_int_eq(host_part(&h, m, 9, 0, 0, 10, 20999, &p), 0);
+    ck_assert_double_eq_tol(p, 10, 1e-12); /* quiet period */
+    ck_assert_int_eq(host_part(&h, m, 9, 0, 0, 10, 21000, &p), 0);
     ck_assert_double_eq_tol(p, 100.0 / 9, 1e-12);
+    ck_assert_uint_eq(h.state, 0);
     /* Half the fleet unreachable, long after the losses: no majority, the
      * last part is kept. */
-    ck_assert_int_eq(
-        shares_host_part(&h, QUOTA_SHARE_EQUAL, 100, m, 5, 0, 10, 90000, &p),
-        0);
+    ck_assert_int_eq(host_part(&h, m, 5, 0, 0, 10, 90000, &p), 0);
     ck_assert_double_eq_tol(p, 100.0 / 9, 1e-12);
-    /* More members: the part shrinks at once. */
-    ck_assert_int_eq(
-        shares_host_part(&h, QUOTA_SHARE_EQUAL, 100, m, 20, 0, 20, 90100, &p),
-        0);
+    ck_assert_uint_eq(h.state, SHARES_STATE_HOLDING);
+    /* More members: the part shrinks at once, suspects or not. */
+    ck_assert_int_eq(host_part(&h, m, 20, 0, 3, 20, 90100, &p), 0);
     ck_assert_double_eq_tol(p, 5, 1e-12);
-    ck_assert_int_eq(
-        shares_host_part(&h, QUOTA_SHARE_EQUAL, 100, m, 20, 20, 20, 0, &p),
-        ALLOT_EINVALID);
+    ck_assert_int_eq(host_part(&h, m, 20, 20, 0, 20, 0, &p), ALLOT_EINVALID);
+    ck_assert_int_eq(host_part(&h, m, 20, 0, 21, 20, 0, &p), ALLOT_EINVALID);
     /* Timings from the gossip settings: 100 members, 200 ms rounds, 1 s
-     * probes, multipliers 4: 2*4*ceil(log10 101)*200 ms and
-     * 2*4*ceil(log10 100)*1 s; 1,000 members: 4 and 3 decades. */
+     * probes, multipliers 4: probation 2*4*ceil(log10 101)*200 ms, quiet
+     * period the smallest suspicion timeout, 4*ceil(log10 100)*1 s;
+     * 1,000 members: 4 and 3 decades. */
     shares_host_timing(&h, 100, 200, 1000, 4, 4);
     ck_assert_uint_eq(h.probation_ms, 4800);
-    ck_assert_uint_eq(h.settle_ms, 16000);
+    ck_assert_uint_eq(h.settle_ms, 8000);
     shares_host_timing(&h, 1000, 200, 1000, 4, 4);
     ck_assert_uint_eq(h.probation_ms, 6400);
-    ck_assert_uint_eq(h.settle_ms, 24000);
+    ck_assert_uint_eq(h.settle_ms, 12000);
     shares_host_timing(&h, 1, 200, 1000, 4, 4);
     ck_assert_uint_eq(h.probation_ms, 1600);
-    ck_assert_uint_eq(h.settle_ms, 8000);
-    ck_assert_int_eq(
-        shares_host_part(&h, QUOTA_SHARE_EQUAL, 100, m, 20, 0, 19, 0, &p),
-        ALLOT_EINVALID);
+    ck_assert_uint_eq(h.settle_ms, 4000);
+    ck_assert_int_eq(host_part(&h, m, 20, 0, 0, 19, 0, &p), ALLOT_EINVALID);
+}
+END_TEST
+
+START_TEST(view_versions)
+{
+    char names[4][16];
+    struct shares_member m[4], r[4];
+    view(m, 4, names);
+    for (int i = 0; i < 4; i++) {
+        r[i] = m[3 - i];
+    }
+    struct shares_view a = {.m = m, .n = 4}, b = {.m = r, .n = 4};
+    ck_assert_uint_eq(shares_view_version(&a), shares_view_version(&b));
+    b.n = 3; /* a member fewer */
+    ck_assert_uint_ne(shares_view_version(&a), shares_view_version(&b));
+    r[0].weight += 1; /* another weight */
+    b.n = 4;
+    ck_assert_uint_ne(shares_view_version(&a), shares_view_version(&b));
+    /* The hash of a path is FNV-1a 32 (the same on every host). */
+    ck_assert_uint_eq(shares_rule_hash("a"), 0xe40c292cu);
+    ck_assert_uint_ne(shares_rule_hash("org/a"), shares_rule_hash("org/b"));
+}
+END_TEST
+
+START_TEST(blobs)
+{
+    struct shares_blob b = {.view = 0xdeadbeefu,
+                            .state = SHARES_STATE_HOLDING,
+                            .n = SHARES_BLOB_RULES};
+    for (unsigned i = 0; i < SHARES_BLOB_RULES; i++) {
+        b.d[i] = (struct shares_demand){shares_rule_hash("org/x") + i,
+                                        1000.5 * (i + 1)};
+    }
+    uint8_t buf[512];
+    size_t len = shares_blob_encode(&b, buf, sizeof buf);
+    ck_assert_uint_gt(len, 0);
+    ck_assert_uint_le(len, 200); /* fits a gossip member's metadata */
+    ck_assert_uint_eq(shares_blob_encode(&b, buf, 10), 0);
+    struct shares_blob o;
+    ck_assert_int_eq(shares_blob_decode(buf, len, &o), 0);
+    ck_assert_uint_eq(o.view, b.view);
+    ck_assert_uint_eq(o.state, b.state);
+    ck_assert_uint_eq(o.n, b.n);
+    ck_assert_double_eq_tol(shares_blob_demand(&o, b.d[3].hash), 4002, 1e-3);
+    ck_assert_double_eq(shares_blob_demand(&o, 7), 0);
+    /* Every truncation and every single-byte change either decodes to a
+     * well-formed blob or is refused with nothing kept. */
+    for (size_t k = 0; k < len; k++) {
+        ck_assert_int_eq(shares_blob_decode(buf, k, &o), ALLOT_EINVALID);
+        ck_assert_uint_eq(o.n, 0);
+        uint8_t x[512];
+        memcpy(x, buf, len);
+        x[k] ^= 0xff;
+        if (shares_blob_decode(x, len, &o) == 0) {
+            ck_assert_uint_le(o.n, SHARES_BLOB_RULES);
+            for (size_t i = 0; i < o.n; i++) {
+                ck_assert(o.d[i].demand >= 0 && !isinf(o.d[i].demand));
+            }
+        } else {
+            ck_assert_uint_eq(o.n, 0);
+            ck_assert_uint_eq(o.view, 0);
+        }
+    }
+    /* Well-formed msgpack that is not a blob: a negative, a NaN, too many
+     * pairs, a wrong shape. */
+    static const uint8_t neg[] = {0x93, 0x01, 0x00, 0x91, 0x92, 0x05,
+                                  0xca, 0xbf, 0x80, 0x00, 0x00};
+    static const uint8_t nan[] = {0x93, 0x01, 0x00, 0x91, 0x92, 0x05,
+                                  0xca, 0x7f, 0xc0, 0x00, 0x00};
+    static const uint8_t two[] = {0x92, 0x01, 0x00};
+    ck_assert_int_eq(shares_blob_decode(neg, sizeof neg, &o), ALLOT_EINVALID);
+    ck_assert_int_eq(shares_blob_decode(nan, sizeof nan, &o), ALLOT_EINVALID);
+    ck_assert_int_eq(shares_blob_decode(two, sizeof two, &o), ALLOT_EINVALID);
+    ck_assert_int_eq(shares_blob_decode(NULL, 0, &o), ALLOT_EINVALID);
+    uint8_t many[600];
+    size_t ml = 0;
+    many[ml++] = 0x93;
+    many[ml++] = 0x01;
+    many[ml++] = 0x00;
+    many[ml++] = 0xdc; /* array 16 */
+    many[ml++] = 0x00;
+    many[ml++] = SHARES_BLOB_RULES + 1;
+    for (unsigned i = 0; i <= SHARES_BLOB_RULES; i++) {
+        static const uint8_t pair[] = {0x92, 0x05, 0xca, 0x3f, 0x80, 0, 0};
+        memcpy(many + ml, pair, sizeof pair);
+        ml += sizeof pair;
+    }
+    ck_assert_int_eq(shares_blob_decode(many, ml, &o), ALLOT_EINVALID);
 }
 END_TEST
 
@@ -371,6 +463,8 @@ int main(void)
     tcase_add_test(tc, burst_parts);
     tcase_add_test(tc, slot_parts);
     tcase_add_test(tc, host_rules);
+    tcase_add_test(tc, view_versions);
+    tcase_add_test(tc, blobs);
     tcase_add_test(tc, refusals);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);
