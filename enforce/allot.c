@@ -9,7 +9,9 @@
  *           restarts the rule source if it stays behind;
  *   source  pulls and watches the rules (source_watch.c).
  * Decisions run on the caller's thread: an epoch read section around a
- * table lookup and one atomic word (rate) or a few (capacity). */
+ * table lookup and one atomic word (rate) or a few (capacity); the common
+ * rate decision reads the handle's copy of its rule instead, with no read
+ * section. */
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -195,20 +197,13 @@ static void usage_total(struct allot_rule *r, struct allot_usage *u)
 
 /* --- Decisions ------------------------------------------------------------ */
 
-static const struct enf_entry no_entry;
-
-/* r's entry in the published table (inside a read section). */
-static inline const struct enf_entry *entry_of(const struct allot_rule *r)
+/* r's params in the published table (inside a read section). */
+static inline const struct enf_params *params_of(const struct allot_rule *r)
 {
     struct enf_table *t =
         atomic_load_explicit(&r->a->table, memory_order_seq_cst); /* epoch.h */
     uint32_t n = atomic_load_explicit(&t->n, memory_order_acquire);
-    return r->id < n ? &t->e[r->id] : &no_entry;
-}
-
-static inline const struct enf_params *params_of(const struct allot_rule *r)
-{
-    return entry_of(r)->p;
+    return r->id < n ? t->p[r->id] : NULL;
 }
 
 static void decision_no_rule(struct allot_decision *d)
@@ -228,13 +223,86 @@ static inline struct enf_ctr *ctr_of(struct allot_rule *r,
     return &r->ctr[*excl ? rd->stripe : n];
 }
 
+/* (d before prio: allot_check's own arguments stay in their registers on
+ * the way to it.) */
 static int check_slow(struct allot_rule *r, const char *key, uint64_t cost,
-                      int prio, struct epoch_reader *rd,
-                      struct allot_decision *d);
+                      struct allot_decision *d, int prio);
 
 /* The common case inline: a rate rule on the cached clock, no key table,
- * no health reserve for this priority, admitted. Anything else (including
- * every refusal) takes check_slow(), which decides from scratch. */
+ * no health reserve for this priority, a cost of 1, admitted. It reads the
+ * rule from the handle's copy (internal.h, struct enf_fast) with loads
+ * only, so it enters no read section: its only stores are the TAT's
+ * compare-and-swap, the thread's counter and the decision (on x86 every
+ * store before a locked instruction must drain before it completes, so
+ * each one counts). Anything else (including every refusal) takes
+ * check_slow(), which decides from scratch. Every call out is a tail call,
+ * so no value lives across a call, and the code keeps few values live at
+ * once: each callee-saved register the compiler needs costs a push (a
+ * store) and a pop (gcc 12 -O3 keeps two). */
+static inline __attribute__((always_inline)) int
+check_fast(struct allot_rule *r, const char *key, int prio,
+           struct allot_decision *d)
+{
+    struct allot *a = r->a;
+    /* The sequence lock's reader (rules.c, fast_begin, has the argument);
+     * on x86-64 every one of these is a plain load. */
+    uint64_t g0 = atomic_load_explicit(&r->fast.gen, memory_order_acquire);
+    uint64_t inc = atomic_load_explicit(&r->fast.inc1, memory_order_acquire);
+    uint64_t tau = atomic_load_explicit(&r->fast.tau, memory_order_acquire);
+    uint64_t ufp =
+        atomic_load_explicit(&r->fast.units_fp32, memory_order_acquire);
+    uint64_t version =
+        atomic_load_explicit(&r->fast.version, memory_order_acquire);
+    uint64_t g1 = atomic_load_explicit(&r->fast.gen, memory_order_relaxed);
+    uint64_t check =
+        ENF_FAST_BUSY | ENF_FAST_ON | (key != NULL ? ENF_FAST_PER_KEY : 0u);
+    uint64_t reserve = atomic_load_explicit(&a->reserve, memory_order_relaxed);
+    /* The thread's record gives its counter stripe; none yet: the general
+     * path registers it. */
+    if (__builtin_expect(g0 != g1 || (g0 & check) != ENF_FAST_ON ||
+                             ((reserve >> (16 * prio)) & RESERVE_FULL) != 0 ||
+                             epoch_tls_reader == NULL,
+                         0)) {
+        return check_slow(r, key, 1, d, prio);
+    }
+    /* From here the key is absent or ignored (not per_key). */
+    uint64_t now = atomic_load_explicit(&a->now, memory_order_relaxed);
+    uint64_t limit, next;
+    /* Overflow (a tolerance or cost near 2^64 ticks) is the general
+     * path's, which saturates. */
+    if (__builtin_expect(__builtin_add_overflow(now, tau, &limit), 0)) {
+        return check_slow(r, NULL, 1, d, prio);
+    }
+    uint64_t old = atomic_load_explicit(&r->tat, memory_order_relaxed);
+    do {
+        if (__builtin_expect(
+                __builtin_add_overflow(old > now ? old : now, inc, &next), 0)) {
+            return check_slow(r, NULL, 1, d, prio);
+        }
+        if (__builtin_expect(next > limit, 0)) {
+            /* Over the limit: reject, delay or shadow. */
+            return check_slow(r, NULL, 1, d, prio);
+        }
+    } while (!atomic_compare_exchange_weak_explicit(
+        &r->tat, &old, next, memory_order_relaxed, memory_order_relaxed));
+    /* Read the thread's record again rather than keep it in a register
+     * across the loop (one push fewer). */
+    atomic_signal_fence(memory_order_seq_cst);
+    bool excl;
+    struct enf_ctr *c = ctr_of(r, epoch_tls_reader, &excl);
+    bump(&c->admitted, 1, excl);
+    __extension__ typedef unsigned __int128 u128;
+    /* Field by field: the compiler merges them into five 8-byte stores. */
+    d->allowed = 1;
+    d->shadow = 0;
+    d->retry_after_ns = 0;
+    d->remaining = (uint64_t)(((u128)(limit - next) * ufp) >> 32);
+    d->rule_version = version;
+    d->delayed = 0;
+    d->reason = ALLOT_REASON_OK;
+    return 0;
+}
+
 static inline __attribute__((always_inline)) int
 check_impl(struct allot_rule *r, const char *key, uint64_t cost, int prio,
            struct allot_decision *d)
@@ -242,56 +310,15 @@ check_impl(struct allot_rule *r, const char *key, uint64_t cost, int prio,
     if (__builtin_expect(r == NULL || d == NULL || (unsigned)prio > 3u, 0)) {
         return ALLOT_EINVALID;
     }
-    struct allot *a = r->a;
-    struct epoch_reader *rd = epoch_enter();
-    if (__builtin_expect(rd == NULL, 0)) {
-        return ALLOT_ENOMEM;
-    }
-    const struct enf_entry *e = entry_of(r);
-    uint64_t reserve = atomic_load_explicit(&a->reserve, memory_order_relaxed);
-    uint32_t slow_if = key != NULL ? ENF_ENTRY_PER_KEY : 0u;
-    if (__builtin_expect((e->flags & (ENF_ENTRY_FAST | slow_if)) !=
-                                 ENF_ENTRY_FAST ||
-                             ((reserve >> (16 * prio)) & RESERVE_FULL) != 0,
-                         0)) {
-        goto slow;
-    }
     if (__builtin_expect(cost != 1, 0)) {
-        goto slow; /* bytes: the general path multiplies */
+        return check_slow(r, key, cost, d, prio); /* bytes: it multiplies */
     }
-    uint64_t now = atomic_load_explicit(&a->now, memory_order_relaxed);
-    uint64_t inc = e->inc1;
-    uint64_t limit = gcra_sat_add(now, e->tau);
-    uint64_t old = atomic_load_explicit(&r->tat, memory_order_relaxed);
-    uint64_t next;
-    do {
-        next = gcra_sat_add(old > now ? old : now, inc);
-        if (next > limit) {
-            /* Over the limit: reject, delay or shadow. Here the cost is 1
-             * and the key is ignored or absent: passing constants keeps
-             * them out of registers (fewer saves, fewer stores to drain
-             * before the compare-and-swap). */
-            return check_slow(r, NULL, 1, prio, rd, d);
-        }
-    } while (!atomic_compare_exchange_weak_explicit(
-        &r->tat, &old, next, memory_order_relaxed, memory_order_relaxed));
-    bool excl;
-    struct enf_ctr *c = ctr_of(r, rd, &excl);
-    bump(&c->admitted, 1, excl);
-    __extension__ typedef unsigned __int128 u128;
-    /* One assignment: a few wide stores rather than seven (every store
-     * before the next compare-and-swap must drain first). */
-    *d = (struct allot_decision){
-        .allowed = 1,
-        .remaining = (uint64_t)(((u128)(limit - next) * e->units_fp32) >> 32),
-        .rule_version = e->version,
-    };
-    epoch_exit(rd);
-    return 0;
-slow:
-    /* A tail call (check_slow leaves the read section): the fast path
-     * keeps no register across a call and needs no stack frame. */
-    return check_slow(r, key, cost, prio, rd, d);
+    /* Two copies: without a key (the common case) the fast path keeps no
+     * register for it. */
+    if (key == NULL) {
+        return check_fast(r, NULL, prio, d);
+    }
+    return check_fast(r, key, prio, d);
 }
 
 int allot_check(struct allot_rule *r, const char *key, uint64_t cost,
@@ -306,16 +333,21 @@ int allot_check_prio(struct allot_rule *r, const char *key, uint64_t cost,
     return check_impl(r, key, cost, prio, d);
 }
 
-/* Every case, inside the caller's read section, which it ends. */
+/* Every case, inside the caller's read section. */
 static int check_decide(struct allot_rule *r, const struct enf_params *p,
                         const char *key, uint64_t cost, int prio,
                         struct epoch_reader *rd, struct allot_decision *d);
 
-/* Six arguments at most: the fast path's call to it stays a tail call. */
-static __attribute__((noinline)) int
-check_slow(struct allot_rule *r, const char *key, uint64_t cost, int prio,
-           struct epoch_reader *rd, struct allot_decision *d)
+/* The general path: a read section around the table's params. */
+static __attribute__((noinline)) int check_slow(struct allot_rule *r,
+                                                const char *key, uint64_t cost,
+                                                struct allot_decision *d,
+                                                int prio)
 {
+    struct epoch_reader *rd = epoch_enter();
+    if (rd == NULL) {
+        return ALLOT_ENOMEM;
+    }
     int rv = check_decide(r, params_of(r), key, cost, prio, rd, d);
     epoch_exit(rd);
     return rv;

@@ -16,6 +16,9 @@
  * once published. `struct enf_table` maps handle ids to params; decisions
  * reach it through one atomic pointer, and every update publishes a new
  * table and retires the old one (and replaced params) after a grace period.
+ * The common decision reads none of it: each handle keeps a copy of its
+ * rule's hot fields (`struct enf_fast`) that allot_check reads with loads
+ * only.
  */
 #ifndef ALLOT_ENFORCE_INTERNAL_H
 #define ALLOT_ENFORCE_INTERNAL_H
@@ -88,31 +91,40 @@ struct enf_params
 
 RB_HEAD(enf_mirror, enf_params);
 
-/* What a decision reads of one handle's rule, copied out of its params so
- * the fast path is three dependent loads deep (handle, table, entry). */
-struct enf_entry
-{
-    const struct enf_params *p; /* NULL = no rule */
-    uint64_t inc1;              /* p->inc1 */
-    uint64_t tau;               /* p->g.tau */
-    uint64_t units_fp32;        /* p->units_fp32 */
-    uint64_t version;           /* p->version */
-    uint32_t flags;             /* ENF_ENTRY_* */
-};
-
-#define ENF_ENTRY_FAST    1u /* p->fast */
-#define ENF_ENTRY_PER_KEY 2u /* p->per_key */
-
 /* Immutable once published, except that a writer may append entries past
  * `n` and then raise `n` (release): no reader can have seen them. Changing
  * an entry means publishing a new table. */
 struct enf_table
 {
-    uint64_t version;     /* catalog version it reflects */
-    _Atomic uint32_t n;   /* handle ids covered */
-    uint32_t cap;         /* entries allocated */
-    struct enf_entry e[]; /* by handle id */
+    uint64_t version;             /* catalog version it reflects */
+    _Atomic uint32_t n;           /* handle ids covered */
+    uint32_t cap;                 /* entries allocated */
+    const struct enf_params *p[]; /* by handle id; NULL = no rule */
 };
+
+/* What allot_check's fast path reads of a handle's rule: a copy of the hot
+ * fields of the params the published table holds for the handle, kept in
+ * the handle itself (on the TAT's cache line) under a sequence lock, so the
+ * fast path reads the rule with loads only: no read section, no store, and
+ * nothing it reads is ever freed. rules.c writes it under a->mu, its
+ * sequence odd from before the table holding the new params is published
+ * until every field is written (rules.c, fast_begin, has the argument). */
+struct enf_fast
+{
+    /* Bits 0-31: the sequence, odd while being rewritten; bits 32-63:
+     * ENF_FAST_* flags (no ENF_FAST_ON: take the general path). One word,
+     * so one load gives both. */
+    _Atomic uint64_t gen;
+    _Atomic uint64_t inc1;       /* p->inc1 */
+    _Atomic uint64_t tau;        /* p->g.tau */
+    _Atomic uint64_t units_fp32; /* p->units_fp32 */
+    _Atomic uint64_t version;    /* p->version */
+};
+
+/* p->fast: a rate rule on the cached clock */
+#define ENF_FAST_ON      ((uint64_t)1 << 32)
+#define ENF_FAST_PER_KEY ((uint64_t)2 << 32) /* p->per_key */
+#define ENF_FAST_BUSY    ((uint64_t)1)       /* the sequence is odd */
 
 /* Handles are carved from slabs (cache-line aligned, never freed before
  * close), so a handle costs its size, not an aligned allocation's. */
@@ -139,7 +151,9 @@ struct enf_ctr
 
 struct allot_rule
 {
+    /* One cache line: what a fast-path decision reads and writes. */
     alignas(64) _Atomic uint64_t tat; /* rule-wide GCRA word */
+    struct enf_fast fast;
     struct allot *a;
     uint32_t id;
     struct keys_table *_Atomic keys; /* per_key rules; set before the

@@ -296,18 +296,71 @@ static void ensure_keys(struct allot *a, struct allot_rule *h,
     }
 }
 
-static void entry_set(struct enf_entry *e, const struct enf_params *p)
+/* The fast path's copy of a handle's rule (internal.h, struct enf_fast) is
+ * a sequence lock with one writer, this file under a->mu. publish() calls
+ * fast_begin() for every handle whose params change before it publishes the
+ * table, and fast_end() after:
+ *
+ *   writer: seq = s+1; each field = ... (release); seq = s+2 (release)
+ *   reader: s0 = seq (acquire); each field (acquire); s1 = seq
+ *           and uses the fields only if s0 == s1 and s0 is even.
+ *
+ * (seq is the low half of enf_fast.gen, whose high half holds the flags,
+ * so both come in one load and are covered alike.) Why a reader that
+ * passes sees the fields of one update, never a mix: if a field load read
+ * the value of update k, its acquire synchronizes with that release store,
+ * so update k's odd seq, stored before it, happens before the s1 load,
+ * which then reads that odd value or a later one; s1 == s0 with s0 even
+ * means s0 was update k's final value or later, so no field comes from a
+ * later update. And s0's acquire load of update j's final value makes
+ * every field of update j visible, so none comes from an earlier one.
+ * No fences: ThreadSanitizer sees all of it, and on x86-64 acquire loads
+ * and release stores are plain loads and stores.
+ *
+ * The odd seq is stored before the table (a release store) and the even one
+ * after, so a thread never sees a rule go backwards between the two paths:
+ * a fast path that read the new fields will find the new table (or a newer
+ * one) in the general path, and a general path that read the new table
+ * orders the odd seq before any later fast path's seq load, which then
+ * sees the odd value or the even one after it. A reader that finds seq odd
+ * or changed does not retry: it takes the general path, which reads the
+ * table in an epoch read section. Fields never point to memory that could
+ * be freed, so the fast path needs no read section. */
+_Static_assert(offsetof(struct allot_rule, id) + sizeof(uint32_t) <= 64,
+               "a fast-path decision reads and writes one line of its handle");
+
+static void fast_begin(struct allot_rule *h)
 {
-    memset(e, 0, sizeof *e);
-    e->p = p;
-    if (p != NULL) {
-        e->inc1 = p->inc1;
-        e->tau = p->g.tau;
-        e->units_fp32 = p->units_fp32;
-        e->version = p->version;
-        e->flags = (p->fast ? ENF_ENTRY_FAST : 0u) |
-                   (p->per_key ? ENF_ENTRY_PER_KEY : 0u);
+    uint64_t g = atomic_load_explicit(&h->fast.gen, memory_order_relaxed);
+    atomic_store_explicit(&h->fast.gen, g + ENF_FAST_BUSY,
+                          memory_order_relaxed);
+}
+
+static void fast_end(struct allot_rule *h, const struct enf_params *p)
+{
+    struct enf_fast *f = &h->fast;
+    uint64_t g = atomic_load_explicit(&f->gen, memory_order_relaxed);
+    uint64_t flags = 0;
+    if (p != NULL && p->fast) {
+        flags = ENF_FAST_ON | (p->per_key ? ENF_FAST_PER_KEY : 0u);
     }
+    atomic_store_explicit(&f->inc1, p != NULL ? p->inc1 : 0,
+                          memory_order_release);
+    atomic_store_explicit(&f->tau, p != NULL ? p->g.tau : 0,
+                          memory_order_release);
+    atomic_store_explicit(&f->units_fp32, p != NULL ? p->units_fp32 : 0,
+                          memory_order_release);
+    atomic_store_explicit(&f->version, p != NULL ? p->version : 0,
+                          memory_order_release);
+    atomic_store_explicit(&f->gen, flags | (uint32_t)(g + ENF_FAST_BUSY),
+                          memory_order_release);
+}
+
+/* Did handle i's params change from old to t? */
+static bool entry_changed(const struct enf_table *old, uint32_t old_n,
+                          const struct enf_table *t, uint32_t i)
+{
+    return old == NULL || i >= old_n || old->p[i] != t->p[i];
 }
 
 static uint32_t table_cap(uint32_t n)
@@ -338,35 +391,48 @@ static int publish(struct allot *a, struct allot_rule *changed,
     if (changed != NULL && old != NULL && changed->id == old_n &&
         n == old_n + 1 && old_n < old->cap && r->head == NULL) {
         ensure_keys(a, changed, p_changed);
-        entry_set(&old->e[old_n], p_changed);
+        old->p[old_n] = p_changed;
+        fast_begin(changed);
         atomic_store_explicit(&old->n, n, memory_order_release);
+        fast_end(changed, p_changed);
         return 0;
     }
     uint32_t cap = table_cap(n);
-    struct enf_table *t = malloc(sizeof *t + (size_t)cap * sizeof t->e[0]);
+    struct enf_table *t = malloc(sizeof *t + (size_t)cap * sizeof t->p[0]);
     if (t == NULL) {
         return ALLOT_ENOMEM;
     }
     t->cap = cap;
     t->version = atomic_load_explicit(&a->version, memory_order_relaxed);
     if (changed != NULL && old != NULL && old_n <= n) {
-        memcpy(t->e, old->e, (size_t)old_n * sizeof t->e[0]);
+        memcpy(t->p, old->p, (size_t)old_n * sizeof t->p[0]);
         for (uint32_t i = old_n; i < n; i++) {
-            const struct enf_params *p = mirror_find(a, a->handles[i]->path);
-            ensure_keys(a, a->handles[i], p);
-            entry_set(&t->e[i], p);
+            t->p[i] = mirror_find(a, a->handles[i]->path);
+            ensure_keys(a, a->handles[i], t->p[i]);
         }
         ensure_keys(a, changed, p_changed);
-        entry_set(&t->e[changed->id], p_changed);
+        t->p[changed->id] = p_changed;
     } else {
         for (uint32_t i = 0; i < n; i++) {
-            const struct enf_params *p = mirror_find(a, a->handles[i]->path);
-            ensure_keys(a, a->handles[i], p);
-            entry_set(&t->e[i], p);
+            t->p[i] = mirror_find(a, a->handles[i]->path);
+            ensure_keys(a, a->handles[i], t->p[i]);
         }
     }
     atomic_init(&t->n, n);
+    /* Only the handles whose params change: rewriting the others would
+     * send their decisions to the general path and pull their (hot) TAT
+     * lines away from the threads deciding on them. */
+    for (uint32_t i = 0; i < n; i++) {
+        if (entry_changed(old, old_n, t, i)) {
+            fast_begin(a->handles[i]);
+        }
+    }
     atomic_store_explicit(&a->table, t, memory_order_seq_cst); /* epoch.h */
+    for (uint32_t i = 0; i < n; i++) {
+        if (entry_changed(old, old_n, t, i)) {
+            fast_end(a->handles[i], t->p[i]);
+        }
+    }
     epoch_synchronize();
     free(old);
     free_retired(r);

@@ -24,7 +24,9 @@
  *   slots_two_threads     two threads never hold more than max_apps
  *   swaps_under_checks    rules replaced, removed and toggled 2000 times
  *                         while two threads decide (ASan/TSan: no
- *                         use-after-free, no race)
+ *                         use-after-free, no race), with and without
+ *                         keys; no thread sees a rule go back to an older
+ *                         version (the fast path's copy and the table)
  *   epoch_waits_reader    epoch_synchronize() does not return while a read
  *                         section that began before it is open
  *   changes_and_replays   watch records: versions, replays skipped, other
@@ -654,19 +656,28 @@ struct checker
     _Atomic int *stop;
     unsigned long decisions;
     unsigned long bad;
+    unsigned long backwards; /* a decision by an older rule than before */
 };
 
 static void *checker_main(void *arg)
 {
     struct checker *c = arg;
     char key[16];
+    uint64_t seen[2] = {0, 0};
     for (unsigned long i = 0; !atomic_load(c->stop) && i < 50000000ul; i++) {
         struct allot_decision d;
         snprintf(key, sizeof key, "k%lu", i % 50);
-        int rv = allot_check(c->r[i & 1], key, 1, &d);
+        /* With and without a key: per_key rules take the general path with
+         * one and the fast path without, so a thread goes back and forth
+         * between the handle's copy and the table. */
+        int rv = allot_check(c->r[i & 1], (i & 2) ? key : NULL, 1, &d);
         /* EINVALID while the rule is a capacity one. */
         if (rv != 0 && rv != ALLOT_ENOT_FOUND && rv != ALLOT_EINVALID) {
             c->bad++;
+        }
+        if (rv == 0) {
+            c->backwards += d.rule_version < seen[i & 1];
+            seen[i & 1] = d.rule_version;
         }
         struct allot_slot *s;
         rv = allot_acquire(c->r[i & 1], NULL, &s);
@@ -738,6 +749,7 @@ START_TEST(swaps_under_checks)
     for (int i = 0; i < 2; i++) {
         pthread_join(t[i], NULL);
         ck_assert_uint_eq(c[i].bad, 0);
+        ck_assert_uint_eq(c[i].backwards, 0);
         ck_assert_uint_gt(c[i].decisions, 0);
     }
     ck_assert_uint_eq(allot_catalog_version(a), v);
