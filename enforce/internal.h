@@ -218,7 +218,7 @@ struct allot
     bool dirty;       /* the rule set changed since it was saved */
     bool need_resync; /* a change could not be applied: pull again */
     _Atomic uint64_t version;
-    /* This host's part of its fleet's limits (docs/enforce.md, "Shares"),
+    /* This host's part of its fleet's limits (docs/shares.md),
      * as fractions of a limit: 1 until a gossip view exists. Written under
      * mu; read without it by rules_params_new (a stale read is caught by
      * share_gen at the next rules_reshare). */

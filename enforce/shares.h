@@ -5,7 +5,7 @@
  * functions compute the parts from one view of the fleet. They are pure and
  * deterministic: hosts that hold the same view compute the same parts, bit
  * for bit, whatever order the view lists the members in (every sum runs in
- * name order). docs/enforce.md, "Shares", gives the policies and bounds.
+ * name order). docs/shares.md gives the policies and bounds.
  *
  * Ownership: the caller owns every array; nothing is kept after a call.
  * No allocation beyond one index array of n entries (ALLOT_ENOMEM). */
@@ -76,7 +76,7 @@ int shares_slots(const double *part, uint64_t total,
 /* --- One host's part, from its own view, over time ---------------------
  * The parts above assume every host holds the same view. While the view
  * changes they do not, and a host must not take what another may still be
- * using (docs/enforce.md, "Shares while the fleet changes"):
+ * using (docs/shares.md, "While the fleet changes"):
  *   - probation: for probation_ms after it joined, a host takes at most
  *     the floor part (SHARES_RATE_FLOOR of an equal part, over a view of
  *     at least SHARES_PROBATION_VIEW members): the others do not count it

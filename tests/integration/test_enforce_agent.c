@@ -907,6 +907,12 @@ static void wait_share_show(const char *path, size_t n, double part)
         harness_sleep_ms(250);
     }
     struct harness_ctl r;
+    harness_ctl(&r, NULL, "share", "show", path, (const char *)NULL);
+    ck_assert_msg(r.status == 0 && strstr(r.out, "PART/S") != NULL &&
+                      strstr(r.out, "other view") == NULL,
+                  "share show: %s%s", r.out, r.err);
+    harness_log("share show %s:\n%s", path, r.out);
+    harness_ctl_free(&r);
     harness_ctl(&r, NULL, "share", "show", "no/such/rule", (const char *)NULL);
     ck_assert_int_eq(r.status, 1);
     ck_assert_msg(strstr(r.err, "no quota at no/such/rule") != NULL, "%s",
