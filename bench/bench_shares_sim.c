@@ -42,7 +42,7 @@
 #include "lib.h"
 #include "sim.h"
 
-#define HOSTS_MAX  2000
+#define HOSTS_MAX  10000
 #define STEP_MS    100
 #define DEMAND_MS  1000 /* demand re-published at most this often */
 #define SETTLE_PCT 0.05 /* converged: admitted within 5% of its target */
@@ -688,7 +688,7 @@ int main(int argc, char **argv)
     }
     if (!(limit > 0) || hosts < 10 || hosts > HOSTS_MAX) {
         fprintf(stderr, "error: invalid: --limit must be > 0, --hosts "
-                        "10..2000\n");
+                        "10..10000\n");
         return 2;
     }
     log_set_level(LOG_WARN); /* the members' own logs: thousands of lines */
