@@ -5,6 +5,7 @@
  * guard (raft/io_guard.h) between each server and its I/O.
  *
  *   jepsen-raft-repro [--guard] [--expect flaw|none] stall|loss|rollback
+ *                     |rollback-leader
  *
  * raft's trace goes to stderr. Each scenario runs in a child process, so a
  * crash inside raft is reported instead of ending the program.
@@ -37,6 +38,9 @@
  * appends entries; 1 steps down. Heal: the new leader's entries conflict
  * with 1's configuration entry, and raft 0.15.0 rolls it back by decoding
  * the committed configuration's log entry - gone, so it dereferences NULL.
+ * rollback-leader: the same, but 1 has not stepped down yet when the new
+ * leader's entries arrive (raft steps down and rolls back in one go; the
+ * guard drops that message and handles the next one, once 1 follows).
  * The flaw shows as a crash, raft stopping, or 1 keeping the rolled-back
  * configuration or not converging.
  *
@@ -383,7 +387,11 @@ static unsigned voters(const struct raft *r)
     return n;
 }
 
-static int run_rollback(void)
+/* still_leader: 1 keeps leading its old term until after the heal (a long
+ * election timeout delays its step-down), so the conflicting entries reach
+ * a leader, which raft 0.15.0 turns into a follower and rolls back in one
+ * step. */
+static int run_rollback(bool still_leader)
 {
     struct raft_fixture f;
     if (cluster(&f, 3, snapshot_often) != 0) {
@@ -424,19 +432,26 @@ static int run_rollback(void)
         return 2;
     }
     raft_fixture_set_randomized_election_timeout(&f, 0, 100000);
+    if (still_leader) {
+        raft_set_election_timeout(old, 20000);
+    }
     raft_fixture_set_randomized_election_timeout(&f, 1, 1200);
     raft_fixture_set_randomized_election_timeout(&f, 2, 5000);
     raft_fixture_step_until_elapsed(&f, 4000);
     struct raft *leader = raft_fixture_get(&f, 1);
-    if (leader->state != RAFT_LEADER || old->state == RAFT_LEADER) {
-        show(&f, "setup: expected 2 to lead and 1 to step down:");
+    if (leader->state != RAFT_LEADER ||
+        (old->state == RAFT_LEADER) != still_leader) {
+        show(&f, "setup: expected 2 to lead, and 1 to step down or not:");
         return 2;
     }
     for (uint64_t k = 0; k < 3; k++) {
         apply(&f, 1, TAG_NEW + k);
     }
     raft_fixture_step_until_elapsed(&f, 1000);
-    show(&f, "2 leads the majority side and appended; 1 stepped down:");
+    show(&f, still_leader ? "2 leads the majority side and appended; 1 "
+                            "still leads term 2:"
+                          : "2 leads the majority side and appended; 1 "
+                            "stepped down:");
 
     cut_off(&f, 0, false);
     raft_fixture_step_until_elapsed(&f, 5000);
@@ -467,7 +482,7 @@ static int run_rollback(void)
 static int usage(void)
 {
     fprintf(stderr, "usage: jepsen-raft-repro [--guard] [--expect flaw|none] "
-                    "stall|loss|rollback\n");
+                    "stall|loss|rollback|rollback-leader\n");
     return 2;
 }
 
@@ -492,7 +507,8 @@ int main(int argc, char **argv)
     }
     const char *scenario = argv[i];
     if (strcmp(scenario, "stall") != 0 && strcmp(scenario, "loss") != 0 &&
-        strcmp(scenario, "rollback") != 0) {
+        strcmp(scenario, "rollback") != 0 &&
+        strcmp(scenario, "rollback-leader") != 0) {
         return usage();
     }
     printf("scenario %s, %s the raft_io guard\n", scenario,
@@ -504,8 +520,8 @@ int main(int argc, char **argv)
         return 2;
     }
     if (pid == 0) {
-        int rc = strcmp(scenario, "rollback") == 0
-                     ? run_rollback()
+        int rc = strncmp(scenario, "rollback", 8) == 0
+                     ? run_rollback(strcmp(scenario, "rollback-leader") == 0)
                      : run_f1(strcmp(scenario, "loss") == 0);
         exit(rc);
     }

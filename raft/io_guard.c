@@ -107,7 +107,13 @@ static int conf_copy(const struct raft_configuration *src,
  * pending; that is when it is copied. While a change is pending the copy
  * stays as it was: if raft commits a configuration we never saw without a
  * pending change (several changes in one batch), the copy's index no longer
- * matches and it is not used. */
+ * matches and it is not used.
+ *
+ * One exception: after a restart raft 0.15.0 takes the last configuration
+ * entry of its log, committed or not, and applying an older committed
+ * change then moves configuration_index back without changing the
+ * configuration. Then the two do not belong together: the copy is marked
+ * unusable at that index (committed_index set, committed empty). */
 static void observe_configuration(struct ioguard *g)
 {
     const struct raft *r = g->io.data;
@@ -117,17 +123,18 @@ static void observe_configuration(struct ioguard *g)
         return;
     }
     if (r->configuration_index == g->committed_index &&
-        conf_equal(&r->configuration, &g->committed)) {
+        (g->committed.n == 0 || conf_equal(&r->configuration, &g->committed))) {
         return;
     }
-    struct raft_configuration copy;
+    bool backwards = r->configuration_index < g->committed_index;
     raft_configuration_close(&g->committed);
     raft_configuration_init(&g->committed);
-    g->committed_index = 0;
-    if (conf_copy(&r->configuration, &copy) == 0) {
-        g->committed = copy;
-        g->committed_index = r->configuration_index;
+    g->committed_index = r->configuration_index;
+    struct raft_configuration copy;
+    if (backwards || conf_copy(&r->configuration, &copy) != 0) {
+        return; /* unusable until the index moves on */
     }
+    g->committed = copy;
 }
 
 /* Would raft 0.15.0, given this AppendEntries, roll back its uncommitted
@@ -198,7 +205,7 @@ static bool guard_rollback(struct ioguard *g, struct raft_message *msg)
         goto drop;
     }
     struct raft_configuration copy;
-    if (g->committed_index != r->configuration_index ||
+    if (g->committed_index != r->configuration_index || g->committed.n == 0 ||
         conf_copy(&g->committed, &copy) != 0) {
         snprintf(g->errmsg, sizeof g->errmsg,
                  "cannot roll back configuration %llu to %llu: the entry "

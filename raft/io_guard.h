@@ -90,7 +90,8 @@ struct ioguard
     raft_term proven_term;
     raft_index proven_index;
 
-    /* F3: the configuration at committed_index (0: none); owned. */
+    /* F3: a copy of the configuration at committed_index; empty when not
+     * known or not trustworthy at that index. Owned. */
     struct raft_configuration committed;
     raft_index committed_index;
     bool failed; /* see ioguard_failed() */
