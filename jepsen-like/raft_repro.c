@@ -1,11 +1,16 @@
-/* raft_repro.c - jepsen-raft-repro: a deterministic reproduction, on the
+/* raft_repro.c - jepsen-raft-repro: deterministic reproductions, on the
  * installed canonical/raft (raft_fixture: in-memory I/O, simulated time), of
- * the replication flaw the fault-injection campaign found
- * (docs/fault-testing.md, "Findings").
+ * the two canonical/raft 0.15.0 flaws the fault-injection campaign found
+ * (docs/fault-testing.md, "Findings"), with and without allot's raft_io
+ * guard (raft/io_guard.h) between each server and its I/O.
  *
- *   jepsen-raft-repro stall|loss     (raft's trace goes to stderr)
+ *   jepsen-raft-repro [--guard] [--expect flaw|none] stall|loss|rollback
+ *                     |rollback-leader
  *
- * The flaw: a follower answers a successful AppendEntries with
+ * raft's trace goes to stderr. Each scenario runs in a child process, so a
+ * crash inside raft is reported instead of ending the program.
+ *
+ * F1 (stall, loss). A follower answers a successful AppendEntries with
  * last_log_index = its last stored index, which may include a divergent,
  * uncommitted tail that the request never covered; the leader sets
  * match_index = min(that, its own last index). So a new leader can count a
@@ -23,15 +28,35 @@
  *   loss:  3 and 4 die right after the election; the leader's client
  *          entries X are committed and applied (acknowledged) with the
  *          leader as the only holder; the leader dies; none of 1..4 has X.
+ * The flaw shows as an entry committed while fewer than a majority of
+ * servers held it.
  *
- * Exit status: 1 when the flaw shows (an entry committed while fewer than a
- * majority of servers held it), 0 when it does not, 2 on a setup failure. */
+ * F3 (rollback). Servers 1..3 snapshot often (threshold 8, 2 trailing), so
+ * the bootstrap configuration entry (index 1, the committed configuration)
+ * is compacted everywhere. Leader 1 is cut off and proposes removing 3: an
+ * uncommitted configuration in its log only. 2 and 3 elect a leader that
+ * appends entries; 1 steps down. Heal: the new leader's entries conflict
+ * with 1's configuration entry, and raft 0.15.0 rolls it back by decoding
+ * the committed configuration's log entry - gone, so it dereferences NULL.
+ * rollback-leader: the same, but 1 has not stepped down yet when the new
+ * leader's entries arrive (raft steps down and rolls back in one go; the
+ * guard drops that message and handles the next one, once 1 follows).
+ * The flaw shows as a crash, raft stopping, or 1 keeping the rolled-back
+ * configuration or not converging.
+ *
+ * Exit status: 1 when the flaw shows, 0 when it does not, 2 on a setup
+ * failure; with --expect, 0 when the outcome is the expected one and 1 when
+ * not (so both directions can run as tests). */
 #include <raft.h>
 #include <raft/fixture.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../raft/io_guard.h"
 
 #define N_SERVERS 5
 #define MAX_APPLY 64
@@ -46,6 +71,8 @@ struct counting_fsm
 
 static struct counting_fsm fsm_state[N_SERVERS];
 static struct raft_fsm fsms[N_SERVERS];
+static struct ioguard guards[N_SERVERS];
+static bool use_guard;
 static struct raft_apply apply_reqs[MAX_APPLY];
 static unsigned n_apply;
 static unsigned acknowledged;
@@ -114,7 +141,7 @@ static void apply(struct raft_fixture *f, unsigned i, uint64_t tag)
 static void remove_cb(struct raft_change *req, int status)
 {
     (void)req;
-    printf("  removal of 5 finished: %s\n",
+    printf("  the removal finished: %s\n",
            status == 0 ? "ok" : raft_strerror(status));
 }
 
@@ -139,7 +166,7 @@ static const char *state_name(const struct raft_fixture *f, unsigned i,
 static void show(struct raft_fixture *f, const char *when)
 {
     printf("%s\n", when);
-    for (unsigned i = 0; i < N_SERVERS; i++) {
+    for (unsigned i = 0; i < raft_fixture_n(f); i++) {
         struct raft *r = raft_fixture_get(f, i);
         printf("  %u: %-9s term %llu  last %llu  commit %llu  voters:", i + 1,
                state_name(f, i, r), (unsigned long long)r->current_term,
@@ -155,19 +182,6 @@ static void show(struct raft_fixture *f, const char *when)
     }
 }
 
-/* Term of the entry at index in r's in-memory log (0: none). struct
- * raft_log is public in 0.15. */
-static raft_term term_at(const struct raft *r, raft_index index)
-{
-    const struct raft_log *l = &r->log;
-    size_t n =
-        l->back >= l->front ? l->back - l->front : l->size - l->front + l->back;
-    if (index <= l->offset || index > l->offset + n) {
-        return 0;
-    }
-    return l->entries[(l->front + (index - l->offset - 1)) % l->size].term;
-}
-
 /* Servers among the first n whose log holds, at index, an entry of term:
  * real copies. */
 static unsigned holders(struct raft_fixture *f, unsigned n_servers,
@@ -175,7 +189,7 @@ static unsigned holders(struct raft_fixture *f, unsigned n_servers,
 {
     unsigned n = 0;
     for (unsigned i = 0; i < n_servers; i++) {
-        n += term_at(raft_fixture_get(f, i), index) == term;
+        n += ioguard_log_term(raft_fixture_get(f, i), index) == term;
     }
     return n;
 }
@@ -196,12 +210,16 @@ static void partition(struct raft_fixture *f, bool cut)
     }
 }
 
-static int setup(struct raft_fixture *f)
+/* n servers with counting state machines, each behind a guard with
+ * --guard, bootstrapped with all of them as voters and started; tune runs
+ * on each raft before the start. */
+static int cluster(struct raft_fixture *f, unsigned n,
+                   void (*tune)(struct raft *r))
 {
     if (raft_fixture_initialize(f) != 0) {
         return -1;
     }
-    for (unsigned i = 0; i < N_SERVERS; i++) {
+    for (unsigned i = 0; i < n; i++) {
         fsms[i] = (struct raft_fsm){.version = 1,
                                     .data = &fsm_state[i],
                                     .apply = fsm_apply,
@@ -210,9 +228,16 @@ static int setup(struct raft_fixture *f)
         if (raft_fixture_grow(f, &fsms[i]) != 0) {
             return -1;
         }
+        struct raft *r = raft_fixture_get(f, i);
+        if (use_guard && ioguard_install(&guards[i], r, IOGUARD_ALL) != 0) {
+            return -1;
+        }
+        if (tune != NULL) {
+            tune(r);
+        }
     }
     struct raft_configuration conf;
-    if (raft_fixture_configuration(f, N_SERVERS, &conf) != 0) {
+    if (raft_fixture_configuration(f, n, &conf) != 0) {
         return -1;
     }
     int rv = raft_fixture_bootstrap(f, &conf);
@@ -220,6 +245,24 @@ static int setup(struct raft_fixture *f)
     if (rv != 0 || raft_fixture_start(f) != 0) {
         return -1;
     }
+    return 0;
+}
+
+static void close_cluster(struct raft_fixture *f)
+{
+    unsigned n = raft_fixture_n(f);
+    raft_fixture_close(f);
+    for (unsigned i = 0; use_guard && i < n; i++) {
+        ioguard_close(&guards[i]);
+    }
+}
+
+static int setup(struct raft_fixture *f)
+{
+    if (cluster(f, N_SERVERS, NULL) != 0) {
+        return -1;
+    }
+    int rv;
     raft_fixture_elect(f, 1); /* server 2 */
     for (uint64_t k = 1; k <= 3; k++) {
         apply(f, 1, k);
@@ -251,15 +294,8 @@ static int setup(struct raft_fixture *f)
     return 0;
 }
 
-int main(int argc, char **argv)
+static int run_f1(bool loss)
 {
-    setvbuf(stdout, NULL, _IONBF, 0);
-    if (argc != 2 ||
-        (strcmp(argv[1], "stall") != 0 && strcmp(argv[1], "loss") != 0)) {
-        fprintf(stderr, "usage: jepsen-raft-repro stall|loss\n");
-        return 2;
-    }
-    bool loss = strcmp(argv[1], "loss") == 0;
     struct raft_fixture f;
     if (setup(&f) != 0) {
         return 2;
@@ -315,6 +351,198 @@ int main(int argc, char **argv)
     printf("%s\n", flaw ? "FLAW PRESENT: an entry was committed while held "
                           "by fewer than a majority"
                         : "not reproduced: commit waited for a majority");
-    raft_fixture_close(&f);
+    close_cluster(&f);
     return flaw ? 1 : 0;
+}
+
+/* F3: isolate server i (both directions) or heal it. */
+static void cut_off(struct raft_fixture *f, unsigned i, bool cut)
+{
+    for (unsigned j = 0; j < raft_fixture_n(f); j++) {
+        if (j == i) {
+            continue;
+        }
+        if (cut) {
+            raft_fixture_saturate(f, i, j);
+            raft_fixture_saturate(f, j, i);
+        } else {
+            raft_fixture_desaturate(f, i, j);
+            raft_fixture_desaturate(f, j, i);
+        }
+    }
+}
+
+static void snapshot_often(struct raft *r)
+{
+    raft_set_snapshot_threshold(r, 8);
+    raft_set_snapshot_trailing(r, 2);
+}
+
+static unsigned voters(const struct raft *r)
+{
+    unsigned n = 0;
+    for (unsigned k = 0; k < r->configuration.n; k++) {
+        n += r->configuration.servers[k].role == RAFT_VOTER;
+    }
+    return n;
+}
+
+/* still_leader: 1 keeps leading its old term until after the heal (a long
+ * election timeout delays its step-down), so the conflicting entries reach
+ * a leader, which raft 0.15.0 turns into a follower and rolls back in one
+ * step. */
+static int run_rollback(bool still_leader)
+{
+    struct raft_fixture f;
+    if (cluster(&f, 3, snapshot_often) != 0) {
+        return 2;
+    }
+    raft_fixture_elect(&f, 0);
+    for (uint64_t k = 1; k <= 30; k++) {
+        apply(&f, 0, k);
+    }
+    if (!raft_fixture_step_until_applied(&f, 3, 31, 10000)) {
+        printf("setup: the entries were not applied everywhere\n");
+        return 2;
+    }
+    raft_fixture_step_until_elapsed(&f, 1000); /* snapshots written */
+    for (unsigned i = 0; i < 3; i++) {
+        struct raft *r = raft_fixture_get(&f, i);
+        if (r->configuration_index != 1 ||
+            ioguard_log_term(r, r->configuration_index) != 0) {
+            printf("setup: server %u still holds its configuration entry "
+                   "(configuration %llu, snapshot %llu, log from %llu)\n",
+                   i + 1, (unsigned long long)r->configuration_index,
+                   (unsigned long long)r->log.snapshot.last_index,
+                   (unsigned long long)r->log.offset + 1);
+            return 2;
+        }
+    }
+    printf("30 entries applied; every server compacted the bootstrap "
+           "configuration entry (index 1)\n");
+
+    cut_off(&f, 0, true);
+    static struct raft_change change;
+    struct raft *old = raft_fixture_get(&f, 0);
+    int rv = raft_remove(old, &change, 3, remove_cb);
+    raft_index u = raft_last_index(old);
+    printf("leader 1 cut off, proposes removing 3 at %llu: %s\n",
+           (unsigned long long)u, rv == 0 ? "proposed" : raft_strerror(rv));
+    if (rv != 0) {
+        return 2;
+    }
+    raft_fixture_set_randomized_election_timeout(&f, 0, 100000);
+    if (still_leader) {
+        raft_set_election_timeout(old, 20000);
+    }
+    raft_fixture_set_randomized_election_timeout(&f, 1, 1200);
+    raft_fixture_set_randomized_election_timeout(&f, 2, 5000);
+    raft_fixture_step_until_elapsed(&f, 4000);
+    struct raft *leader = raft_fixture_get(&f, 1);
+    if (leader->state != RAFT_LEADER ||
+        (old->state == RAFT_LEADER) != still_leader) {
+        show(&f, "setup: expected 2 to lead, and 1 to step down or not:");
+        return 2;
+    }
+    for (uint64_t k = 0; k < 3; k++) {
+        apply(&f, 1, TAG_NEW + k);
+    }
+    raft_fixture_step_until_elapsed(&f, 1000);
+    show(&f, still_leader ? "2 leads the majority side and appended; 1 "
+                            "still leads term 2:"
+                          : "2 leads the majority side and appended; 1 "
+                            "stepped down:");
+
+    cut_off(&f, 0, false);
+    raft_fixture_step_until_elapsed(&f, 5000);
+    show(&f, "healed, 5 s later:");
+    bool rolled_back =
+        voters(old) == 3 && old->configuration_uncommitted_index == 0;
+    bool converged = old->state == RAFT_FOLLOWER &&
+                     raft_last_index(old) == raft_last_index(leader) &&
+                     old->commit_index == leader->commit_index &&
+                     ioguard_log_term(old, u) == leader->current_term;
+    printf("server 1: configuration %s (%u voters), log %s the leader's\n",
+           rolled_back ? "rolled back" : "NOT rolled back", voters(old),
+           converged ? "equal to" : "NOT equal to");
+    if (use_guard) {
+        printf("guard on server 1: %llu rollback(s), %llu message(s) "
+               "dropped%s\n",
+               (unsigned long long)guards[0].stats.rollbacks,
+               (unsigned long long)guards[0].stats.messages_dropped,
+               ioguard_failed(&guards[0]) ? ", FAILED" : "");
+    }
+    bool flaw = !rolled_back || !converged;
+    printf("%s\n", flaw ? "FLAW PRESENT: the rollback did not complete"
+                        : "not reproduced: the configuration was rolled back");
+    close_cluster(&f);
+    return flaw ? 1 : 0;
+}
+
+static int usage(void)
+{
+    fprintf(stderr, "usage: jepsen-raft-repro [--guard] [--expect flaw|none] "
+                    "stall|loss|rollback|rollback-leader\n");
+    return 2;
+}
+
+int main(int argc, char **argv)
+{
+    setvbuf(stdout, NULL, _IONBF, 0);
+    const char *expect = NULL;
+    int i = 1;
+    for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
+        if (strcmp(argv[i], "--guard") == 0) {
+            use_guard = true;
+        } else if (strcmp(argv[i], "--expect") == 0 && i + 1 < argc &&
+                   (strcmp(argv[i + 1], "flaw") == 0 ||
+                    strcmp(argv[i + 1], "none") == 0)) {
+            expect = argv[++i];
+        } else {
+            return usage();
+        }
+    }
+    if (i + 1 != argc) {
+        return usage();
+    }
+    const char *scenario = argv[i];
+    if (strcmp(scenario, "stall") != 0 && strcmp(scenario, "loss") != 0 &&
+        strcmp(scenario, "rollback") != 0 &&
+        strcmp(scenario, "rollback-leader") != 0) {
+        return usage();
+    }
+    printf("scenario %s, %s the raft_io guard\n", scenario,
+           use_guard ? "with" : "without");
+    /* A child runs it: raft crashing (F3) is an outcome, not our end. */
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("fork");
+        return 2;
+    }
+    if (pid == 0) {
+        int rc = strncmp(scenario, "rollback", 8) == 0
+                     ? run_rollback(strcmp(scenario, "rollback-leader") == 0)
+                     : run_f1(strcmp(scenario, "loss") == 0);
+        exit(rc);
+    }
+    int status;
+    if (waitpid(pid, &status, 0) != pid) {
+        perror("waitpid");
+        return 2;
+    }
+    int rc;
+    if (WIFSIGNALED(status)) {
+        printf("FLAW PRESENT: the scenario crashed (signal %d)\n",
+               WTERMSIG(status));
+        rc = 1;
+    } else {
+        rc = WEXITSTATUS(status);
+    }
+    if (expect == NULL || rc == 2) {
+        return rc;
+    }
+    bool want_flaw = strcmp(expect, "flaw") == 0;
+    printf("expected %s: %s\n", expect,
+           (rc == 1) == want_flaw ? "as expected" : "UNEXPECTED");
+    return (rc == 1) == want_flaw ? 0 : 1;
 }

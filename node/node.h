@@ -24,6 +24,7 @@
 #include "../proto/auth.h"
 #include "../proto/quota.h"
 #include "../proto/wire.h"
+#include "../raft/io_guard.h"
 #include "../raft/raft_fsm.h"
 #include "../raft/transport.h"
 #include "metrics.h"
@@ -226,7 +227,9 @@ struct node
     struct node_config cfg;
     uv_loop_t *loop;
     struct raft raft;
-    struct raft_io io;
+    struct raft_io io;          /* raft_uv */
+    struct ioguard guard;       /* wraps io; raft runs on guard.io */
+    uint64_t guard_seen;        /* guard rollbacks + drops already logged */
     struct transport transport; /* raft_uv_tcp with TCP_NODELAY */
     struct fsm *fsm;
     char raft_dir[512];

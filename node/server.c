@@ -1,7 +1,9 @@
 /* server.c - allotd's lifecycle: data directory, raft, listeners, shutdown.
  *
  * Start: check the data directory belongs to this node id (node.id), open
- * raft_uv on DATA/raft with the TCP transport, bootstrap from --cluster on a
+ * raft_uv on DATA/raft with the TCP transport, put the raft_io guard between
+ * raft and raft_uv (raft/io_guard.h: canonical/raft 0.15.0's F1 and F3),
+ * bootstrap from --cluster on a
  * pristine directory (a restart finds its state on disk and ignores
  * --cluster), start raft, listen for clients, and with --join ask a running
  * node to add this one from a worker thread (the loop never blocks).
@@ -177,7 +179,10 @@ int node_init(struct node *n, uv_loop_t *loop, const struct node_config *cfg)
         LOGE(NODE_COMP, "raft_uv init failed", "err=\"%s\"", n->io.errmsg);
         goto err_after_transport;
     }
-    rv = raft_init(&n->raft, &n->io, fsm_raft(n->fsm), cfg->id, cfg->raft_addr);
+    /* raft_uv is wrapped, never replaced: every call still lands there. */
+    ioguard_init(&n->guard, &n->io, IOGUARD_ALL);
+    rv = raft_init(&n->raft, &n->guard.io, fsm_raft(n->fsm), cfg->id,
+                   cfg->raft_addr);
     if (rv != 0) {
         LOGE(NODE_COMP, "raft init failed", "err=\"%s\"",
              raft_errmsg(&n->raft));
@@ -217,6 +222,7 @@ err_after_raft:
     raft_close(&n->raft, NULL);
     uv_run(loop, UV_RUN_DEFAULT);
     raft_uv_close(&n->io);
+    ioguard_close(&n->guard);
     transport_close(&n->transport);
     fsm_close(n->fsm);
     n->fsm = NULL;
@@ -225,6 +231,7 @@ err_after_raft:
     return -1;
 err_after_io:
     raft_uv_close(&n->io);
+    ioguard_close(&n->guard);
 err_after_transport:
     transport_close(&n->transport);
     uv_run(loop, UV_RUN_DEFAULT);
@@ -304,6 +311,27 @@ static void join_after_cb(uv_work_t *w, int status)
 /* --- Loop hooks ------------------------------------------------------------
  */
 
+/* Log what the raft_io guard did about F3 (rare: a membership change rolled
+ * back), and stop like raft does if it could not handle a message. */
+static void guard_check(struct node *n)
+{
+    const struct ioguard_stats *st = &n->guard.stats;
+    uint64_t seen = st->rollbacks + st->messages_dropped;
+    if (seen != n->guard_seen) {
+        n->guard_seen = seen;
+        LOGW(NODE_COMP, "raft guard rolled back an uncommitted configuration",
+             "rollbacks=%" PRIu64 " dropped=%" PRIu64, st->rollbacks,
+             st->messages_dropped);
+    }
+    if (ioguard_failed(&n->guard)) {
+        /* Restarted, raft reloads its log and configuration from disk. */
+        LOGE(NODE_COMP, "raft guard failed, shutting down", "err=\"%s\"",
+             n->guard.errmsg);
+        n->exit_code = 1;
+        node_stop(n);
+    }
+}
+
 static void prepare_cb(uv_prepare_t *h)
 {
     struct node *n = h->data;
@@ -315,6 +343,10 @@ static void prepare_cb(uv_prepare_t *h)
     gateway_watch_tick(n);
     announce_tick(n);
     gateway_flush(n);
+    guard_check(n);
+    if (n->stopping) {
+        return;
+    }
     if (raft_state(&n->raft) == RAFT_UNAVAILABLE) {
         /* canonical/raft shut itself down: an I/O error or a log that
          * conflicts with committed entries. Serving on would be unsafe;
@@ -384,6 +416,7 @@ static void on_raft_closed(struct raft *r)
 {
     struct node *n = r->data;
     raft_uv_close(&n->io);
+    ioguard_close(&n->guard);
     transport_close(&n->transport);
     n->raft_closed = true;
     LOGI(NODE_COMP, "raft closed", "%s", "");
