@@ -5,7 +5,8 @@
  * step failing leaves the previous file in place, removes the temporary
  * one and returns ALLOT_EIO naming the step and errno.
  * Happy path of a load: read at most LKG_MAX_SIZE bytes, check the magic
- * and the digest, walk the body with wire_check(), decode every quota.
+ * and the digest, then decode the body one value at a time (each walked by
+ * wire_check() first), every quota as it comes.
  * Failure modes: no file (ALLOT_ENOT_FOUND, the normal first start), a
  * short or corrupt file (moved aside to rules.lkg.bad, ALLOT_EPROTOCOL),
  * an I/O error (ALLOT_EIO, left in place). */
@@ -15,6 +16,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <sodium.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -176,6 +178,84 @@ void lkg_free(struct lkg_doc *doc)
     memset(doc, 0, sizeof *doc);
 }
 
+/* A map (array = false) or array header at b[*off]: its count, with the
+ * bound wire_check() applies (no more elements than bytes remain). */
+static int container(const char *b, size_t len, size_t *off, bool array,
+                     uint32_t *count)
+{
+    const unsigned char *p = (const unsigned char *)b + *off;
+    size_t left = len - *off, hdr;
+    uint32_t n;
+    unsigned char fix = array ? 0x90 : 0x80, c16 = array ? 0xdc : 0xde,
+                  c32 = array ? 0xdd : 0xdf;
+    if (left < 1) {
+        return -1;
+    }
+    if ((p[0] & 0xf0) == fix) {
+        n = p[0] & 0x0fu;
+        hdr = 1;
+    } else if (p[0] == c16 && left >= 3) {
+        n = (uint32_t)p[1] << 8 | p[2];
+        hdr = 3;
+    } else if (p[0] == c32 && left >= 5) {
+        n = (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 |
+            p[4];
+        hdr = 5;
+    } else {
+        return -1;
+    }
+    uint64_t min_bytes = (uint64_t)n * (array ? 1u : 2u);
+    if (min_bytes > left - hdr) {
+        return -1; /* a lying count */
+    }
+    *off += hdr;
+    *count = n;
+    return 0;
+}
+
+/* The next whole value at b[*off] into *u (checked by wire_check first). */
+static int next_value(const char *b, size_t len, size_t *off,
+                      msgpack_unpacked *u, char *errmsg)
+{
+    size_t used = 0;
+    int rv = wire_check_prefix(b + *off, len - *off, &used, errmsg);
+    if (rv == 0) {
+        rv = wire_unpack(b + *off, used, u, errmsg);
+    }
+    if (rv != 0) {
+        return ALLOT_EPROTOCOL;
+    }
+    *off += used;
+    return 0;
+}
+
+/* The "quotas" array, one quota at a time into doc. */
+static int decode_quotas(const char *b, size_t len, size_t *off,
+                         msgpack_unpacked *u, struct lkg_doc *doc, char *errmsg)
+{
+    uint32_t n = 0;
+    if (container(b, len, off, true, &n) != 0) {
+        return allot_errf(errmsg, ALLOT_EPROTOCOL, "quotas is not an array");
+    }
+    if (n > 0 && (doc->quotas = calloc(n, sizeof *doc->quotas)) == NULL) {
+        return allot_errf(errmsg, ALLOT_ENOMEM, "out of memory");
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        int rv = next_value(b, len, off, u, errmsg);
+        if (rv != 0) {
+            return rv;
+        }
+        char why[ALLOT_ERRMSG_SIZE];
+        rv = quota_unpack(&u->data, &doc->quotas[i], why);
+        if (rv != 0) {
+            quota_free(&doc->quotas[i]);
+            return allot_errf(errmsg, ALLOT_EPROTOCOL, "quota %u: %s", i, why);
+        }
+        doc->n++;
+    }
+    return 0;
+}
+
 static int decode(const char *buf, size_t len, struct lkg_doc *doc,
                   char *errmsg)
 {
@@ -192,48 +272,68 @@ static int decode(const char *buf, size_t len, struct lkg_doc *doc,
         return allot_errf(errmsg, ALLOT_EPROTOCOL,
                           "digest mismatch (torn or corrupted)");
     }
+    /* One value at a time (the body is a map whose "quotas" array is
+     * decoded element by element): unpacking the whole body at once would
+     * hold every quota's msgpack objects beside the decoded quotas, about
+     * as much again as the rules themselves while an agent starts. */
+    size_t off = 0;
+    uint32_t pairs = 0;
+    if (container(body, body_len, &off, false, &pairs) != 0) {
+        return allot_errf(errmsg, ALLOT_EPROTOCOL, "body is not a map");
+    }
     msgpack_unpacked u;
     msgpack_unpacked_init(&u);
-    int rv = wire_unpack(body, body_len, &u, errmsg);
+    int rv = 0;
     uint64_t format = 0;
-    const msgpack_object *qs = NULL;
-    if (rv == 0) {
-        rv = wire_get_u64(&u.data, "format", true, &format, errmsg);
+    bool have_format = false, have_version = false, have_saved = false,
+         have_quotas = false;
+    for (uint32_t i = 0; rv == 0 && i < pairs; i++) {
+        rv = next_value(body, body_len, &off, &u, errmsg);
+        if (rv != 0) {
+            break;
+        }
+        if (u.data.type != MSGPACK_OBJECT_STR) {
+            rv = allot_errf(errmsg, ALLOT_EPROTOCOL, "a key is not a string");
+            break;
+        }
+        if (wire_str_eq(&u.data, "quotas") && !have_quotas) {
+            have_quotas = true;
+            rv = decode_quotas(body, body_len, &off, &u, doc, errmsg);
+            continue;
+        }
+        uint64_t *field = wire_str_eq(&u.data, "format") ? &format
+                          : wire_str_eq(&u.data, "catalog_version")
+                              ? &doc->version
+                          : wire_str_eq(&u.data, "saved_ms") ? &doc->saved_ms
+                                                             : NULL;
+        bool *seen = field == &format         ? &have_format
+                     : field == &doc->version ? &have_version
+                     : field != NULL          ? &have_saved
+                                              : NULL;
+        rv = next_value(body, body_len, &off, &u, errmsg);
+        if (rv == 0 && field != NULL) {
+            if (u.data.type != MSGPACK_OBJECT_POSITIVE_INTEGER || *seen) {
+                rv = allot_errf(errmsg, ALLOT_EPROTOCOL,
+                                "a header field is not one unsigned integer");
+            }
+            *field = u.data.via.u64;
+            *seen = true;
+        }
+    }
+    msgpack_unpacked_destroy(&u);
+    if (rv == 0 && off != body_len) {
+        rv = allot_errf(errmsg, ALLOT_EPROTOCOL, "trailing bytes");
+    }
+    if (rv == 0 &&
+        (!have_format || !have_version || !have_saved || !have_quotas)) {
+        rv = allot_errf(errmsg, ALLOT_EPROTOCOL,
+                        "missing format, catalog_version, saved_ms or "
+                        "quotas");
     }
     if (rv == 0 && format != LKG_FORMAT) {
         rv = allot_errf(errmsg, ALLOT_EPROTOCOL, "format %llu, expected %u",
                         (unsigned long long)format, LKG_FORMAT);
     }
-    if (rv == 0) {
-        rv = wire_get_u64(&u.data, "catalog_version", true, &doc->version,
-                          errmsg);
-    }
-    if (rv == 0) {
-        rv = wire_get_u64(&u.data, "saved_ms", true, &doc->saved_ms, errmsg);
-    }
-    if (rv == 0) {
-        qs = wire_map_get(&u.data, "quotas");
-        if (qs == NULL || qs->type != MSGPACK_OBJECT_ARRAY) {
-            rv = allot_errf(errmsg, ALLOT_EPROTOCOL, "no quotas array");
-        }
-    }
-    if (rv == 0 && qs->via.array.size > 0) {
-        doc->quotas = calloc(qs->via.array.size, sizeof *doc->quotas);
-        if (doc->quotas == NULL) {
-            rv = allot_errf(errmsg, ALLOT_ENOMEM, "out of memory");
-        }
-    }
-    for (uint32_t i = 0; rv == 0 && i < qs->via.array.size; i++) {
-        char why[ALLOT_ERRMSG_SIZE];
-        rv = quota_unpack(&qs->via.array.ptr[i], &doc->quotas[i], why);
-        if (rv != 0) {
-            quota_free(&doc->quotas[i]);
-            rv = allot_errf(errmsg, ALLOT_EPROTOCOL, "quota %u: %s", i, why);
-            break;
-        }
-        doc->n++;
-    }
-    msgpack_unpacked_destroy(&u);
     if (rv != 0) {
         lkg_free(doc);
         return rv == ALLOT_ENOMEM ? rv : ALLOT_EPROTOCOL;

@@ -1079,6 +1079,46 @@ END_TEST
 /* --- Last-known-good -------------------------------------------------------
  */
 
+/* Files whose digest is right but whose body is not a rule set (a writer
+ * bug, or a file someone re-hashed): each is refused whole, with nothing
+ * loaded and nothing allocated for a lying count. */
+START_TEST(lkg_bad_bodies)
+{
+    scratch_make();
+    static const struct
+    {
+        const char *why;
+        const char *quotas;
+        size_t len;
+    } cases[] = {
+        {"a lying count", "\xdd\x7f\xff\xff\xff", 5},
+        {"not an array", "\x05", 1},
+        {"an element that is not a quota", "\x91\x05", 2},
+        {"a truncated element", "\x91\x82\xa4path", 7},
+        {"an element short of its count", "\x92\x80", 2},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char msg[ALLOT_ERRMSG_SIZE];
+        ck_assert_int_eq(
+            lkg_save(scratch, cases[i].quotas, cases[i].len, 3, 1000, msg), 0);
+        struct lkg_doc doc;
+        int rv = lkg_load(scratch, &doc, msg);
+        ck_assert_msg(rv == ALLOT_EPROTOCOL, "%s: %d", cases[i].why, rv);
+        ck_assert_uint_eq(doc.n, 0);
+        ck_assert_ptr_null(doc.quotas);
+    }
+    /* And a good one still loads (an empty set, then two quotas). */
+    char msg[ALLOT_ERRMSG_SIZE];
+    ck_assert_int_eq(lkg_save(scratch, "\x90", 1, 4, 1000, msg), 0);
+    struct lkg_doc doc;
+    ck_assert_int_eq(lkg_load(scratch, &doc, msg), 0);
+    ck_assert_uint_eq(doc.version, 4);
+    ck_assert_uint_eq(doc.n, 0);
+    lkg_free(&doc);
+    scratch_remove();
+}
+END_TEST
+
 START_TEST(lkg_restart)
 {
     scratch_make();
@@ -1398,6 +1438,7 @@ static Suite *enforce_suite(void)
     tcase_add_test(tc, demand_parts);
     tcase_add_test(tc, wait_version);
     tcase_add_test(tc, lkg_restart);
+    tcase_add_test(tc, lkg_bad_bodies);
     tcase_add_test(tc, windows);
     tcase_add_test(tc, options);
     tcase_add_test(tc, digest_vectors);
