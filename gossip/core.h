@@ -27,6 +27,8 @@
 #define SUSP_CONFIRM_MAX 16
 /* Probes relayed for others at once (ping-req); more are dropped. */
 #define RELAY_MAX 64
+/* Last-chance probes of members whose suspicion ran out, at once. */
+#define FINAL_MAX 16
 /* Plain broadcast ids remembered to deliver each once. */
 #define SEEN_MAX 4096
 
@@ -163,6 +165,16 @@ struct gossip
     } probe;
     struct gtimer probe_timer; /* ends a probe and starts the next */
     struct relay relays[RELAY_MAX];
+    /* A suspicion that runs out first pings its member once more
+     * (swim.c, on_suspicion_timeout): an ack re-arms it, silence kills. */
+    struct final_probe
+    {
+        bool used;
+        uint32_t seq;
+        uint64_t inc; /* the incarnation suspected */
+        char name[GOSSIP_NAME_MAX + 1];
+        struct gtimer timer;
+    } finals[FINAL_MAX];
 
     struct gtimer gossip_timer;
     uint64_t last_gossip;  /* ms of the last gossip round */

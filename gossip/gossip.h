@@ -300,8 +300,8 @@ struct gossip_config
 
     /* Timing (milliseconds) and fan-outs; docs/gossip.md explains each.
      * gossip_config_init() sets the defaults shown. */
-    uint32_t probe_interval_ms;     /* 1000: one probe per interval */
-    uint32_t probe_timeout_ms;      /* 500: direct ack before indirect */
+    uint32_t probe_interval_ms;     /* 400: one probe per interval */
+    uint32_t probe_timeout_ms;      /* 200: direct ack before indirect */
     uint32_t indirect_checks;       /* 3: members asked to probe for us */
     uint32_t suspicion_mult;        /* 4: min = mult*log10(N)*interval */
     uint32_t suspicion_max_mult;    /* 6: max = this * min */
@@ -538,6 +538,8 @@ struct gossip_stats
     uint64_t nacks_recv;
     uint64_t suspicions;       /* members this one began to suspect */
     uint64_t deaths;           /* suspicions this one let expire into dead */
+    uint64_t final_acks;       /* expired suspicions whose member answered a
+                                  last ping (swim.c): started over */
     uint64_t refutes;          /* times this member refuted claims about it */
     uint64_t push_pulls;       /* push-pull exchanges started */
     uint64_t broadcasts_recv;  /* broadcasts delivered to the application */

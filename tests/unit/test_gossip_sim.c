@@ -508,13 +508,15 @@ START_TEST(pause_refutes)
     world_start_all(w);
     ck_assert(sim_run_until_true(w->sim, 120000, 100, sim_all_alive, w));
 
-    /* Short pause: suspected, refuted, never dead. */
-    sim_pause(w->sim, 5, 3500);
-    sim_run_for(w->sim, 3500);
+    /* Short pause: suspected, refuted, never dead. Shorter than the
+     * smallest suspicion timeout with the defaults (4 * log10(20) * 400 ms
+     * = 2.1 s), longer than a probe and its timeout (0.6 s). */
+    sim_pause(w->sim, 5, 1500);
+    sim_run_for(w->sim, 1500);
     ck_assert_uint_gt(w->suspect_about[5], 0);
     ck_assert(sim_run_until_true(w->sim, 60000, 100, sim_all_alive, w));
     struct gossip_stats st = stats_of(w, 5);
-    REPORT("pause_refutes: a 3.5 s pause: %" PRIu64
+    REPORT("pause_refutes: a 1.5 s pause: %" PRIu64
            " suspect events, refuted at incarnation %" PRIu64
            ", 0 dead verdicts\n",
            w->suspect_about[5], st.incarnation);
