@@ -272,6 +272,9 @@ void shares_host_change(struct shares_host *h, uint64_t now_ms)
     h->change_at = now_ms > 0 ? now_ms : 1;
 }
 
+/* Members whose probe round the quiet period covers at most. */
+#define SHARES_ROUND_CAP 20u
+
 /* ceil(log10(n)) for n >= 2, in integers (the same on every host). */
 static uint64_t ceil_log10(size_t n)
 {
@@ -288,8 +291,15 @@ void shares_host_timing(struct shares_host *h, size_t n, uint32_t gossip_ms,
 {
     h->probation_ms =
         2u * (uint64_t)retransmit_mult * ceil_log10(n + 1) * gossip_ms;
-    h->settle_ms =
+    /* The smallest suspicion timeout, and at least one probe round of a
+     * small fleet: every member probes every other once per round, so
+     * by then this host has itself suspected every member it cannot
+     * reach (large fleets cover each other far sooner, and are capped). */
+    uint64_t t_min =
         (uint64_t)suspicion_mult * ceil_log10(n > 1 ? n : 2) * probe_ms;
+    uint64_t round = (uint64_t)(n < SHARES_ROUND_CAP ? n : SHARES_ROUND_CAP) *
+                     probe_ms;
+    h->settle_ms = t_min > round ? t_min : round;
 }
 
 uint32_t shares_fnv1a(uint32_t h, const void *p, size_t len)
