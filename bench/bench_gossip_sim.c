@@ -14,13 +14,14 @@
  * default does); every other setting is the library's default.
  *
  * Memory grows as N^2: every member holds a record of every other member
- * (the member struct, ~100 bytes with its name, plus its slots in two hash
- * tables kept at most half full: by name, and the broadcast queue's by key,
- * which fills with one ALIVE per member while the fleet joins). Measured
- * peaks: 378 MB at N = 1,000, 1,395 MB at 2,000, 3,429 MB at 3,000, about
- * N * 58 KB + N^2 * 320-380 bytes (the tables double, so the cost per
- * pair steps); the estimate takes 380, so N = 10,000 would need ~36 GB. A
- * size whose estimate is over --mem-limit-mb is skipped with the estimate
+ * (one 80-byte block with a short name, its ALIVE queued inside it while
+ * the fleet joins, plus 8 bytes in the member array and a 9-byte slot in
+ * the by-name table, at most 3/4 full). Measured peaks: 180 MB at N =
+ * 1,000, about N * 82 KB (a member's fixed state) + N^2 * 106-112 bytes
+ * (the arrays double, so the cost per pair steps); the estimate takes
+ * 115, so N = 10,000 needs ~11.8 GB. (Before the record and its table
+ * were compacted it was ~380 bytes a pair: ~36 GB at 10,000.) A size
+ * whose estimate is over --mem-limit-mb is skipped with the estimate
  * printed (--force runs it anyway), and each child runs under that
  * address-space limit, so a size that does not fit fails cleanly instead
  * of pushing a shared machine into swap or the OOM killer. */
@@ -43,8 +44,8 @@
 #define SIZES_MAX 16
 
 /* Peak memory of a simulation of n members, from the fit above (bytes). */
-#define SIM_FIXED_PER_MEMBER 58000.0
-#define SIM_PER_RECORD       380.0
+#define SIM_FIXED_PER_MEMBER 82000.0
+#define SIM_PER_RECORD       115.0
 
 struct opts
 {

@@ -208,12 +208,12 @@ void core_view(const struct member *m, bool self, struct gossip_member *out)
 {
     out->name = m->name;
     out->addr = m->addr;
-    out->state = m->state;
+    out->state = (enum gossip_state)m->state;
     out->incarnation = m->inc;
-    out->meta.role = m->role;
+    out->meta.role = (enum gossip_role)m->role;
     out->meta.weight = m->weight;
-    out->meta.fleet = m->fleet != NULL ? m->fleet : "";
-    out->meta.app = m->app;
+    out->meta.fleet = member_fleet(m);
+    out->meta.app = member_app(m);
     out->meta.app_len = m->app_len;
     out->self = self;
     out->returned = false;
@@ -356,8 +356,7 @@ static bool seen_check_add(struct gossip *g, uint64_t id)
     }
     g->seen.ids[slot] = id;
     g->seen.next = (slot + 1) % SEEN_MAX;
-    if (ghash_put(&g->seen.set, &g->seen.ids[slot], sizeof(uint64_t),
-                  &g->seen.ids[slot]) != 0) {
+    if (ghash_put(&g->seen.set, &g->seen.ids[slot]) != 0) {
         gossip_count_drop(g, GOSSIP_DROP_OVERLOAD);
     }
     return false;
@@ -378,6 +377,13 @@ static void on_user(struct gossip *g, const struct gmsg_user *u)
     if (g->cfg.cb.broadcast != NULL) {
         g->cfg.cb.broadcast(g->cfg.cb.data, NULL, 0, 0, u->payload, u->len);
     }
+}
+
+static const void *keyed_key(const void *val, size_t *len)
+{
+    const struct keyed_val *kv = val;
+    *len = kv->key_len;
+    return kv->key;
 }
 
 /* Store a keyed value newer than what we have. 1 when stored, 0 when stale,
@@ -407,7 +413,7 @@ static int keyed_store(struct gossip *g, const char *key, size_t key_len,
     if (old != NULL) {
         ghash_del(&g->keyed, key, key_len);
     }
-    if (ghash_put(&g->keyed, kv->key, key_len, kv) != 0) {
+    if (ghash_put(&g->keyed, kv) != 0) {
         /* The delete freed room, so this fails only for a new key. */
         free(kv);
         return ALLOT_ENOMEM;
@@ -476,8 +482,8 @@ static void push_pull_send(struct gossip *g, const struct gossip_addr *to,
     }
     gmsg_pp_keyed_count(&w, g->keyed.n);
     for (size_t i = 0; i < g->keyed.cap; i++) {
-        const struct keyed_val *kv = g->keyed.slots[i].val;
-        if (g->keyed.slots[i].key != NULL) {
+        const struct keyed_val *kv = g->keyed.slots[i];
+        if (kv != NULL) {
             gmsg_pp_put_keyed(&w, kv->key, kv->key_len, kv->version,
                               kv->payload, kv->len);
         }
@@ -956,19 +962,20 @@ int gossip_new(struct gossip **out, struct gossip_io *io,
     g->cfg = *cfg;
     g->keyring = cfg->keyring;
     sodium_memzero(&g->cfg.keyring, sizeof g->cfg.keyring);
-    gbq_init(&g->queue);
+    gbq_init(&g->queue, swim_encode_alive, g);
     gtimer_heap_init(&g->timers);
-    ghash_init(&g->seen.set);
-    ghash_init(&g->keyed);
-    ghash_init(&g->cmd_seen.set);
+    ghash_init(&g->seen.set, ghash_key_u64);
+    ghash_init(&g->keyed, keyed_key);
+    ghash_init(&g->cmd_seen.set, ghash_key_u64);
     g->timer_asked = UINT64_MAX;
     rv = swim_init(g);
     if (rv != 0) {
         gossip_free(g);
         return allot_errf(errmsg, rv, "gossip: out of memory");
     }
-    /* Only the member's own copies are kept. */
-    g->cfg.name = g->self->name;
+    /* Only the member's own copies are kept (g->self->name is the name;
+     * the record moves when its metadata changes size). */
+    g->cfg.name = NULL;
     g->cfg.meta.fleet = NULL;
     g->cfg.meta.app = NULL;
     gtimer_init(&g->gossip_timer, on_gossip_timer);
@@ -1082,14 +1089,13 @@ void gossip_free(struct gossip *g)
             g->io->set_timer(g->io, UINT64_MAX);
         }
     }
-    /* Timers first: they point into members. */
+    /* Timers first: they point into members; the queue next: it holds
+     * items embedded in members. */
     gtimer_heap_free(&g->timers);
-    swim_free(g);
     gbq_free(&g->queue);
+    swim_free(g);
     for (size_t i = 0; i < g->keyed.cap; i++) {
-        if (g->keyed.slots[i].key != NULL) {
-            free(g->keyed.slots[i].val);
-        }
+        free(g->keyed.slots[i]);
     }
     ghash_free(&g->keyed);
     ghash_free(&g->seen.set);
@@ -1429,8 +1435,7 @@ static void cmd_seen_add(struct gossip *g, uint64_t id, int status)
     }
     g->cmd_seen.ent[slot] = (struct keycmd_seen){id, status};
     g->cmd_seen.next = (slot + 1) % KEYCMD_SEEN_MAX;
-    if (ghash_put(&g->cmd_seen.set, &g->cmd_seen.ent[slot].id, sizeof(uint64_t),
-                  &g->cmd_seen.ent[slot]) != 0) {
+    if (ghash_put(&g->cmd_seen.set, &g->cmd_seen.ent[slot]) != 0) {
         /* Forgotten at once: a copy arriving later is applied again, which
          * the ops' idempotence makes harmless. */
         gossip_count_drop(g, GOSSIP_DROP_OVERLOAD);
@@ -1575,6 +1580,13 @@ static void on_keycmd_timer(struct gtimer *t, void *arg)
     core_timer_start(g, &kc->timer, keycmd_next_at(kc));
 }
 
+static const void *keycmd_peer_key(const void *val, size_t *len)
+{
+    const struct keycmd_peer *p = val;
+    *len = strlen(p->name);
+    return p->name;
+}
+
 /* Members asked: every other member alive or suspect now. */
 static int keycmd_peers(struct gossip *g, struct keycmd *kc)
 {
@@ -1584,7 +1596,7 @@ static int keycmd_peers(struct gossip *g, struct keycmd *kc)
         n += m != g->self &&
              (m->state == GOSSIP_ALIVE || m->state == GOSSIP_SUSPECT);
     }
-    ghash_init(&kc->by_name);
+    ghash_init(&kc->by_name, keycmd_peer_key);
     if (n == 0) {
         return 0;
     }
@@ -1600,7 +1612,7 @@ static int keycmd_peers(struct gossip *g, struct keycmd *kc)
         }
         struct keycmd_peer *p = &kc->peers[kc->n_peers];
         memcpy(p->name, m->name, (size_t)m->name_len + 1);
-        if (ghash_put(&kc->by_name, p->name, m->name_len, p) != 0) {
+        if (ghash_put(&kc->by_name, p) != 0) {
             return ALLOT_ENOMEM;
         }
         kc->n_peers++;

@@ -90,7 +90,7 @@ static void set_state(struct gossip *g, struct member *m, enum gossip_state s)
     if (m->state != s) {
         g->n_state[m->state]--;
         g->n_state[s]++;
-        m->state = s;
+        m->state = (uint8_t)s;
         m->state_change = core_now(g);
     }
 }
@@ -124,37 +124,60 @@ void swim_alive_of(const struct member *m, struct gmsg_alive *a)
     a->name.p = m->name;
     a->name.len = m->name_len;
     a->addr = m->addr;
-    a->role = (uint8_t)m->role;
+    a->role = m->role;
     a->weight = m->weight;
-    a->fleet.p = m->fleet != NULL ? m->fleet : "";
-    a->fleet.len = m->fleet != NULL ? strlen(m->fleet) : 0;
-    a->app = m->app;
+    a->fleet.p = member_fleet(m);
+    a->fleet.len = strlen(a->fleet.p);
+    a->app = member_app(m);
     a->app_len = m->app_len;
 }
 
-/* Queue a message about member m (replacing older news about it). */
-static void queue_about(struct gossip *g, const struct member *m,
+/* The queue holds at most one message about each member, the newest: its
+ * ALIVE, embedded in the record (m->alive) and encoded when sent, or a
+ * copied accusation under the key "m" + name. Queuing one drops the other.
+ * The embedded ALIVE always encodes the member as it is now: every change
+ * of its incarnation, address or metadata queues news about it again. */
+static void queue_key(const struct member *m, char key[1 + GOSSIP_NAME_MAX])
+{
+    key[0] = 'm';
+    memcpy(key + 1, m->name, m->name_len);
+}
+
+/* Queue an accusation about member m (replacing older news about it). */
+static void queue_about(struct gossip *g, struct member *m,
                         const struct gbuf_w *w, unsigned flags)
 {
     char key[1 + GOSSIP_NAME_MAX];
-    key[0] = 'm';
-    memcpy(key + 1, m->name, m->name_len);
+    queue_key(m, key);
+    gbq_remove_item(&g->queue, &m->alive);
     core_queue(g, key, 1u + m->name_len, w, flags);
 }
 
-static void broadcast_alive(struct gossip *g, const struct member *m)
+static void broadcast_alive(struct gossip *g, struct member *m)
 {
-    uint8_t buf[512];
+    if (g->queue.by_key.n > 0) {
+        char key[1 + GOSSIP_NAME_MAX];
+        queue_key(m, key);
+        gbq_drop(&g->queue, key, 1u + m->name_len);
+    }
+    gbq_push_item(&g->queue, &m->alive);
+}
+
+size_t swim_encode_alive(void *arg, const struct gbq_item *it, uint8_t *buf,
+                         size_t cap)
+{
+    (void)arg;
+    const struct member *m = container_of(it, const struct member, alive);
     struct gbuf_w w;
     struct gmsg_alive a;
-    gbuf_w_fixed(&w, buf, sizeof buf);
+    gbuf_w_fixed(&w, buf, cap);
     swim_alive_of(m, &a);
     gmsg_put_alive(&w, &a);
-    queue_about(g, m, &w, 0);
+    return w.failed ? 0 : w.len;
 }
 
 static void broadcast_accusation(struct gossip *g, enum gmsg_type type,
-                                 const struct member *m, uint64_t inc,
+                                 struct member *m, uint64_t inc,
                                  const char *from, unsigned flags)
 {
     uint8_t buf[256];
@@ -166,51 +189,93 @@ static void broadcast_accusation(struct gossip *g, enum gmsg_type type,
 
 /* --- The member table --------------------------------------------------- */
 
-static int set_meta(struct member *m, const struct gmsg_alive *a)
+static const void *member_key(const void *val, size_t *len)
 {
-    char *fleet = NULL;
-    uint8_t *app = NULL;
+    const struct member *m = val;
+    *len = m->name_len;
+    return m->name;
+}
+
+static size_t member_size(size_t name_len, size_t fleet_len, size_t app_len)
+{
+    return offsetof(struct member, name) + name_len + 1 + fleet_len + 1 +
+           app_len;
+}
+
+/* Write a's metadata into m, which has room for it. */
+static void put_meta(struct member *m, const struct gmsg_alive *a)
+{
+    char *fleet = m->name + m->name_len + 1;
     if (a->fleet.len > 0) {
-        fleet = strndup(a->fleet.p, a->fleet.len);
-        if (fleet == NULL) {
-            return ALLOT_ENOMEM;
-        }
+        memcpy(fleet, a->fleet.p, a->fleet.len);
     }
+    fleet[a->fleet.len] = '\0';
     if (a->app_len > 0) {
-        app = malloc(a->app_len);
-        if (app == NULL) {
-            free(fleet);
-            return ALLOT_ENOMEM;
-        }
-        memcpy(app, a->app, a->app_len);
+        memcpy(fleet + a->fleet.len + 1, a->app, a->app_len);
     }
-    free(m->fleet);
-    free(m->app);
-    m->fleet = fleet;
-    m->app = app;
     m->app_len = (uint16_t)a->app_len;
-    m->role = (enum gossip_role)a->role;
+    m->role = a->role;
     m->weight = a->weight;
     m->addr = a->addr;
-    return 0;
+}
+
+/* Take a's metadata. When its size differs the record moves, and every
+ * pointer to it (the table, the array, its suspicion, g->self) follows;
+ * its queued ALIVE is dropped, for the caller queues a new one. Returns
+ * the record, or NULL when out of memory (m unchanged). */
+static struct member *set_meta(struct gossip *g, struct member *m,
+                               const struct gmsg_alive *a)
+{
+    const char *fleet = member_fleet(m);
+    if (member_size(m->name_len, a->fleet.len, a->app_len) !=
+        member_size(m->name_len, strlen(fleet), m->app_len)) {
+        struct member *n =
+            malloc(member_size(m->name_len, a->fleet.len, a->app_len));
+        if (n == NULL) {
+            return NULL;
+        }
+        memcpy(n, m, offsetof(struct member, name) + m->name_len + 1u);
+        gbq_item_init(&n->alive);
+        /* The same key: replaces m in its slot, and fails only before. */
+        if (ghash_put(&g->by_name, n) != 0) {
+            free(n);
+            return NULL;
+        }
+        gbq_remove_item(&g->queue, &m->alive);
+        if (n->susp != NULL) {
+            n->susp->m = n;
+        }
+        if (g->self == m) {
+            g->self = n;
+        }
+        /* Metadata of a given size changes rarely: a scan is cheaper than
+         * keeping every member's position in the record. */
+        for (size_t i = 0; i < g->n_members; i++) {
+            if (g->members[i] == m) {
+                g->members[i] = n;
+                break;
+            }
+        }
+        free(m);
+        m = n;
+    }
+    put_meta(m, a);
+    return m;
 }
 
 static bool same_data(const struct member *m, const struct gmsg_alive *a)
 {
-    const char *fleet = m->fleet != NULL ? m->fleet : "";
-    return gossip_addr_eq(&m->addr, &a->addr) &&
-           m->role == (enum gossip_role)a->role && m->weight == a->weight &&
-           strlen(fleet) == a->fleet.len &&
+    const char *fleet = member_fleet(m);
+    return gossip_addr_eq(&m->addr, &a->addr) && m->role == a->role &&
+           m->weight == a->weight && strlen(fleet) == a->fleet.len &&
            memcmp(fleet, a->fleet.p != NULL ? a->fleet.p : "", a->fleet.len) ==
                0 &&
            m->app_len == a->app_len &&
-           (a->app_len == 0 || memcmp(m->app, a->app, a->app_len) == 0);
+           (a->app_len == 0 || memcmp(member_app(m), a->app, a->app_len) == 0);
 }
 
 static void member_free(struct member *m)
 {
-    free(m->fleet);
-    free(m->app);
     free(m->susp);
     free(m);
 }
@@ -226,17 +291,19 @@ static struct member *member_add(struct gossip *g, const struct gmsg_alive *a)
         g->members = p;
         g->cap_members = cap;
     }
-    struct member *m = calloc(1, sizeof *m + a->name.len + 1);
+    struct member *m =
+        calloc(1, member_size(a->name.len, a->fleet.len, a->app_len));
     if (m == NULL) {
         return NULL;
     }
+    gbq_item_init(&m->alive);
     memcpy(m->name, a->name.p, a->name.len);
     m->name_len = (uint8_t)a->name.len;
     m->inc = a->inc;
     m->state = GOSSIP_ALIVE;
     m->state_change = core_now(g);
-    if (set_meta(m, a) != 0 ||
-        ghash_put(&g->by_name, m->name, m->name_len, m) != 0) {
+    put_meta(m, a);
+    if (ghash_put(&g->by_name, m) != 0) {
         member_free(m);
         return NULL;
     }
@@ -245,12 +312,9 @@ static struct member *member_add(struct gossip *g, const struct gmsg_alive *a)
     size_t n = g->n_members++;
     size_t at = (size_t)core_random(g, n + 1);
     g->members[n] = m;
-    m->idx = n;
     if (at != n) {
         g->members[n] = g->members[at];
-        g->members[n]->idx = n;
         g->members[at] = m;
-        m->idx = at;
     }
     g->n_state[GOSSIP_ALIVE]++;
     return m;
@@ -265,18 +329,18 @@ static void suspicion_stop(struct gossip *g, struct member *m)
     }
 }
 
-static void member_remove(struct gossip *g, struct member *m)
+/* Forget the member at position i of g->members. */
+static void member_remove(struct gossip *g, size_t i)
 {
+    struct member *m = g->members[i];
     suspicion_stop(g, m);
     ghash_del(&g->by_name, m->name, m->name_len);
     char key[1 + GOSSIP_NAME_MAX];
-    key[0] = 'm';
-    memcpy(key + 1, m->name, m->name_len);
+    queue_key(m, key);
     gbq_drop(&g->queue, key, 1u + m->name_len);
-    size_t i = m->idx;
+    gbq_remove_item(&g->queue, &m->alive);
     size_t last = --g->n_members;
     g->members[i] = g->members[last];
-    g->members[i]->idx = i;
     g->n_state[m->state]--;
     member_free(m);
 }
@@ -291,7 +355,7 @@ static void new_round(struct gossip *g)
         if (m != g->self &&
             (m->state == GOSSIP_DEAD || m->state == GOSSIP_LEFT) &&
             now - m->state_change >= g->cfg.dead_forget_ms) {
-            member_remove(g, m);
+            member_remove(g, i);
             continue;
         }
         i++;
@@ -301,8 +365,6 @@ static void new_round(struct gossip *g)
         struct member *t = g->members[i - 1];
         g->members[i - 1] = g->members[j];
         g->members[j] = t;
-        g->members[i - 1]->idx = i - 1;
-        g->members[j]->idx = j;
     }
     g->probe_idx = 0;
 }
@@ -363,9 +425,8 @@ static void refute(struct gossip *g, uint64_t claimed)
 
 int swim_update_self(struct gossip *g, const struct gmsg_alive *a)
 {
-    int rv = set_meta(g->self, a);
-    if (rv != 0) {
-        return rv;
+    if (set_meta(g, g->self, a) == NULL) {
+        return ALLOT_ENOMEM;
     }
     g->self->inc++;
     broadcast_alive(g, g->self);
@@ -561,7 +622,7 @@ void swim_on_alive(struct gossip *g, const struct gmsg_alive *a)
         return;
     }
     bool changed = !same_data(m, a);
-    if (changed && set_meta(m, a) != 0) {
+    if (changed && (m = set_meta(g, m, a)) == NULL) {
         gossip_count_drop(g, GOSSIP_DROP_OVERLOAD);
         return;
     }
@@ -895,7 +956,7 @@ void swim_on_nack(struct gossip *g, uint32_t seq)
 
 int swim_init(struct gossip *g)
 {
-    ghash_init(&g->by_name);
+    ghash_init(&g->by_name, member_key);
     gtimer_init(&g->probe_timer, on_probe_timer);
     gtimer_init(&g->probe.ack_timer, on_ack_timeout);
     for (size_t i = 0; i < RELAY_MAX; i++) {

@@ -485,6 +485,12 @@ END_TEST
 
 /* --- Hash, timers, queue ------------------------------------------------ */
 
+static const void *str_key(const void *val, size_t *len)
+{
+    *len = strlen(val);
+    return val;
+}
+
 START_TEST(hash_random)
 {
     enum { KEYS = 2000 };
@@ -492,7 +498,7 @@ START_TEST(hash_random)
     static bool present[KEYS];
     memset(present, 0, sizeof present);
     struct ghash h;
-    ghash_init(&h);
+    ghash_init(&h, str_key);
     uint64_t x = 12345;
     size_t n = 0;
     for (int op = 0; op < 50000; op++) {
@@ -500,7 +506,7 @@ START_TEST(hash_random)
         size_t k = (size_t)(x >> 33) % KEYS;
         int len = snprintf(keys[k], sizeof keys[k], "k%zu", k);
         if ((x >> 20) & 1) {
-            ck_assert_int_eq(ghash_put(&h, keys[k], (size_t)len, keys[k]), 0);
+            ck_assert_int_eq(ghash_put(&h, keys[k]), 0);
             n += !present[k];
             present[k] = true;
         } else {
@@ -510,6 +516,9 @@ START_TEST(hash_random)
             present[k] = false;
         }
         ck_assert_uint_eq(h.n, n);
+        /* At most 3/4 full; at least 1/8 once grown. */
+        ck_assert_uint_le(h.n * 4, h.cap * 3);
+        ck_assert(h.cap <= 16 || h.n * 8 > h.cap);
     }
     for (size_t k = 0; k < KEYS; k++) {
         char key[12];
@@ -517,6 +526,14 @@ START_TEST(hash_random)
         void *v = ghash_get(&h, key, (size_t)len);
         ck_assert(present[k] ? v == keys[k] : v == NULL);
     }
+    /* Emptied, it gives its memory back. */
+    for (size_t k = 0; k < KEYS; k++) {
+        if (present[k]) {
+            ck_assert_ptr_eq(ghash_del(&h, keys[k], strlen(keys[k])), keys[k]);
+        }
+    }
+    ck_assert_uint_eq(h.n, 0);
+    ck_assert_uint_le(h.cap, 16);
     ghash_free(&h);
 }
 END_TEST
@@ -582,10 +599,21 @@ static void qpush(struct gbq *q, const char *key, const char *body,
                      0);
 }
 
+/* Fill a packet with room for one 2-byte message (limit 3): want's. */
+static void qfill_one(struct gbq *q, const char *want)
+{
+    uint8_t buf[2];
+    struct gbuf_w w;
+    unsigned notify = 0;
+    gbuf_w_fixed(&w, buf, sizeof buf);
+    ck_assert_uint_eq(gbq_fill(q, 3, &w, &notify), 1);
+    ck_assert_mem_eq(buf, want, 2);
+}
+
 START_TEST(queue_order_and_limits)
 {
     struct gbq q;
-    gbq_init(&q);
+    gbq_init(&q, NULL, NULL);
     qpush(&q, "ka", "a1", 0);
     qpush(&q, "kb", "b1", 0);
     qpush(&q, "ka", "a2", 0); /* replaces a1 */
@@ -594,13 +622,9 @@ START_TEST(queue_order_and_limits)
     struct gbuf_w w;
     unsigned notify = 0;
     /* Room for one: the newest least-sent goes first. */
-    gbuf_w_fixed(&w, buf, 2);
-    ck_assert_uint_eq(gbq_fill(&q, 3, &w, &notify), 1);
-    ck_assert_mem_eq(buf, "a2", 2);
+    qfill_one(&q, "a2");
     /* Next, b1 (sent 0 times) before a2 (sent once). */
-    gbuf_w_fixed(&w, buf, 2);
-    ck_assert_uint_eq(gbq_fill(&q, 3, &w, &notify), 1);
-    ck_assert_mem_eq(buf, "b1", 2);
+    qfill_one(&q, "b1");
     /* Limit 3: two more rounds of both, then both are retired. */
     for (int i = 0; i < 2; i++) {
         gbuf_w_fixed(&w, buf, sizeof buf);
@@ -629,6 +653,96 @@ START_TEST(queue_order_and_limits)
     qpush(&q, "x", "x", 0);
     gbq_drop(&q, "x", 1);
     ck_assert_uint_eq(q.n, 0);
+    gbq_free(&q);
+}
+END_TEST
+
+/* An item embedded in its owner, encoded each time it is sent. */
+struct qowner
+{
+    struct gbq_item it;
+    char body[8];
+};
+
+static size_t qowner_encode(void *arg, const struct gbq_item *it, uint8_t *buf,
+                            size_t cap)
+{
+    int *calls = arg;
+    const struct qowner *o = (const struct qowner *)(const void *)it;
+    size_t len = strlen(o->body);
+    (*calls)++;
+    if (len > cap) {
+        return 0;
+    }
+    memcpy(buf, o->body, len);
+    return len;
+}
+
+START_TEST(queue_embedded_items)
+{
+    int calls = 0;
+    struct gbq q;
+    gbq_init(&q, qowner_encode, &calls);
+    struct qowner a = {.body = "e1"}, b = {.body = "f1"};
+    gbq_item_init(&a.it);
+    gbq_item_init(&b.it);
+    gbq_push_item(&q, &a.it);
+    qpush(&q, "kb", "b1", 0);
+    ck_assert_uint_eq(q.n, 2);
+    uint8_t buf[64];
+    struct gbuf_w w;
+    unsigned notify = 0;
+    /* The newest first, as for copied messages. */
+    qfill_one(&q, "b1");
+    /* Encoded when sent: the owner's current content goes out. */
+    strcpy(a.body, "e2");
+    qfill_one(&q, "e2");
+    ck_assert_int_ge(calls, 1);
+    /* Pushed again: counted as new, queued once. */
+    gbq_push_item(&q, &a.it);
+    gbq_push_item(&q, &a.it);
+    ck_assert_uint_eq(q.n, 2);
+    ck_assert_uint_eq(a.it.transmits, 0);
+    /* Removing twice is harmless; an item never queued is no-op. */
+    gbq_remove_item(&q, &a.it);
+    gbq_remove_item(&q, &a.it);
+    gbq_remove_item(&q, &b.it);
+    ck_assert_uint_eq(q.n, 1);
+    /* Retired after limit sends, and then out of the queue. */
+    gbq_push_item(&q, &b.it);
+    for (int i = 0; i < 3; i++) {
+        gbuf_w_fixed(&w, buf, sizeof buf);
+        gbq_fill(&q, 3, &w, &notify);
+    }
+    ck_assert_uint_eq(q.n, 0);
+    ck_assert_uint_eq(b.it.flags, GBQ_EMBEDDED);
+    /* gbq_free forgets embedded items without freeing them. */
+    gbq_push_item(&q, &a.it);
+    qpush(&q, "kc", "c1", 0);
+    gbq_free(&q);
+    ck_assert_uint_eq(a.it.flags, GBQ_EMBEDDED);
+}
+END_TEST
+
+/* The queue's key table shrinks back once a burst of keyed news is gone. */
+START_TEST(queue_table_shrinks)
+{
+    struct gbq q;
+    gbq_init(&q, NULL, NULL);
+    char key[16];
+    for (int i = 0; i < 5000; i++) {
+        snprintf(key, sizeof key, "m%d", i);
+        qpush(&q, key, "x", 0);
+    }
+    ck_assert_uint_ge(q.by_key.cap, 5000);
+    uint8_t buf[1024];
+    struct gbuf_w w;
+    unsigned notify = 0;
+    while (q.n > 0) {
+        gbuf_w_fixed(&w, buf, sizeof buf);
+        gbq_fill(&q, 1, &w, &notify);
+    }
+    ck_assert_uint_le(q.by_key.cap, 16);
     gbq_free(&q);
 }
 END_TEST
@@ -952,6 +1066,8 @@ static Suite *gossip_suite(void)
     tcase_add_test(tc, hash_random);
     tcase_add_test(tc, timer_heap);
     tcase_add_test(tc, queue_order_and_limits);
+    tcase_add_test(tc, queue_embedded_items);
+    tcase_add_test(tc, queue_table_shrinks);
     tcase_add_test(tc, receive_drops);
     tcase_add_test(tc, config_checks);
     tcase_add_test(tc, leave_async);

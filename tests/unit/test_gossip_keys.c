@@ -843,7 +843,7 @@ START_TEST(flood_bounded)
      * GBQ_CMD_MAX is refused, other messages still fit. */
     {
         struct gbq q;
-        gbq_init(&q);
+        gbq_init(&q, NULL, NULL);
         const uint8_t msg[3] = {1, 2, 3};
         for (uint64_t id = 0; id < GBQ_CMD_MAX; id++) {
             ck_assert_int_eq(

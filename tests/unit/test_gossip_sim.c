@@ -750,6 +750,21 @@ START_TEST(meta_spreads)
         updates += w->ctx[i].update_events;
     }
     ck_assert_uint_eq(updates, 29);
+    /* Smaller metadata: every record of n11 moves to a smaller block (the
+     * name, fleet and app share one), and is still found by name. */
+    struct gossip_meta small = {.role = GOSSIP_ROLE_AGENT, .fleet = ""};
+    ck_assert_int_eq(gossip_set_meta(sim_gossip(w->sim, 11), &small), 0);
+    sim_run_for(w->sim, 10000);
+    for (int i = 0; i < w->n; i++) {
+        struct gossip_member m;
+        ck_assert_int_eq(gossip_member_find(sim_gossip(w->sim, i), "n11", &m),
+                         0);
+        ck_assert_str_eq(m.name, "n11");
+        ck_assert_int_eq(m.meta.role, GOSSIP_ROLE_AGENT);
+        ck_assert_str_eq(m.meta.fleet, "");
+        ck_assert_uint_eq(m.meta.app_len, 0);
+        ck_assert_int_eq(m.state, GOSSIP_ALIVE);
+    }
     meta.app_len = GOSSIP_APP_MAX + 1;
     ck_assert_int_eq(gossip_set_meta(sim_gossip(w->sim, 11), &meta),
                      ALLOT_EINVALID);
