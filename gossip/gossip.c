@@ -652,10 +652,6 @@ static void dispatch(struct gossip *g, const uint8_t *plain, size_t len)
         case GMSG_KEY_CMD: {
             struct gmsg_key_cmd m;
             if (gmsg_get_key_cmd(&body, &m) == 0) {
-                if (getenv("KDBG"))
-                    fprintf(stderr, "KDBG t=%llu %s got cmd %llx\n",
-                            (unsigned long long)core_now(g), g->self->name,
-                            (unsigned long long)m.id);
                 on_key_cmd(g, &m);
             }
             break;
@@ -1701,10 +1697,6 @@ int gossip_key_cmd(struct gossip *g, struct gossip_key_cmd *req,
     if (op == GOSSIP_KEY_LIST) {
         keycmd_count_keys(req, g->keyring.keys[0], g->keyring.n);
     }
-    if (getenv("KDBG"))
-        fprintf(stderr, "KDBG t=%llu %s START %llx\n",
-                (unsigned long long)core_now(g), g->self->name,
-                (unsigned long long)kc->id);
     LOGI(COMP, "key command sent", "name=%s op=%s asked=%zu", g->self->name,
          gossip_key_op_name(op), kc->n_peers + 1);
     /* Never from inside this call, even when nobody else is there. */
