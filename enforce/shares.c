@@ -297,8 +297,8 @@ void shares_host_timing(struct shares_host *h, size_t n, uint32_t gossip_ms,
      * reach (large fleets cover each other far sooner, and are capped). */
     uint64_t t_min =
         (uint64_t)suspicion_mult * ceil_log10(n > 1 ? n : 2) * probe_ms;
-    uint64_t round = (uint64_t)(n < SHARES_ROUND_CAP ? n : SHARES_ROUND_CAP) *
-                     probe_ms;
+    uint64_t round =
+        (uint64_t)(n < SHARES_ROUND_CAP ? n : SHARES_ROUND_CAP) * probe_ms;
     h->settle_ms = t_min > round ? t_min : round;
 }
 
