@@ -657,6 +657,7 @@ struct checker
     unsigned long decisions;
     unsigned long bad;
     unsigned long backwards; /* a decision by an older rule than before */
+    _Atomic int running;     /* set once it decided at least once */
 };
 
 static void *checker_main(void *arg)
@@ -687,6 +688,7 @@ static void *checker_main(void *arg)
             c->bad++;
         }
         c->decisions++;
+        atomic_store_explicit(&c->running, 1, memory_order_relaxed);
     }
     return NULL;
 }
@@ -703,6 +705,16 @@ START_TEST(swaps_under_checks)
     pthread_t t[2];
     for (int i = 0; i < 2; i++) {
         ck_assert_int_eq(pthread_create(&t[i], NULL, checker_main, &c[i]), 0);
+    }
+    /* Swap only once both threads decide: on a loaded machine (a CI run
+     * beside other work) a thread may not be scheduled before a quick
+     * swap loop ends, and the test would check nothing. */
+    for (int i = 0; i < 2; i++) {
+        for (int w = 0; !atomic_load(&c[i].running) && w < 60000; w++) {
+            usleep(1000);
+        }
+        ck_assert_msg(atomic_load(&c[i].running),
+                      "checker %d never ran in 60 s", i);
     }
     uint64_t v = 0;
     for (int i = 0; i < 2000; i++) {
