@@ -408,7 +408,7 @@ static int op_stats(struct req *q, msgpack_sbuffer *sb, msgpack_packer *pk)
     allot_stats(ag->a, &st);
     (void)sb;
     wire_pack_ok_head(pk, q->id);
-    msgpack_pack_map(pk, 29);
+    msgpack_pack_map(pk, 32);
     wire_pack_kv_u64(pk, "catalog_version", st.catalog_version);
     wire_pack_kv_u64(pk, "server_version", st.server_version);
     wire_pack_kv_u64(pk, "versions_behind", st.versions_behind);
@@ -439,6 +439,9 @@ static int op_stats(struct req *q, msgpack_sbuffer *sb, msgpack_packer *pk)
     wire_pack_kv_u64(pk, "usage_reports", st.usage_reports);
     wire_pack_kv_u64(pk, "usage_errors", st.usage_errors);
     wire_pack_kv_u64(pk, "connections", ag->conns_open);
+    wire_pack_kv_u64(pk, "fleet_members", st.fleet_members);
+    wire_pack_kv_u64(pk, "view_version", st.view_version);
+    wire_pack_kv_u64(pk, "share_state", st.share_state);
     wire_pack_str(pk, "health");
     msgpack_pack_double(pk, st.health);
     wire_pack_str(pk, "rule_stats");

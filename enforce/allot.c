@@ -727,6 +727,8 @@ int allot_stats(struct allot *a, struct allot_stats *st)
     st->gossip_servers = atomic_load(&a->gossip_servers);
     st->usage_reports = atomic_load(&a->usage_reports);
     st->usage_errors = atomic_load(&a->usage_errors);
+    st->fleet_members = atomic_load(&a->fleet_members);
+    rules_view_state(a, &st->view_version, &st->share_state);
     if (st->announced_version > st->server_version) {
         st->server_version = st->announced_version;
         st->versions_behind = st->server_version > st->catalog_version

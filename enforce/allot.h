@@ -268,6 +268,12 @@ struct allot_stats
     uint64_t gossip_servers;    /* alive servers among them */
     uint64_t usage_reports;     /* usage windows a server accepted */
     uint64_t usage_errors;      /* usage windows not delivered */
+    /* Appended: shares (docs/shares.md). */
+    uint64_t fleet_members; /* alive or suspect members of this host's fleet
+                               in its last gossip view (0: none yet) */
+    uint32_t view_version;  /* version of that view, as this host publishes
+                               it (allotctl share show, column VIEW) */
+    uint32_t share_state;   /* 1: on probation, 2: holding its last part */
 };
 
 ALLOT_API int allot_stats(struct allot *a, struct allot_stats *st);

@@ -871,8 +871,10 @@ static void wait_parts(const int *fds, int n, const char *path, double want)
  * they keep their parts (docs/enforce.md, "Shares"). */
 /* `allotctl share show PATH -o json` until every one of the n hosts
  * published the view the server computed from (hosts republish at most
- * every 5 s) and each part is `part`; then a bad path is refused. */
-static void wait_share_show(const char *path, size_t n, double part)
+ * every 5 s) and each part is `part`; each agent of fds reports that view
+ * in its own stats; then a bad path is refused. */
+static void wait_share_show(const char *path, size_t n, double part,
+                            const int *fds)
 {
     double t0 = harness_now();
     for (;;) {
@@ -894,7 +896,16 @@ static void wait_share_show(const char *path, size_t n, double part)
         bool done =
             json_array_size(hs) == n && same == n && right == n &&
             json_integer_value(json_object_get(j, "members")) == (json_int_t)n;
+        uint64_t view =
+            (uint64_t)json_integer_value(json_object_get(j, "view"));
         json_decref(j);
+        for (size_t k = 0; done && k < n; k++) {
+            struct harness_reply rep;
+            call_path(fds[k], "stats", path, &rep);
+            done = get_u64(rep.result, "view_version") == view &&
+                   get_u64(rep.result, "fleet_members") == n;
+            harness_reply_destroy(&rep);
+        }
         if (done) {
             harness_ctl_free(&r);
             break;
@@ -933,7 +944,7 @@ START_TEST(fleet_shares)
     wait_parts(fd, 3, "web", 100);
     /* The servers see the same parts, and that every host computed them
      * from the same view (allotctl share show). */
-    wait_share_show("web", 3, 100);
+    wait_share_show("web", 3, 100, fd);
     /* A graceful stop is a leave: the other two grow at once. */
     close(fd[2]);
     agent_stop(&ag[2]);

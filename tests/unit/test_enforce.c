@@ -987,6 +987,10 @@ START_TEST(demand_parts)
     struct shares_view sv = {m, 3, 0, 0, 3};
     ck_assert_uint_eq(view, shares_view_version(&sv));
     ck_assert_uint_eq(state, 0);
+    struct allot_stats st;
+    ck_assert_int_eq(allot_stats(a, &st), 0);
+    ck_assert_uint_eq(st.view_version, view);
+    ck_assert_uint_eq(st.fleet_members, 3);
     /* A member's garbage blob reads as no demand. */
     const uint8_t junk[] = {0x93, 0x01, 0xc1, 0xff};
     const uint8_t *bad[3] = {blob[0], junk, blob[2]};
