@@ -60,7 +60,7 @@ static void usage(FILE *out)
             "  --gossip-seeds LIST    HOST:PORT,... of members to join "
             "through\n"
             "  --gossip-probe-interval-ms N  failure-detection probe period "
-            "(default 1000)\n"
+            "(default 400)\n"
             "  --log-level LEVEL      debug, info (default), warn, error\n");
 }
 
