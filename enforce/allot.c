@@ -776,6 +776,7 @@ int allot_rule_stats(struct allot_rule *r, struct allot_rule_stats *st)
 void enf_roll_windows(struct allot *a)
 {
     uint64_t now = clock_wall_ms();
+    double secs = (double)a->window_ms / 1000.0;
     pthread_mutex_lock(&a->mu);
     pthread_mutex_lock(&a->stats_mu);
     for (uint32_t i = 0; i < a->n_handles; i++) {
@@ -790,6 +791,14 @@ void enf_roll_windows(struct allot *a)
         /* The peak restarts from what is held as the new window opens. */
         r->win_last.peak = atomic_exchange(&r->peak, atomic_load(&r->apps));
         r->win_base = t;
+        /* Wanted = admitted units + refused requests (a refused request's
+         * size is not counted: bytes rules under-report refused demand). */
+        double wanted = (double)(r->win_last.cost + r->win_last.rejected) /
+                        (secs > 0 ? secs : 1);
+        r->demand_avg = r->demand_avg < 0
+                            ? wanted
+                            : ENF_DEMAND_ALPHA * wanted +
+                                  (1 - ENF_DEMAND_ALPHA) * r->demand_avg;
     }
     a->win_last_start_ms = a->win_start_ms;
     a->win_start_ms = now;

@@ -55,6 +55,10 @@
 /* Demand-shared rules a host tracks and gossips (its metadata blob holds
  * one (hash, demand) pair for each: about 170 bytes at most). */
 #define ENF_DEMAND_RULES SHARES_BLOB_RULES
+/* Weight of the newest window in a rule's demand average: the last window
+ * counts half, the one before a quarter, and so on, so one quiet or busy
+ * window moves the demand only halfway (docs/shares.md). */
+#define ENF_DEMAND_ALPHA 0.5
 
 /* One rule as received, with what the hot path needs precomputed.
  * Immutable once published, except `link` (the mirror's, writer-only). */
@@ -167,6 +171,9 @@ struct allot_rule
     /* Windows, under a->stats_mu (the housekeeping thread rolls them). */
     struct allot_usage win_base; /* totals when the current window began */
     struct allot_usage win_last; /* the last complete window */
+    /* What this host wanted of the rule, units/s: a moving average over
+     * the complete windows (ENF_DEMAND_ALPHA), -1 before the first. */
+    double demand_avg;
     /* Usage counters: a->stripes owned stripes, then the shared one. */
     struct enf_ctr ctr[];
 };

@@ -764,6 +764,7 @@ static struct allot_rule *handle_alloc(struct allot *a)
     struct allot_rule *h =
         (struct allot_rule *)(void *)(s->mem + s->used * stride);
     memset(h, 0, stride);
+    h->demand_avg = -1; /* no complete window yet */
     s->used++;
     return h;
 }
@@ -1117,15 +1118,11 @@ size_t rules_demands(struct allot *a, struct shares_demand *out, size_t cap)
         free(hs);
         return 0;
     }
-    double secs = (double)a->window_ms / 1000.0;
     pthread_mutex_lock(&a->stats_mu);
     for (size_t i = 0; i < k; i++) {
-        /* Wanted = admitted units + refused requests (a refused request's
-         * size is not counted: bytes rules under-report refused demand). */
-        const struct allot_usage *w = &hs[i]->win_last;
+        double d = hs[i]->demand_avg; /* enf_roll_windows */
         all[i] = (struct shares_demand){shares_rule_hash(hs[i]->path),
-                                        (double)(w->cost + w->rejected) /
-                                            (secs > 0 ? secs : 1)};
+                                        d > 0 ? d : 0};
     }
     pthread_mutex_unlock(&a->stats_mu);
     qsort(all, k, sizeof *all, demand_desc);

@@ -955,6 +955,14 @@ START_TEST(demand_parts)
     ck_assert_uint_eq(rules_demands(a, it, ENF_DEMAND_RULES), 1);
     ck_assert_uint_eq(it[0].hash, shares_rule_hash("org/d"));
     ck_assert_double_eq_tol(it[0].demand, 20.0 / 10.0, 1e-9); /* 10 s */
+    /* A quiet window moves the demand halfway (a moving average), a
+     * second one halfway again. */
+    enf_roll_windows(a);
+    ck_assert_uint_eq(rules_demands(a, it, ENF_DEMAND_RULES), 1);
+    ck_assert_double_eq_tol(it[0].demand, 1.0, 1e-9);
+    enf_roll_windows(a);
+    ck_assert_uint_eq(rules_demands(a, it, ENF_DEMAND_RULES), 1);
+    ck_assert_double_eq_tol(it[0].demand, 0.5, 1e-9);
 
     /* The blobs three hosts publish (the format: test_shares). */
     uint8_t blob[3][GOSSIP_APP_MAX];
