@@ -1,8 +1,9 @@
 /* bench_shares_sim - fleet shares under change, in virtual time.
  *
  *   bench_shares_sim [--scenario NAME|all] [--policy equal|weighted|demand]
- *                    [--traffic uniform|skewed|bursts]
+ *                    [--traffic uniform|skewed|bursts] [--loss P]
  *                    [--limit L] [--seed N] [--out DIR] [--hosts N]
+ *                    [--check] [--cold-start] [--verify-views]
  *
  * Every host is a real gossip member (gossip/, on the simulator's fake
  * network and clock, gossip/sim.h) and computes its own part of a global
@@ -10,7 +11,18 @@
  * (enforce/shares.h: shares_host_part). Each host is offered more traffic
  * than its part (a fluid model: per step, a host admits min(offered,
  * part) * step), so the fleet's admitted rate shows what the parts add up
- * to. Scenarios (docs/enforce.md, "Shares while the fleet changes"):
+ * to.
+ *
+ * A host's view is kept from its gossip member callbacks (each says the
+ * member's state after a change) in one byte per member, instead of being
+ * listed from its gossip table whenever it changes: the listing reads one
+ * record per member, N^2 scattered reads whenever the fleet changes, and
+ * was what kept 10,000 hosts out of reach. --verify-views lists the table
+ * as well at every part computed and stops the run (exit 1) if the two
+ * differ; CI runs with it. The scenarios start from a settled fleet
+ * (sim_warm: every first host knows the others, nothing queued);
+ * --cold-start has them all join through host 0 at t = 0 instead, 30 s
+ * before the change. Scenarios (docs/shares.md, "Simulation"):
  *
  *   scale-out   N/10 hosts, then N/10 -> N over 60 s (N = --hosts, 100)
  *   scale-in    N hosts, then N -> N/10 over 60 s (graceful leaves)
@@ -35,6 +47,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "../enforce/shares.h"
 #include "allot_error.h"
@@ -67,7 +80,13 @@ struct host
     uint64_t recheck_at; /* a probation or settle period ends then */
     struct shares_host sh;
     struct gossip_leave leave;
+    /* Its view of the fleet (its row of world.vs): members in it (alive
+     * or suspect), suspects, and known (dead ones too, not those left). */
+    int n_in, n_suspect, n_known;
 };
+
+/* A cell of world.vs: what host i's gossip says of host k. */
+enum { VIEW_NONE, VIEW_ALIVE, VIEW_SUSPECT, VIEW_DEAD };
 
 /* How much each host is offered (docs/benchmarks.md, "Fleet shares in
  * simulation"): the same above its part everywhere; Zipf-skewed by host
@@ -89,12 +108,23 @@ struct world
     double limit;
     uint64_t probation_ms;
     uint64_t settle_ms;
-    /* scratch for one host's view */
+    /* Every host's view, kept from its member callbacks (n x n, row i is
+     * host i's): building a view from the gossip table costs a cache miss
+     * per member record, N^2 of them whenever the fleet changes, which
+     * is what kept 10,000 hosts out of reach. vd: the demand host i last
+     * heard from host k (demand policy only, else NULL). */
+    uint8_t *vs;
+    double *vd;
+    bool verify;       /* --verify-views */
+    uint64_t verified; /* views compared with the gossip table */
+    double harm;       /* harmonic number of harm_n (skewed traffic) */
+    int harm_n;
     struct shares_member view[HOSTS_MAX];
+    /* scratch for --verify-views: the view as the gossip table lists it */
+    struct shares_member tview[HOSTS_MAX];
     char view_names[HOSTS_MAX][GOSSIP_NAME_MAX + 1];
     size_t nv, known, suspect;
     int self;
-    const char *self_name;
 };
 
 static struct gossip_keyring keyring(void)
@@ -114,21 +144,77 @@ static void meta_of(struct host *h, uint8_t app[8], struct gossip_meta *m)
                               .app_len = 8};
 }
 
+/* The demand a member publishes (8 bytes of metadata), as collect()
+ * reads it: anything else counts as none. */
+static double meta_demand(const struct gossip_meta *m)
+{
+    double d = 0;
+    if (m->app_len == 8) {
+        memcpy(&d, m->app, 8);
+    }
+    return d >= 0 && isfinite(d) ? d : 0;
+}
+
+/* Host i's view of host k becomes st. */
+static void view_set(struct world *w, int i, int k, uint8_t st)
+{
+    struct host *h = &w->h[i];
+    uint8_t *c = &w->vs[(size_t)i * (size_t)w->n + (size_t)k];
+    h->n_in -= *c == VIEW_ALIVE || *c == VIEW_SUSPECT;
+    h->n_suspect -= *c == VIEW_SUSPECT;
+    h->n_known -= *c != VIEW_NONE;
+    *c = st;
+    h->n_in += st == VIEW_ALIVE || st == VIEW_SUSPECT;
+    h->n_suspect += st == VIEW_SUSPECT;
+    h->n_known += st != VIEW_NONE;
+}
+
 static void on_member(void *data, enum gossip_event ev,
                       const struct gossip_member *m)
 {
     struct host *h = data;
+    struct world *w = h->w;
     h->dirty = true;
     if ((ev == GOSSIP_EV_SUSPECT || ev == GOSSIP_EV_DEAD ||
          (ev == GOSSIP_EV_JOIN && m->returned)) &&
         !m->self && strcmp(m->meta.fleet, FLEET) == 0) {
-        shares_host_change(&h->sh, sim_now(h->w->sim));
+        shares_host_change(&h->sh, sim_now(w->sim));
+    }
+    /* The callback says the member's state after the change: the row
+     * follows the table (--verify-views checks that it does). */
+    int k = strcmp(m->meta.fleet, FLEET) == 0 ? atoi(m->name + 5) : -1;
+    if (k < 0 || k >= w->n) {
+        return;
+    }
+    int i = (int)(h - w->h);
+    view_set(w, i, k,
+             m->state == GOSSIP_ALIVE     ? VIEW_ALIVE
+             : m->state == GOSSIP_SUSPECT ? VIEW_SUSPECT
+             : m->state == GOSSIP_DEAD    ? VIEW_DEAD
+                                          : VIEW_NONE);
+    if (w->vd != NULL) {
+        w->vd[(size_t)i * (size_t)w->n + (size_t)k] = meta_demand(&m->meta);
     }
 }
 
-static void host_start(struct world *w, int i, uint64_t now)
+/* Host i starts with an empty view holding itself. */
+static void view_reset(struct world *w, int i)
 {
     struct host *h = &w->h[i];
+    memset(&w->vs[(size_t)i * (size_t)w->n], VIEW_NONE, (size_t)w->n);
+    h->n_in = h->n_suspect = h->n_known = 0;
+    view_set(w, i, i, VIEW_ALIVE);
+    if (w->vd != NULL) {
+        w->vd[(size_t)i * (size_t)w->n + (size_t)i] = h->published;
+    }
+}
+
+/* Start host i; join: through host 0 (host 1 for host 0), else the
+ * caller warms the fleet up (sim_warm). */
+static void host_start(struct world *w, int i, uint64_t now, bool join)
+{
+    struct host *h = &w->h[i];
+    view_reset(w, i);
     struct gossip_config cfg;
     gossip_config_init(&cfg);
     cfg.name = h->name;
@@ -141,8 +227,10 @@ static void host_start(struct world *w, int i, uint64_t now)
         fprintf(stderr, "error: cannot start host %d\n", i);
         exit(2);
     }
-    struct gossip_addr seed = sim_addr(w->sim, i == 0 ? 1 : 0);
-    gossip_join(sim_gossip(w->sim, i), &seed, 1);
+    if (join) {
+        struct gossip_addr seed = sim_addr(w->sim, i == 0 ? 1 : 0);
+        gossip_join(sim_gossip(w->sim, i), &seed, 1);
+    }
     h->up = h->serving = true;
     h->kill_at = 0;
     h->dirty = true;
@@ -188,62 +276,80 @@ static void collect(void *data, const struct gossip_member *m)
     if (m->state != GOSSIP_ALIVE && m->state != GOSSIP_SUSPECT) {
         return;
     }
-    double d = 0;
-    if (m->meta.app_len == 8) {
-        memcpy(&d, m->meta.app, 8);
-    }
     if (m->self) {
         w->self = (int)w->nv;
     }
     w->suspect += m->state == GOSSIP_SUSPECT;
     /* The name is the library's only during the callback: copied. */
     snprintf(w->view_names[w->nv], sizeof w->view_names[0], "%s", m->name);
-    w->view[w->nv] = (struct shares_member){
+    w->tview[w->nv] = (struct shares_member){
         w->view_names[w->nv],
         m->meta.weight > 0 ? m->meta.weight / 1000.0 : 1.0,
-        d >= 0 && isfinite(d) ? d : 0};
+        meta_demand(&m->meta)};
     w->nv++;
 }
 
-/* Is host i's view of the fleet the truth: exactly the hosts that run
- * and serve, alive or suspect? */
-struct view_check
+static int member_by_name(const void *a, const void *b)
 {
-    const struct world *w;
-    int in_truth, seen;
-};
-
-static void check_member(void *data, const struct gossip_member *m)
-{
-    struct view_check *c = data;
-    if (strcmp(m->meta.fleet, FLEET) != 0 ||
-        (m->state != GOSSIP_ALIVE && m->state != GOSSIP_SUSPECT)) {
-        return;
-    }
-    c->seen++;
-    int k = atoi(m->name + 5); /* "host-%04d" */
-    if (k >= 0 && k < c->w->n && c->w->h[k].up && c->w->h[k].serving) {
-        c->in_truth++;
-    }
+    const struct shares_member *x = a, *y = b;
+    return strcmp(x->name, y->name);
 }
 
+/* --verify-views: host i's row (view, nv of them, in name order) must be
+ * what its gossip table lists, member for member; the run stops if not. */
+static void verify_view(struct world *w, int i, size_t nv)
+{
+    struct host *h = &w->h[i];
+    w->nv = w->known = w->suspect = 0;
+    w->self = -1;
+    gossip_member_foreach(sim_gossip(w->sim, i), collect, w);
+    qsort(w->tview, w->nv, sizeof w->tview[0], member_by_name);
+    bool same = w->nv == nv && w->known == (size_t)h->n_known &&
+                w->suspect == (size_t)h->n_suspect;
+    for (size_t k = 0; same && k < nv; k++) {
+        same = strcmp(w->tview[k].name, w->view[k].name) == 0 &&
+               w->tview[k].weight == w->view[k].weight &&
+               w->tview[k].demand == w->view[k].demand;
+    }
+    if (!same) {
+        fprintf(stderr,
+                "error: host %d's view at %" PRIu64 " ms: %zu members, %d "
+                "known, %d suspect from its callbacks; its gossip table "
+                "lists %zu, %zu known, %zu suspect (or a member differs)\n",
+                i, sim_now(w->sim), nv, h->n_known, h->n_suspect, w->nv,
+                w->known, w->suspect);
+        exit(1);
+    }
+    w->verified++;
+}
+
+/* Is every serving host's view of the fleet the truth: exactly the hosts
+ * that run and serve, alive or suspect? */
 static bool views_complete(struct world *w)
 {
-    int truth = 0;
-    for (int i = 0; i < w->n; i++) {
-        truth += w->h[i].up && w->h[i].serving;
+    size_t n = (size_t)w->n;
+    uint8_t *truth = malloc(n);
+    if (truth == NULL) {
+        exit(2);
     }
-    for (int i = 0; i < w->n; i++) {
-        if (!w->h[i].up || !w->h[i].serving) {
+    for (size_t k = 0; k < n; k++) {
+        truth[k] = w->h[k].up && w->h[k].serving;
+    }
+    bool all = true;
+    for (size_t i = 0; all && i < n; i++) {
+        if (!truth[i]) {
             continue;
         }
-        struct view_check c = {.w = w};
-        gossip_member_foreach(sim_gossip(w->sim, i), check_member, &c);
-        if (c.seen != truth || c.in_truth != truth) {
-            return false;
+        const uint8_t *row = &w->vs[i * n];
+        unsigned diff = 0;
+        for (size_t k = 0; k < n; k++) {
+            diff |= (unsigned)(row[k] == VIEW_ALIVE || row[k] == VIEW_SUSPECT) ^
+                    truth[k];
         }
+        all = diff == 0;
     }
-    return true;
+    free(truth);
+    return all;
 }
 
 /* The part changes only when the view does, or when a probation or settle
@@ -265,18 +371,32 @@ static double host_part(struct world *w, int i, uint64_t now)
     if (h->sh.change_at != 0 && now < end_s && end_s < h->recheck_at) {
         h->recheck_at = end_s;
     }
-    w->nv = w->known = w->suspect = 0;
-    w->self = -1;
-    gossip_member_foreach(sim_gossip(w->sim, i), collect, w);
+    /* The view in name order ("host-%04d": index order), so the share
+     * code needs no sort; weights as collect() reads them (1000 = 1). */
+    size_t n = (size_t)w->n, nv = 0, self = SIZE_MAX;
+    const uint8_t *row = &w->vs[(size_t)i * n];
+    const double *drow = w->vd != NULL ? &w->vd[(size_t)i * n] : NULL;
+    for (size_t k = 0; k < n; k++) {
+        if (row[k] == VIEW_ALIVE || row[k] == VIEW_SUSPECT) {
+            if (k == (size_t)i) {
+                self = nv;
+            }
+            w->view[nv++] = (struct shares_member){w->h[k].name, 1.0,
+                                                   drow != NULL ? drow[k] : 0};
+        }
+    }
+    if (w->verify) {
+        verify_view(w, i, nv);
+    }
     double part = 0;
     struct shares_view v = {.m = w->view,
-                            .n = w->nv,
-                            .self = (size_t)(w->self >= 0 ? w->self : 0),
-                            .suspect = w->suspect,
-                            .known = w->known};
-    if (w->self < 0 || shares_host_part(&w->h[i].sh, w->policy, w->limit, &v,
-                                        now, &part) != 0) {
-        return w->h[i].part; /* keep the last one */
+                            .n = nv,
+                            .self = self != SIZE_MAX ? self : 0,
+                            .suspect = (size_t)h->n_suspect,
+                            .known = (size_t)h->n_known};
+    if (self == SIZE_MAX ||
+        shares_host_part(&h->sh, w->policy, w->limit, &v, now, &part) != 0) {
+        return h->part; /* keep the last one */
     }
     return part;
 }
@@ -296,6 +416,9 @@ static void publish_demand(struct world *w, int i, uint64_t now)
     }
     h->published = d;
     h->published_at = now;
+    if (w->vd != NULL) {
+        w->vd[(size_t)i * (size_t)w->n + (size_t)i] = d;
+    }
     uint8_t app[8];
     struct gossip_meta m;
     meta_of(h, app, &m);
@@ -325,16 +448,20 @@ struct scenario
 /* Offered load per host: 3x an equal part of L over the hosts meant to
  * run at the end, so every host always wants more than its part; in
  * demand-shift, half the hosts want 4x what the other half wants. */
-static double offered(const struct world *w, const struct scenario *sc, int i,
+static double offered(struct world *w, const struct scenario *sc, int i,
                       uint64_t now, int target_hosts)
 {
     double base = 3.0 * w->limit / (double)target_hosts;
     if (w->traffic == TRAFFIC_SKEWED && strcmp(sc->name, "demand-shift") != 0) {
-        double h = 0; /* harmonic number over the hosts meant to run */
-        for (int k = 0; k < target_hosts; k++) {
-            h += 1.0 / (k + 1);
+        if (w->harm_n != target_hosts) {
+            /* harmonic number over the hosts meant to run, once */
+            w->harm = 0;
+            for (int k = 0; k < target_hosts; k++) {
+                w->harm += 1.0 / (k + 1);
+            }
+            w->harm_n = target_hosts;
         }
-        return 3.0 * w->limit * (1.0 / (i + 1)) / h;
+        return 3.0 * w->limit * (1.0 / (i + 1)) / w->harm;
     }
     if (w->traffic == TRAFFIC_BURSTS && strcmp(sc->name, "demand-shift") != 0) {
         uint64_t period = now / 10000u;
@@ -365,7 +492,7 @@ static void apply_change(struct world *w, const struct scenario *sc,
         int want = want64 > (uint64_t)n ? n : (int)want64;
         for (int i = 0; i < want; i++) {
             if (!w->h[i].up) {
-                host_start(w, i, now);
+                host_start(w, i, now, true);
             }
         }
         *target = n;
@@ -400,7 +527,7 @@ static void apply_change(struct world *w, const struct scenario *sc,
             if (w->h[i].up) {
                 host_kill(w, i);
             } else {
-                host_start(w, i, now);
+                host_start(w, i, now, true);
             }
         }
     }
@@ -456,22 +583,60 @@ static void write_svg(const char *path, const struct scenario *sc,
     fclose(f);
 }
 
+/* Wall-clock seconds since t0: what a scenario cost to simulate. */
+static double elapsed_s(struct timespec t0)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)(t.tv_sec - t0.tv_sec) +
+           (double)(t.tv_nsec - t0.tv_nsec) / 1e9;
+}
+
+struct opts
+{
+    enum quota_share policy;
+    double limit;
+    uint64_t seed;
+    const char *out;
+    int hosts;
+    enum traffic traffic;
+    bool check;
+    bool cold;   /* the first hosts join at t = 0, instead of sim_warm */
+    bool verify; /* every view computed is compared with the gossip table */
+    double loss; /* each datagram lost with this probability */
+};
+
 /* Run one scenario, print its figures; false when check is set and a
  * target is missed. */
-static bool run(const struct scenario *sc, enum quota_share policy,
-                double limit, uint64_t seed, const char *out, int hosts,
-                enum traffic traffic, bool check)
+static bool run(const struct scenario *sc, const struct opts *o)
 {
+    double limit = o->limit;
+    bool check = o->check;
+    struct timespec t_begin;
+    clock_gettime(CLOCK_MONOTONIC, &t_begin);
     struct world *w = calloc(1, sizeof *w);
     if (w == NULL) {
         exit(2);
     }
-    w->traffic = traffic;
-    w->sim = sim_new(seed);
-    w->policy = sc->force_policy ? sc->policy : policy;
+    w->traffic = o->traffic;
+    w->sim = sim_new(o->seed);
+    if (w->sim == NULL) {
+        exit(2);
+    }
+    sim_set_loss(w->sim, o->loss);
+    w->policy = sc->force_policy ? sc->policy : o->policy;
     w->limit = limit;
-    int n = hosts;
+    w->verify = o->verify;
+    int n = o->hosts;
     w->n = n;
+    w->vs = calloc((size_t)n * (size_t)n, 1);
+    if (w->policy == QUOTA_SHARE_DEMAND) {
+        w->vd = calloc((size_t)n * (size_t)n, sizeof *w->vd);
+    }
+    if (w->vs == NULL || (w->policy == QUOTA_SHARE_DEMAND && w->vd == NULL)) {
+        fprintf(stderr, "error: no memory for %d views\n", n);
+        exit(2);
+    }
     /* Probation and quiet period as liballot sets them, for the fleet's
      * full size and the gossip defaults the hosts run with. */
     struct gossip_config gc;
@@ -486,9 +651,16 @@ static bool run(const struct scenario *sc, enum quota_share policy,
         sim_add(w->sim);
         snprintf(w->h[i].name, NAME_LEN, "host-%04d", i);
     }
+    /* The scenario begins from a settled fleet: its first hosts know each
+     * other from the start (sim_warm), unless --cold-start makes them all
+     * join through host 0 at t = 0 (30 s before the change). */
     int start = strcmp(sc->name, "scale-out") == 0 ? n / 10 : n;
     for (int i = 0; i < start; i++) {
-        host_start(w, i, 0);
+        host_start(w, i, 0, o->cold);
+    }
+    if (!o->cold && sim_warm(w->sim) != 0) {
+        fprintf(stderr, "error: no memory to warm %d hosts up\n", start);
+        exit(2);
     }
     int target = start;
     size_t cap = sc->end / STEP_MS + 1, ns = 0;
@@ -520,10 +692,10 @@ static bool run(const struct scenario *sc, enum quota_share policy,
             h->offered = h->serving ? offered(w, sc, i, now, target) : 0;
             h->demand = 0.8 * h->demand + 0.2 * h->offered;
             publish_demand(w, i, now);
-            h->part = host_part(w, i, now);
             if (!h->serving) {
-                continue;
+                continue; /* leaving: its part no longer matters */
             }
+            h->part = host_part(w, i, now);
             x.offered += h->offered;
             x.admitted += h->offered < h->part ? h->offered : h->part;
             x.pmin = h->part < x.pmin ? h->part : x.pmin;
@@ -544,8 +716,8 @@ static bool run(const struct scenario *sc, enum quota_share policy,
             err += e;
         }
         if (s[i].t * 1000 >= (double)sc->change) {
-            double o = (s[i].admitted - limit) / limit;
-            peak = o > peak ? o : peak;
+            double ov = (s[i].admitted - limit) / limit;
+            peak = ov > peak ? ov : peak;
         }
         if (complete_at != UINT64_MAX && s[i].t * 1000 >= (double)complete_at) {
             if (e > SETTLE_PCT) {
@@ -585,18 +757,24 @@ static bool run(const struct scenario *sc, enum quota_share policy,
     }
     struct sim_stats st;
     sim_stats(w->sim, &st);
-    printf(
-        "%-19s %-8s %5d %9.2f%% %9.2f%% %13s %12s %10" PRIu64 " %s\n", sc->name,
-        w->policy == QUOTA_SHARE_EQUAL      ? "equal"
-        : w->policy == QUOTA_SHARE_WEIGHTED ? "weighted"
-                                            : "demand",
-        n, 100 * err, 100 * peak, view, conv, st.packets, check ? verdict : "");
+    printf("%-19s %-8s %5d %9.2f%% %9.2f%% %13s %12s %10" PRIu64 " %7.0f %s\n",
+           sc->name,
+           w->policy == QUOTA_SHARE_EQUAL      ? "equal"
+           : w->policy == QUOTA_SHARE_WEIGHTED ? "weighted"
+                                               : "demand",
+           n, 100 * err, 100 * peak, view, conv, st.packets, elapsed_s(t_begin),
+           check ? verdict : "");
     if (left_status[1] + left_status[2] > 0) {
         printf("  note: %d leaves timed out, %d failed (of %d)\n",
                left_status[1], left_status[2],
                left_status[0] + left_status[1] + left_status[2]);
     }
     memset(left_status, 0, sizeof left_status);
+    if (w->verify) {
+        printf("  views verified against the gossip tables: %" PRIu64 "\n",
+               w->verified);
+    }
+    const char *out = o->out;
     if (out != NULL) {
         char path[512];
         snprintf(path, sizeof path, "%s/%s.csv", out, sc->name);
@@ -614,6 +792,8 @@ static bool run(const struct scenario *sc, enum quota_share policy,
         write_svg(path, sc, s, ns, limit);
     }
     free(s);
+    free(w->vs);
+    free(w->vd);
     sim_free(w->sim);
     free(w);
     return ok || !check;
@@ -637,17 +817,24 @@ static const struct scenario scenarios[] = {
 
 int main(int argc, char **argv)
 {
-    const char *which = "all", *out = NULL;
-    enum quota_share policy = QUOTA_SHARE_EQUAL;
-    double limit = 1000;
-    uint64_t seed = 1;
-    int hosts = 100;
-    enum traffic traffic = TRAFFIC_UNIFORM;
-    bool check = false;
+    const char *which = "all";
+    struct opts o = {.policy = QUOTA_SHARE_EQUAL,
+                     .limit = 1000,
+                     .seed = 1,
+                     .hosts = 100,
+                     .traffic = TRAFFIC_UNIFORM};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--check") == 0) {
-            check = true;
+            o.check = true;
+            continue;
+        }
+        if (strcmp(a, "--cold-start") == 0) {
+            o.cold = true;
+            continue;
+        }
+        if (strcmp(a, "--verify-views") == 0) {
+            o.verify = true;
             continue;
         }
         if (v == NULL) {
@@ -657,58 +844,62 @@ int main(int argc, char **argv)
         if (strcmp(a, "--scenario") == 0) {
             which = v;
         } else if (strcmp(a, "--policy") == 0) {
-            policy = strcmp(v, "weighted") == 0 ? QUOTA_SHARE_WEIGHTED
-                     : strcmp(v, "demand") == 0 ? QUOTA_SHARE_DEMAND
-                                                : QUOTA_SHARE_EQUAL;
+            o.policy = strcmp(v, "weighted") == 0 ? QUOTA_SHARE_WEIGHTED
+                       : strcmp(v, "demand") == 0 ? QUOTA_SHARE_DEMAND
+                                                  : QUOTA_SHARE_EQUAL;
         } else if (strcmp(a, "--limit") == 0) {
-            limit = strtod(v, NULL);
+            o.limit = strtod(v, NULL);
         } else if (strcmp(a, "--seed") == 0) {
-            seed = strtoull(v, NULL, 10);
+            o.seed = strtoull(v, NULL, 10);
         } else if (strcmp(a, "--out") == 0) {
-            out = v;
+            o.out = v;
         } else if (strcmp(a, "--traffic") == 0) {
             if (strcmp(v, "uniform") == 0) {
-                traffic = TRAFFIC_UNIFORM;
+                o.traffic = TRAFFIC_UNIFORM;
             } else if (strcmp(v, "skewed") == 0) {
-                traffic = TRAFFIC_SKEWED;
+                o.traffic = TRAFFIC_SKEWED;
             } else if (strcmp(v, "bursts") == 0) {
-                traffic = TRAFFIC_BURSTS;
+                o.traffic = TRAFFIC_BURSTS;
             } else {
                 fprintf(stderr, "error: invalid: --traffic must be uniform, "
                                 "skewed or bursts\n");
                 return 2;
             }
         } else if (strcmp(a, "--hosts") == 0) {
-            hosts = atoi(v);
+            o.hosts = atoi(v);
+        } else if (strcmp(a, "--loss") == 0) {
+            o.loss = strtod(v, NULL);
         } else {
             fprintf(stderr, "error: invalid: unknown option %s\n", a);
             return 2;
         }
         i++;
     }
-    if (!(limit > 0) || hosts < 10 || hosts > HOSTS_MAX) {
+    if (!(o.limit > 0) || o.hosts < 10 || o.hosts > HOSTS_MAX ||
+        !(o.loss >= 0 && o.loss < 1)) {
         fprintf(stderr, "error: invalid: --limit must be > 0, --hosts "
-                        "10..10000\n");
+                        "10..10000, --loss 0 to below 1\n");
         return 2;
     }
     log_set_level(LOG_WARN); /* the members' own logs: thousands of lines */
-    if (out != NULL) {
-        mkdir(out, 0755);
+    if (o.out != NULL) {
+        mkdir(o.out, 0755);
     }
-    printf("L = %.0f units/s, step %d ms, seed %" PRIu64 ", traffic %s\n",
-           limit, STEP_MS, seed,
-           traffic == TRAFFIC_SKEWED   ? "skewed"
-           : traffic == TRAFFIC_BURSTS ? "bursts"
-                                       : "uniform");
-    printf("%-19s %-8s %5s %10s %10s %13s %12s %10s %s\n", "scenario", "policy",
-           "hosts", "steady err", "peak over", "views", "converge", "packets",
-           check ? "targets" : "");
+    printf("L = %.0f units/s, step %d ms, seed %" PRIu64
+           ", loss %.0f%%, traffic %s, %s\n",
+           o.limit, STEP_MS, o.seed, 100 * o.loss,
+           o.traffic == TRAFFIC_SKEWED   ? "skewed"
+           : o.traffic == TRAFFIC_BURSTS ? "bursts"
+                                         : "uniform",
+           o.cold ? "cold start (all join at t = 0)" : "settled start");
+    printf("%-19s %-8s %5s %10s %10s %13s %12s %10s %7s %s\n", "scenario",
+           "policy", "hosts", "steady err", "peak over", "views", "converge",
+           "packets", "wall s", o.check ? "targets" : "");
     bool any = false, all_ok = true;
     for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++) {
         if (strcmp(which, "all") == 0 ||
             strcmp(which, scenarios[i].name) == 0) {
-            all_ok &= run(&scenarios[i], policy, limit, seed, out, hosts,
-                          traffic, check);
+            all_ok &= run(&scenarios[i], &o);
             any = true;
         }
     }

@@ -55,8 +55,14 @@
 #include "internal.h"
 #include "source.h"
 
-#define ANNOUNCE_KEY     "catalog"
-#define LIST_PERIOD_MS   500u
+#define ANNOUNCE_KEY   "catalog"
+#define LIST_PERIOD_MS 500u
+/* The view is re-read this often when it changed (RESHARE_MS divides
+ * LIST_PERIOD_MS): a host shrinks for a newcomer within one tick of
+ * hearing of it, as bench_shares_sim's hosts do within one 100 ms step.
+ * An unchanged view is still re-read every LIST_PERIOD_MS, for the
+ * probation and quiet periods that end with time. */
+#define RESHARE_MS       100u
 #define PULL_DEADLINE_MS 10000u
 #define CALL_TIMEOUT_MS  5000
 #define BACKOFF_MIN_MS   100
@@ -100,6 +106,8 @@ struct enf_gossip
     uint32_t weight; /* this member's gossip weight (thousandths) */
     struct shares_blob published;
     uint64_t published_at;
+    bool view_changed; /* a member event since the last reshare */
+    unsigned ticks;    /* of RESHARE_MS */
 };
 
 /* --- Loop thread ---------------------------------------------------------- */
@@ -326,6 +334,7 @@ static void on_member(void *data, enum gossip_event ev,
                       const struct gossip_member *m)
 {
     struct enf_gossip *s = data;
+    s->view_changed = true;
     if ((ev == GOSSIP_EV_SUSPECT || ev == GOSSIP_EV_DEAD ||
          (ev == GOSSIP_EV_JOIN && m->returned)) &&
         m->meta.role == GOSSIP_ROLE_AGENT && !m->self &&
@@ -344,6 +353,15 @@ static void kick(struct enf_gossip *s)
 static void timer_cb(uv_timer_t *t)
 {
     struct enf_gossip *s = t->data;
+    bool full = s->ticks++ % (LIST_PERIOD_MS / RESHARE_MS) == 0;
+    if (!full) {
+        if (s->view_changed) {
+            s->view_changed = false;
+            reshare(s);
+        }
+        return;
+    }
+    s->view_changed = false;
     char list[sizeof s->servers];
     struct server_list l = {.buf = list, .cap = sizeof list};
     list[0] = '\0';
@@ -807,7 +825,7 @@ int source_gossip_start(struct allot *a, const struct allot_options *o,
         }
     }
     if (rv == 0) {
-        uv_timer_start(&s->timer, timer_cb, 0, LIST_PERIOD_MS);
+        uv_timer_start(&s->timer, timer_cb, 0, RESHARE_MS);
         if (pthread_create(&s->loop_thr, NULL, loop_main, s) != 0) {
             rv = allot_errf(errmsg, ALLOT_ENOMEM, "cannot start a thread");
         } else {

@@ -278,6 +278,10 @@ void swim_on_ping_req(struct gossip *g, const struct gmsg_ping_req *m);
 void swim_on_ack(struct gossip *g, uint32_t seq);
 void swim_on_nack(struct gossip *g, uint32_t seq);
 void swim_on_alive(struct gossip *g, const struct gmsg_alive *a);
+/* For simulations (sim_warm): learn the member a describes as one known
+ * for long - alive, no news about it queued, the application told with
+ * GOSSIP_EV_JOIN. ALLOT_EEXISTS when it is known already, ALLOT_ENOMEM. */
+int swim_seed(struct gossip *g, const struct gmsg_alive *a);
 void swim_on_suspect(struct gossip *g, uint64_t inc, struct gmsg_str name,
                      struct gmsg_str from);
 void swim_on_dead(struct gossip *g, uint64_t inc, struct gmsg_str name,

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "../proto/allot_error.h"
+#include "core.h"
 
 #define SIM_PORT    7946
 #define SIM_BASE_IP ((uint32_t)10 << 24) /* 10.0.0.0 */
@@ -327,6 +328,29 @@ int sim_start(struct sim *s, int i, struct gossip_config *cfg)
     char msg[ALLOT_ERRMSG_SIZE];
     n->paused_until = 0;
     return gossip_new(&n->g, &n->io, cfg, msg);
+}
+
+int sim_warm(struct sim *s)
+{
+    for (int k = 0; k < s->n; k++) {
+        struct gossip *gk = s->nodes[k]->g;
+        if (gk == NULL) {
+            continue;
+        }
+        struct gmsg_alive a;
+        swim_alive_of(gk->self, &a);
+        for (int i = 0; i < s->n; i++) {
+            struct gossip *gi = s->nodes[i]->g;
+            if (gi == NULL || i == k) {
+                continue;
+            }
+            int rv = swim_seed(gi, &a);
+            if (rv != 0 && rv != ALLOT_EEXISTS) {
+                return rv;
+            }
+        }
+    }
+    return 0;
 }
 
 void sim_kill(struct sim *s, int i)

@@ -50,6 +50,13 @@ struct gossip_addr sim_addr(const struct sim *s, int i);
 /* Start a member on node i with cfg (cfg->addr is set to the node's).
  * Returns gossip_new()'s result. */
 int sim_start(struct sim *s, int i, struct gossip_config *cfg);
+/* Make every running node know every other running node alive, as in a
+ * fleet that converged long ago: nothing is sent and no news is queued;
+ * each member's application hears GOSSIP_EV_JOIN for each of the others.
+ * For scenarios that begin from a settled fleet (a real join of 10,000
+ * members at once costs O(N^2) messages before the scenario starts).
+ * 0, or ALLOT_ENOMEM. */
+int sim_warm(struct sim *s);
 /* Crash node i: its gossip is freed without a word to anyone. */
 void sim_kill(struct sim *s, int i);
 /* NULL when node i is not running. */

@@ -643,6 +643,20 @@ void swim_on_alive(struct gossip *g, const struct gmsg_alive *a)
     }
 }
 
+int swim_seed(struct gossip *g, const struct gmsg_alive *a)
+{
+    if (find_str(g, a->name) != NULL) {
+        return ALLOT_EEXISTS;
+    }
+    struct member *m = member_add(g, a);
+    if (m == NULL) {
+        return ALLOT_ENOMEM;
+    }
+    /* Known for long: its news spread long ago, so none is queued. */
+    notify(g, GOSSIP_EV_JOIN, m);
+    return 0;
+}
+
 void swim_on_suspect(struct gossip *g, uint64_t inc, struct gmsg_str name,
                      struct gmsg_str from)
 {

@@ -27,6 +27,8 @@
  *                     by push-pull (and not without it: the control run)
  *   meta_spreads      a metadata change reaches every member
  *   leave             a member that leaves is marked left, not dead
+ *   warm_start        sim_warm: members know each other at once, nothing
+ *                     queued, and failure detection runs on from there
  *   local_health      a member that cannot hear anyone raises its awareness
  *                     score and stretches its probe interval
  *   key_rotation      a member with only a new key is not admitted; once
@@ -417,6 +419,42 @@ START_TEST(kill_detected)
     /* Exactly one verdict per observer, and about n7 only. */
     ck_assert_uint_eq(w->dead_about[7], 49);
     ck_assert_uint_eq(total_dead_events(w), 49);
+    world_free(w);
+}
+END_TEST
+
+/* sim_warm: 100 members know each other at once (one JOIN event each
+ * about each other, nothing queued: 10 s of gossip then costs only the
+ * probes and their acks, 2 x 100 x 25 datagrams at the 400 ms default),
+ * and the protocol runs on from there: a killed member is found dead by
+ * all. */
+START_TEST(warm_start)
+{
+    struct world *w = world_new(100, 5);
+    for (int i = 0; i < w->n; i++) {
+        world_start(w, i);
+    }
+    ck_assert(!sim_all_alive(w->sim, w));
+    ck_assert_int_eq(sim_warm(w->sim), 0);
+    ck_assert(sim_all_alive(w->sim, w));
+    for (int i = 0; i < w->n; i++) {
+        ck_assert_uint_eq(w->join_about[i], (uint64_t)w->n - 1);
+    }
+    ck_assert_int_eq(sim_warm(w->sim), 0); /* again: nothing new */
+    ck_assert_uint_eq(w->join_about[0], (uint64_t)w->n - 1);
+    struct sim_stats st;
+    sim_stats(w->sim, &st);
+    ck_assert_uint_eq(st.packets, 0);
+    sim_run_for(w->sim, 10000);
+    sim_stats(w->sim, &st);
+    REPORT("warm_start: N=100, %" PRIu64 " datagrams in 10 s\n", st.packets);
+    ck_assert_uint_le(st.packets, 6000);
+    ck_assert(sim_all_alive(w->sim, w));
+    ck_assert_uint_eq(total_dead_events(w), 0);
+    sim_kill(w->sim, 9);
+    struct verdict v = {w, 9, GOSSIP_DEAD, 0, w->n};
+    ck_assert(sim_run_until_true(w->sim, 60000, 100, all_see, &v));
+    ck_assert_uint_eq(total_dead_events(w), 99);
     world_free(w);
 }
 END_TEST
@@ -943,6 +981,7 @@ static Suite *gossip_sim_suite(void)
     tcase_add_test(tc, converge_small);
     tcase_add_test(tc, late_seed_no_islands);
     tcase_add_test(tc, kill_detected);
+    tcase_add_test(tc, warm_start);
     tcase_add_test(tc, detection_n30);
     tcase_add_test(tc, loss_no_false_dead);
     tcase_add_test(tc, partition_heals);

@@ -432,6 +432,12 @@ START_TEST(refusals)
     m[2].name = m[0].name; /* duplicate */
     ck_assert_int_eq(shares_rate(QUOTA_SHARE_EQUAL, 10, m, 3, out),
                      ALLOT_EINVALID);
+    m[2].name = names[2];
+    m[1].name = m[0].name; /* duplicate next to it: not in name order */
+    ck_assert_int_eq(shares_rate(QUOTA_SHARE_EQUAL, 10, m, 3, out),
+                     ALLOT_EINVALID);
+    m[1].name = names[1];
+    m[2].name = m[0].name;
     double part[3] = {1, 1, 1};
     ck_assert_int_eq(shares_slots(part, 5, m, 3, s), ALLOT_EINVALID);
     m[2].name = NULL;
