@@ -643,8 +643,8 @@ static bool run(const struct scenario *sc, const struct opts *o)
     gossip_config_init(&gc);
     struct shares_host timing;
     shares_host_timing(&timing, (size_t)n, gc.gossip_interval_ms,
-                       gc.probe_interval_ms, gc.retransmit_mult,
-                       gc.suspicion_mult);
+                       gc.gossip_nodes, gc.probe_interval_ms,
+                       gc.retransmit_mult, gc.suspicion_mult);
     w->probation_ms = timing.probation_ms;
     w->settle_ms = timing.settle_ms;
     for (int i = 0; i < n; i++) {

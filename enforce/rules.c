@@ -1030,8 +1030,8 @@ void rules_reshare(struct allot *a, const struct shares_view *v,
     struct gossip_config gc;
     gossip_config_init(&gc);
     shares_host_timing(&a->share_weighted, n, gc.gossip_interval_ms,
-                       gc.probe_interval_ms, gc.retransmit_mult,
-                       gc.suspicion_mult);
+                       gc.gossip_nodes, gc.probe_interval_ms,
+                       gc.retransmit_mult, gc.suspicion_mult);
     a->share_equal.probation_ms = a->share_weighted.probation_ms;
     a->share_equal.settle_ms = a->share_weighted.settle_ms;
     double fe, fw;

@@ -19,14 +19,22 @@
 struct ord
 {
     const struct shares_member *m;
-    size_t i;   /* index in the caller's arrays */
-    double key; /* demand, or a slot remainder */
+    size_t i;    /* index in the caller's arrays */
+    double key;  /* demand, or a slot remainder */
+    size_t rank; /* place in name order (set by order()) */
 };
 
 static int by_name(const void *a, const void *b)
 {
     const struct ord *x = a, *y = b;
     return strcmp(x->m->name, y->m->name);
+}
+
+/* Name order, from the rank order() gave: the tie breaker below, without
+ * a string compare per tie (many hosts publish the same demand). */
+static int by_rank(const struct ord *x, const struct ord *y)
+{
+    return x->rank < y->rank ? -1 : x->rank > y->rank;
 }
 
 /* Ascending key, then name: the demand walk. */
@@ -36,7 +44,7 @@ static int by_key_up(const void *a, const void *b)
     if (x->key != y->key) {
         return x->key < y->key ? -1 : 1;
     }
-    return by_name(a, b);
+    return by_rank(x, y);
 }
 
 /* Descending key, then name: who gets a remaining slot first. */
@@ -46,7 +54,13 @@ static int by_key_down(const void *a, const void *b)
     if (x->key != y->key) {
         return x->key > y->key ? -1 : 1;
     }
-    return by_name(a, b);
+    return by_rank(x, y);
+}
+
+/* Back to name order after a sort by key. */
+static int by_rank_cmp(const void *a, const void *b)
+{
+    return by_rank(a, b);
 }
 
 /* The members in name order, checked: names present and unique. */
@@ -64,7 +78,7 @@ static int order(const struct shares_member *m, size_t n, struct ord **out)
             free(o);
             return ALLOT_EINVALID;
         }
-        o[i] = (struct ord){&m[i], i, 0};
+        o[i] = (struct ord){&m[i], i, 0, 0};
     }
     /* A caller that lists its members in name order (a fleet that keeps
      * its view sorted, the simulator) pays one pass, not a sort: strictly
@@ -73,16 +87,17 @@ static int order(const struct shares_member *m, size_t n, struct ord **out)
     while (k < n && strcmp(o[k - 1].m->name, o[k].m->name) < 0) {
         k++;
     }
-    if (k == n) {
-        *out = o;
-        return 0;
-    }
-    qsort(o, n, sizeof *o, by_name);
-    for (size_t i = 1; i < n; i++) {
-        if (strcmp(o[i - 1].m->name, o[i].m->name) == 0) {
-            free(o);
-            return ALLOT_EINVALID;
+    if (k < n) {
+        qsort(o, n, sizeof *o, by_name);
+        for (size_t i = 1; i < n; i++) {
+            if (strcmp(o[i - 1].m->name, o[i].m->name) == 0) {
+                free(o);
+                return ALLOT_EINVALID;
+            }
         }
+    }
+    for (size_t i = 0; i < n; i++) {
+        o[i].rank = i;
     }
     *out = o;
     return 0;
@@ -116,7 +131,7 @@ static void water_fill(struct ord *o, size_t n, double total, double *out)
         return;
     }
     /* Every demand met: the rest, equally (name order, for the adds). */
-    qsort(o, n, sizeof *o, by_name);
+    qsort(o, n, sizeof *o, by_rank_cmp);
     double extra = left / (double)n;
     for (size_t i = 0; i < n; i++) {
         out[o[i].i] += extra;
@@ -297,11 +312,18 @@ static uint64_t ceil_log10(size_t n)
 }
 
 void shares_host_timing(struct shares_host *h, size_t n, uint32_t gossip_ms,
-                        uint32_t probe_ms, uint32_t retransmit_mult,
-                        uint32_t suspicion_mult)
+                        uint32_t gossip_nodes, uint32_t probe_ms,
+                        uint32_t retransmit_mult, uint32_t suspicion_mult)
 {
-    h->probation_ms =
-        2u * (uint64_t)retransmit_mult * ceil_log10(n + 1) * gossip_ms;
+    /* A member sends each message it holds to gossip_nodes members per
+     * round until it has sent it retransmit_mult * ceil(log10(n + 1))
+     * times; the last members to hear of a newcomer get its ALIVE about
+     * that long after the first, so twice it covers the spread with room
+     * (measured: 1,000 members all hold it within 0.3 s; probation at
+     * 1,000 is 2.4 s). */
+    uint64_t limit = (uint64_t)retransmit_mult * ceil_log10(n + 1);
+    uint64_t fan = gossip_nodes > 0 ? gossip_nodes : 1;
+    h->probation_ms = 2u * ((limit + fan - 1) / fan) * gossip_ms;
     /* The smallest suspicion timeout, and at least one probe round of a
      * small fleet: every member probes every other once per round, so
      * by then this host has itself suspected every member it cannot

@@ -109,17 +109,17 @@ struct shares_host
 };
 
 /* Set h's probation and quiet period for a view of n members, from the
- * gossip timings its members run with: probation = twice the time an
- * ALIVE message takes to be retransmitted everywhere (retransmit_mult *
- * ceil(log10(n + 1)) gossip rounds); quiet period = the larger of the
- * smallest suspicion timeout (suspicion_mult * ceil(log10(n)) probe
- * intervals, n taken as at least 2) and one probe round of min(n, 20)
+ * gossip timings its members run with: probation = twice the time one
+ * member keeps retransmitting an ALIVE message (retransmit_mult *
+ * ceil(log10(n + 1)) sends, gossip_nodes per gossip round); quiet period = the
+ * larger of the smallest suspicion timeout (suspicion_mult * ceil(log10(n))
+ * probe intervals, n taken as at least 2) and one probe round of min(n, 20)
  * members: it bridges the gap between one member's death and the next
  * member's first suspicion in a partition (docs/shares.md, "While the
  * fleet changes"). */
 void shares_host_timing(struct shares_host *h, size_t n, uint32_t gossip_ms,
-                        uint32_t probe_ms, uint32_t retransmit_mult,
-                        uint32_t suspicion_mult);
+                        uint32_t gossip_nodes, uint32_t probe_ms,
+                        uint32_t retransmit_mult, uint32_t suspicion_mult);
 
 /* A member of this host's view turned suspect or dead, or came back after
  * it was dead or left, at now_ms. A graceful leave is not a change (the

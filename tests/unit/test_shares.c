@@ -296,20 +296,23 @@ START_TEST(host_rules)
     ck_assert_double_eq_tol(p, 5, 1e-12);
     ck_assert_int_eq(host_part(&h, m, 20, 20, 0, 20, 0, &p), ALLOT_EINVALID);
     ck_assert_int_eq(host_part(&h, m, 20, 0, 21, 20, 0, &p), ALLOT_EINVALID);
-    /* Timings from the gossip settings: 100 members, 200 ms rounds, 1 s
-     * probes, multipliers 4: probation 2*4*ceil(log10 101)*200 ms; quiet
+    /* Timings from the gossip settings: 100 members, 200 ms rounds to 3
+     * members, 1 s probes, multipliers 4: probation twice the rounds one
+     * member sends an ALIVE, 2*ceil(4*ceil(log10 101)/3)*200 ms; quiet
      * period the larger of the smallest suspicion timeout
      * (4*ceil(log10 n)*1 s) and a probe round of at most 20 members. */
-    shares_host_timing(&h, 100, 200, 1000, 4, 4);
-    ck_assert_uint_eq(h.probation_ms, 4800);
-    ck_assert_uint_eq(h.settle_ms, 20000);
-    shares_host_timing(&h, 1000, 200, 400, 4, 4);
-    ck_assert_uint_eq(h.probation_ms, 6400);
-    ck_assert_uint_eq(h.settle_ms, 8000); /* 20 probes of 400 ms > 4.8 s */
-    shares_host_timing(&h, 10, 200, 400, 4, 4);
-    ck_assert_uint_eq(h.settle_ms, 4000); /* a round of 10 > 1.6 s */
-    shares_host_timing(&h, 1, 200, 1000, 4, 4);
+    shares_host_timing(&h, 100, 200, 3, 1000, 4, 4);
     ck_assert_uint_eq(h.probation_ms, 1600);
+    ck_assert_uint_eq(h.settle_ms, 20000);
+    shares_host_timing(&h, 1000, 200, 3, 400, 4, 4);
+    ck_assert_uint_eq(h.probation_ms, 2400); /* 16 sends: 6 rounds */
+    ck_assert_uint_eq(h.settle_ms, 8000);    /* 20 probes of 400 ms > 4.8 s */
+    shares_host_timing(&h, 10000, 200, 3, 400, 4, 4);
+    ck_assert_uint_eq(h.probation_ms, 2800); /* 20 sends: 7 rounds */
+    shares_host_timing(&h, 10, 200, 3, 400, 4, 4);
+    ck_assert_uint_eq(h.settle_ms, 4000); /* a round of 10 > 1.6 s */
+    shares_host_timing(&h, 1, 200, 1, 1000, 4, 4);
+    ck_assert_uint_eq(h.probation_ms, 1600); /* one member a round */
     ck_assert_uint_eq(h.settle_ms, 4000);
     ck_assert_int_eq(host_part(&h, m, 20, 0, 0, 19, 0, &p), ALLOT_EINVALID);
 }
