@@ -199,6 +199,11 @@ struct gossip
     struct gtimer pushpull_timer;
     struct gtimer reconnect_timer;
     struct gtimer join_timer;
+    /* One push-pull a while after a seed answered our join: until our
+     * ALIVE has spread nobody gossips to us, so news of members that
+     * joined just after us can pass us by; the next regular push-pull may
+     * be minutes away in a large fleet. */
+    struct gtimer catchup_timer;
     /* A seed answered our join. Until then the join timer keeps asking the
      * seeds even if others found us: two nodes started at once can each
      * miss the other's seed and form islands that never meet. */

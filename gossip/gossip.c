@@ -510,12 +510,36 @@ void core_push_pull(struct gossip *g, const struct gossip_addr *to, bool join)
     push_pull_send(g, to, join ? GMSG_PP_JOIN : 0);
 }
 
+/* The catch-up push-pull (core.h): twice the time one member keeps
+ * sending a message (retransmit limit sends, gossip_nodes a round) after
+ * the join, when every member that will hear of us by gossip has, and the
+ * ALIVEs we may have missed have spread everywhere else. */
+static void catchup_arm(struct gossip *g)
+{
+    uint64_t fan = g->cfg.gossip_nodes > 0 ? g->cfg.gossip_nodes : 1;
+    uint64_t rounds = (core_retransmit_limit(g) + fan - 1) / fan;
+    core_timer_start(g, &g->catchup_timer,
+                     core_now(g) + 2 * rounds * g->cfg.gossip_interval_ms);
+}
+
+static void on_catchup_timer(struct gtimer *t, void *arg)
+{
+    (void)t;
+    struct gossip *g = arg;
+    struct member *m;
+    if (!g->leaving && swim_pick(g, SWIM_PICK_ALIVE, 1, NULL, &m) == 1) {
+        g->stats.catchups++;
+        core_push_pull(g, &m->addr, false);
+    }
+}
+
 static void on_push_pull(struct gossip *g, struct gmsg_pushpull *pp)
 {
     if (gmsg_str_eq(pp->from, g->self->name)) {
         return; /* our own seed list led us to ourselves */
     }
     bool join = (pp->flags & GMSG_PP_JOIN) != 0;
+    bool first_reply = join && (pp->flags & GMSG_PP_REPLY) != 0 && !g->joined;
     if (join && (pp->flags & GMSG_PP_REPLY) != 0) {
         g->joined = true;
     }
@@ -550,6 +574,9 @@ static void on_push_pull(struct gossip *g, struct gmsg_pushpull *pp)
     }
     if (g->cfg.cb.merge_state != NULL) {
         g->cfg.cb.merge_state(g->cfg.cb.data, join, pp->app, pp->app_len);
+    }
+    if (first_reply) {
+        catchup_arm(g); /* timed for the fleet the seed told us of */
     }
     /* Merged first, so the reply already carries any refutation. */
     if ((pp->flags & GMSG_PP_REPLY) == 0) {
@@ -978,6 +1005,7 @@ int gossip_new(struct gossip **out, struct gossip_io *io,
     gtimer_init(&g->pushpull_timer, on_push_pull_timer);
     gtimer_init(&g->reconnect_timer, on_reconnect_timer);
     gtimer_init(&g->join_timer, on_join_timer);
+    gtimer_init(&g->catchup_timer, on_catchup_timer);
     gtimer_init(&g->leave_timer, on_leave_timer);
     uint64_t now = core_now(g);
     swim_start(g);
@@ -1051,6 +1079,7 @@ int gossip_leave(struct gossip *g, struct gossip_leave *req, gossip_leave_cb cb)
     gtimer_stop(&g->timers, &g->pushpull_timer);
     gtimer_stop(&g->timers, &g->reconnect_timer);
     gtimer_stop(&g->timers, &g->join_timer);
+    gtimer_stop(&g->timers, &g->catchup_timer);
     swim_leave(g);
     if (others_live(g) == 0) {
         leave_done(g, 0);

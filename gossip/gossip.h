@@ -542,6 +542,7 @@ struct gossip_stats
                                   last ping (swim.c): started over */
     uint64_t refutes;          /* times this member refuted claims about it */
     uint64_t push_pulls;       /* push-pull exchanges started */
+    uint64_t catchups;         /* of them, the one after a join */
     uint64_t broadcasts_recv;  /* broadcasts delivered to the application */
     uint64_t broadcasts_stale; /* keyed broadcasts older than known */
     uint64_t messages_recv;    /* direct messages delivered */
