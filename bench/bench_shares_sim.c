@@ -80,13 +80,19 @@ struct host
     uint64_t recheck_at; /* a probation or settle period ends then */
     struct shares_host sh;
     struct gossip_leave leave;
-    /* Its view of the fleet (its row of world.vs): members in it (alive
-     * or suspect), suspects, and known (dead ones too, not those left). */
-    int n_in, n_suspect, n_known;
+    /* Its view of the fleet (its row of world.vs): suspects, and members
+     * known (dead ones too, not those left). */
+    int n_suspect, n_known;
 };
 
 /* A cell of world.vs: what host i's gossip says of host k. */
 enum { VIEW_NONE, VIEW_ALIVE, VIEW_SUSPECT, VIEW_DEAD };
+
+/* In the view a part is computed over: alive or suspect. */
+static bool in_view(uint8_t c)
+{
+    return c == VIEW_ALIVE || c == VIEW_SUSPECT;
+}
 
 /* How much each host is offered (docs/benchmarks.md, "Fleet shares in
  * simulation"): the same above its part everywhere; Zipf-skewed by host
@@ -160,11 +166,9 @@ static void view_set(struct world *w, int i, int k, uint8_t st)
 {
     struct host *h = &w->h[i];
     uint8_t *c = &w->vs[(size_t)i * (size_t)w->n + (size_t)k];
-    h->n_in -= *c == VIEW_ALIVE || *c == VIEW_SUSPECT;
     h->n_suspect -= *c == VIEW_SUSPECT;
     h->n_known -= *c != VIEW_NONE;
     *c = st;
-    h->n_in += st == VIEW_ALIVE || st == VIEW_SUSPECT;
     h->n_suspect += st == VIEW_SUSPECT;
     h->n_known += st != VIEW_NONE;
 }
@@ -202,7 +206,7 @@ static void view_reset(struct world *w, int i)
 {
     struct host *h = &w->h[i];
     memset(&w->vs[(size_t)i * (size_t)w->n], VIEW_NONE, (size_t)w->n);
-    h->n_in = h->n_suspect = h->n_known = 0;
+    h->n_suspect = h->n_known = 0;
     view_set(w, i, i, VIEW_ALIVE);
     if (w->vd != NULL) {
         w->vd[(size_t)i * (size_t)w->n + (size_t)i] = h->published;
@@ -343,8 +347,7 @@ static bool views_complete(struct world *w)
         const uint8_t *row = &w->vs[i * n];
         unsigned diff = 0;
         for (size_t k = 0; k < n; k++) {
-            diff |= (unsigned)(row[k] == VIEW_ALIVE || row[k] == VIEW_SUSPECT) ^
-                    truth[k];
+            diff |= (unsigned)in_view(row[k]) ^ truth[k];
         }
         all = diff == 0;
     }
@@ -377,7 +380,7 @@ static double host_part(struct world *w, int i, uint64_t now)
     const uint8_t *row = &w->vs[(size_t)i * n];
     const double *drow = w->vd != NULL ? &w->vd[(size_t)i * n] : NULL;
     for (size_t k = 0; k < n; k++) {
-        if (row[k] == VIEW_ALIVE || row[k] == VIEW_SUSPECT) {
+        if (in_view(row[k])) {
             if (k == (size_t)i) {
                 self = nv;
             }

@@ -32,8 +32,9 @@ static int by_name(const void *a, const void *b)
 
 /* Name order, from the rank order() gave: the tie breaker below, without
  * a string compare per tie (many hosts publish the same demand). */
-static int by_rank(const struct ord *x, const struct ord *y)
+static int by_rank(const void *a, const void *b)
 {
+    const struct ord *x = a, *y = b;
     return x->rank < y->rank ? -1 : x->rank > y->rank;
 }
 
@@ -44,7 +45,7 @@ static int by_key_up(const void *a, const void *b)
     if (x->key != y->key) {
         return x->key < y->key ? -1 : 1;
     }
-    return by_rank(x, y);
+    return by_rank(a, b);
 }
 
 /* Descending key, then name: who gets a remaining slot first. */
@@ -54,12 +55,6 @@ static int by_key_down(const void *a, const void *b)
     if (x->key != y->key) {
         return x->key > y->key ? -1 : 1;
     }
-    return by_rank(x, y);
-}
-
-/* Back to name order after a sort by key. */
-static int by_rank_cmp(const void *a, const void *b)
-{
     return by_rank(a, b);
 }
 
@@ -131,7 +126,7 @@ static void water_fill(struct ord *o, size_t n, double total, double *out)
         return;
     }
     /* Every demand met: the rest, equally (name order, for the adds). */
-    qsort(o, n, sizeof *o, by_rank_cmp);
+    qsort(o, n, sizeof *o, by_rank);
     double extra = left / (double)n;
     for (size_t i = 0; i < n; i++) {
         out[o[i].i] += extra;
