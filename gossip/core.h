@@ -23,9 +23,12 @@
 #define container_of(ptr, type, field) \
     ((type *)(void *)((char *)(ptr)-offsetof(type, field)))
 
-/* Confirmations a suspicion can count: suspicion_mult - 2, bounded so the
- * accusers fit in the struct. */
+/* Confirmations a suspicion can count: suspicion_mult - 2, bounded so a
+ * suspicion's accusers stay a short list (its from[] holds k + 1). */
 #define SUSP_CONFIRM_MAX 16
+/* Accuser names up to this long are kept in the suspicion, so the SUSPECT
+ * about it is encoded when sent instead of copied into the queue. */
+#define SUSP_NEWS_FROM_MAX 15
 /* Probes relayed for others at once (ping-req); more are dropped. */
 #define RELAY_MAX 64
 /* Last-chance probes of members whose suspicion ran out, at once. */
@@ -49,13 +52,24 @@ struct suspicion
     struct member *m;
     uint64_t inc;   /* the incarnation suspected */
     uint64_t start; /* ms */
-    uint64_t min_ms;
-    uint64_t max_ms;
-    uint32_t k;      /* confirmations that bring the timeout to min */
-    uint32_t n;      /* confirmations so far */
-    uint32_t n_from; /* accusers recorded in from[] */
-    uint64_t from[SUSP_CONFIRM_MAX + 1]; /* hashes of accusers' names */
     struct gtimer timer;
+    uint32_t min_ms; /* timeouts are seconds: 32 bits hold 49 days */
+    uint32_t max_ms;
+    uint8_t k;      /* confirmations that bring the timeout to min */
+    uint8_t n;      /* confirmations so far */
+    uint8_t n_from; /* accusers recorded in from[] */
+    /* The accuser named in the SUSPECT this member has queued about m (its
+     * embedded news, swim.c): the first accuser, then the latest
+     * confirmation. "" when the name does not fit: that news is queued as
+     * a copy instead. */
+    char news_from[SUSP_NEWS_FROM_MAX + 1];
+    /* Hashes of the accusers' names: the first and k confirmations, so
+     * k + 1 of them (one allocation). A member in a large partition holds
+     * one suspicion for every member on the other side (5,000 in a 10,000
+     * member fleet split in two), so the struct is kept small: 104 bytes
+     * for the default k = 2, where a fixed array for SUSP_CONFIRM_MAX took
+     * 216 and the queued accusation was a separate copy of ~100 more. */
+    uint64_t from[];
 };
 
 /* What this member knows of another (or of itself). One allocation: the
@@ -65,7 +79,7 @@ struct suspicion
  * 10,000-member fleet holds 10,000 of them in every member. */
 struct member
 {
-    struct gbq_item alive; /* this member's ALIVE, when queued (swim.c) */
+    struct gbq_item news; /* news about it, when queued (swim.c) */
     struct gossip_addr addr;
     uint64_t inc;
     uint64_t state_change;  /* ms when state last changed */
@@ -268,7 +282,8 @@ uint32_t core_retransmit_limit(struct gossip *g);
 void core_push_pull(struct gossip *g, const struct gossip_addr *to, bool join);
 void core_timer_start(struct gossip *g, struct gtimer *t, uint64_t at);
 /* Fill a member view. */
-void core_view(const struct member *m, bool self, struct gossip_member *out);
+void core_view(struct gossip *g, const struct member *m, bool self,
+               struct gossip_member *out);
 
 /* --- swim.c: membership and failure detection --------------------------- */
 
@@ -296,9 +311,9 @@ void swim_on_dead(struct gossip *g, uint64_t inc, struct gmsg_str name,
 int swim_update_self(struct gossip *g, const struct gmsg_alive *a);
 /* Fill the ALIVE fields for m. */
 void swim_alive_of(const struct member *m, struct gmsg_alive *a);
-/* The queue's encode callback (gbq_encode_fn): a member's embedded ALIVE. */
-size_t swim_encode_alive(void *arg, const struct gbq_item *it, uint8_t *buf,
-                         size_t cap);
+/* The queue's encode callback (gbq_encode_fn): a member's embedded news. */
+size_t swim_encode_news(void *arg, const struct gbq_item *it, uint8_t *buf,
+                        size_t cap);
 /* Pick up to k random members passing filter (not self). */
 enum swim_pick { SWIM_PICK_ALIVE, SWIM_PICK_GOSSIP, SWIM_PICK_DEAD };
 size_t swim_pick(struct gossip *g, enum swim_pick which, size_t k,

@@ -204,11 +204,14 @@ void gossip_count_drop(struct gossip *g, enum gossip_drop why)
     }
 }
 
-void core_view(const struct member *m, bool self, struct gossip_member *out)
+void core_view(struct gossip *g, const struct member *m, bool self,
+               struct gossip_member *out)
 {
+    uint64_t now = core_now(g);
     out->name = m->name;
     out->addr = m->addr;
     out->state = (enum gossip_state)m->state;
+    out->state_ms = now > m->state_change ? now - m->state_change : 0;
     out->incarnation = m->inc;
     out->meta.role = (enum gossip_role)m->role;
     out->meta.weight = m->weight;
@@ -985,7 +988,7 @@ int gossip_new(struct gossip **out, struct gossip_io *io,
     g->cfg = *cfg;
     g->keyring = cfg->keyring;
     sodium_memzero(&g->cfg.keyring, sizeof g->cfg.keyring);
-    gbq_init(&g->queue, swim_encode_alive, g);
+    gbq_init(&g->queue, swim_encode_news, g);
     gtimer_heap_init(&g->timers);
     ghash_init(&g->seen.set, ghash_key_u64);
     ghash_init(&g->keyed, keyed_key);
@@ -1254,7 +1257,7 @@ int gossip_member_find(struct gossip *g, const char *name,
     if (m == NULL) {
         return ALLOT_ENOT_FOUND;
     }
-    core_view(m, m == g->self, out);
+    core_view(g, m, m == g->self, out);
     return 0;
 }
 
@@ -1264,7 +1267,7 @@ void gossip_member_foreach(struct gossip *g,
 {
     for (size_t i = 0; i < g->n_members; i++) {
         struct gossip_member v;
-        core_view(g->members[i], g->members[i] == g->self, &v);
+        core_view(g, g->members[i], g->members[i] == g->self, &v);
         fn(data, &v);
     }
 }
@@ -1276,7 +1279,7 @@ size_t gossip_member_count(struct gossip *g, enum gossip_state s)
 
 void gossip_self(struct gossip *g, struct gossip_member *out)
 {
-    core_view(g->self, true, out);
+    core_view(g, g->self, true, out);
 }
 
 /* --- Keys --------------------------------------------------------------- */

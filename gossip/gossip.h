@@ -164,6 +164,9 @@ struct gossip_member
     const char *name;
     struct gossip_addr addr;
     enum gossip_state state;
+    /* How long the member has been in this state, as of the call (0 in a
+     * callback reporting a change of state). */
+    uint64_t state_ms;
     uint64_t incarnation;
     struct gossip_meta meta;
     bool self;

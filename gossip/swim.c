@@ -106,7 +106,7 @@ static void notify_as(struct gossip *g, enum gossip_event ev,
          gossip_addr_format(&m->addr, a), (unsigned long long)m->inc);
     if (g->cfg.cb.member != NULL) {
         struct gossip_member view;
-        core_view(m, false, &view);
+        core_view(g, m, false, &view);
         view.returned = returned;
         g->cfg.cb.member(g->cfg.cb.data, ev, &view);
     }
@@ -132,11 +132,19 @@ void swim_alive_of(const struct member *m, struct gmsg_alive *a)
     a->app_len = m->app_len;
 }
 
-/* The queue holds at most one message about each member, the newest: its
- * ALIVE, embedded in the record (m->alive) and encoded when sent, or a
- * copied accusation under the key "m" + name. Queuing one drops the other.
- * The embedded ALIVE always encodes the member as it is now: every change
- * of its incarnation, address or metadata queues news about it again. */
+/* The queue holds at most one message about each member, the newest:
+ * mostly an item embedded in its record (m->news), encoded when sent from
+ * the member as it is then: ALIVE while alive; SUSPECT while suspect,
+ * naming the accuser its suspicion keeps; DEAD once dead (naming this
+ * member as the one who says so) or left (naming the member itself, which
+ * is how receivers tell a leave from a death: the only use they make of
+ * the name). Every change of its state, incarnation, address or metadata
+ * queues the news again. A copy under the key "m" + name stands in where
+ * the record cannot say it: an accuser's name too long for the suspicion,
+ * or this member's own leave, whose sends are counted (GBQ_NOTIFY).
+ * Queuing one drops the other. Embedding is what lets 10,000 simulated
+ * members split 50/50 fit in memory: each then has 5,000 accusations
+ * queued at once. */
 static void queue_key(const struct member *m, char key[1 + GOSSIP_NAME_MAX])
 {
     key[0] = 'm';
@@ -149,37 +157,80 @@ static void queue_about(struct gossip *g, struct member *m,
 {
     char key[1 + GOSSIP_NAME_MAX];
     queue_key(m, key);
-    gbq_remove_item(&g->queue, &m->alive);
+    gbq_remove_item(&g->queue, &m->news);
     core_queue(g, key, 1u + m->name_len, w, flags);
 }
 
-static void broadcast_alive(struct gossip *g, struct member *m)
+static void broadcast_news(struct gossip *g, struct member *m)
 {
     if (g->queue.by_key.n > 0) {
         char key[1 + GOSSIP_NAME_MAX];
         queue_key(m, key);
         gbq_drop(&g->queue, key, 1u + m->name_len);
     }
-    gbq_push_item(&g->queue, &m->alive);
+    gbq_push_item(&g->queue, &m->news);
 }
 
-size_t swim_encode_alive(void *arg, const struct gbq_item *it, uint8_t *buf,
-                         size_t cap)
+size_t swim_encode_news(void *arg, const struct gbq_item *it, uint8_t *buf,
+                        size_t cap)
 {
-    (void)arg;
-    const struct member *m = container_of(it, const struct member, alive);
+    const struct gossip *g = arg;
+    const struct member *m = container_of(it, const struct member, news);
     struct gbuf_w w;
-    struct gmsg_alive a;
     gbuf_w_fixed(&w, buf, cap);
-    swim_alive_of(m, &a);
-    gmsg_put_alive(&w, &a);
+    switch (m->state) {
+    case GOSSIP_SUSPECT:
+        /* Queued embedded only with the accuser in the suspicion, which
+         * lives as long as the state (broadcast_accusation). */
+        gmsg_put_suspect(&w, GMSG_SUSPECT, m->inc, m->name,
+                         m->susp != NULL ? m->susp->news_from : g->self->name);
+        break;
+    case GOSSIP_DEAD:
+        gmsg_put_suspect(&w, GMSG_DEAD, m->inc, m->name, g->self->name);
+        break;
+    case GOSSIP_LEFT:
+        gmsg_put_suspect(&w, GMSG_DEAD, m->inc, m->name, m->name);
+        break;
+    default: {
+        struct gmsg_alive a;
+        swim_alive_of(m, &a);
+        gmsg_put_alive(&w, &a);
+        break;
+    }
+    }
     return w.failed ? 0 : w.len;
+}
+
+/* Can m's record say this accusation when it is sent (swim_encode_news)?
+ * Then the accuser of a SUSPECT is kept in its suspicion. */
+static bool news_embeds(struct member *m, enum gmsg_type type, uint64_t inc,
+                        const char *from, unsigned flags)
+{
+    if (flags != 0 || inc != m->inc) {
+        return false;
+    }
+    if (type == GMSG_DEAD) {
+        return m->state == GOSSIP_LEFT
+                   ? strcmp(from, m->name) == 0
+                   : m->state == GOSSIP_DEAD && strcmp(from, m->name) != 0;
+    }
+    size_t len = strlen(from);
+    if (type != GMSG_SUSPECT || m->state != GOSSIP_SUSPECT || m->susp == NULL ||
+        len > SUSP_NEWS_FROM_MAX) {
+        return false;
+    }
+    memcpy(m->susp->news_from, from, len + 1);
+    return true;
 }
 
 static void broadcast_accusation(struct gossip *g, enum gmsg_type type,
                                  struct member *m, uint64_t inc,
                                  const char *from, unsigned flags)
 {
+    if (news_embeds(m, type, inc, from, flags)) {
+        broadcast_news(g, m);
+        return;
+    }
     uint8_t buf[256];
     struct gbuf_w w;
     gbuf_w_fixed(&w, buf, sizeof buf);
@@ -235,13 +286,13 @@ static struct member *set_meta(struct gossip *g, struct member *m,
             return NULL;
         }
         memcpy(n, m, offsetof(struct member, name) + m->name_len + 1u);
-        gbq_item_init(&n->alive);
+        gbq_item_init(&n->news);
         /* The same key: replaces m in its slot, and fails only before. */
         if (ghash_put(&g->by_name, n) != 0) {
             free(n);
             return NULL;
         }
-        gbq_remove_item(&g->queue, &m->alive);
+        gbq_remove_item(&g->queue, &m->news);
         if (n->susp != NULL) {
             n->susp->m = n;
         }
@@ -296,7 +347,7 @@ static struct member *member_add(struct gossip *g, const struct gmsg_alive *a)
     if (m == NULL) {
         return NULL;
     }
-    gbq_item_init(&m->alive);
+    gbq_item_init(&m->news);
     memcpy(m->name, a->name.p, a->name.len);
     m->name_len = (uint8_t)a->name.len;
     m->inc = a->inc;
@@ -338,7 +389,7 @@ static void member_remove(struct gossip *g, size_t i)
     char key[1 + GOSSIP_NAME_MAX];
     queue_key(m, key);
     gbq_drop(&g->queue, key, 1u + m->name_len);
-    gbq_remove_item(&g->queue, &m->alive);
+    gbq_remove_item(&g->queue, &m->news);
     size_t last = --g->n_members;
     g->members[i] = g->members[last];
     g->n_state[m->state]--;
@@ -420,7 +471,7 @@ static void refute(struct gossip *g, uint64_t claimed)
     g->stats.refutes++;
     LOGD(COMP, "refuting", "name=%s inc=%llu", s->name,
          (unsigned long long)inc);
-    broadcast_alive(g, s);
+    broadcast_news(g, s);
 }
 
 int swim_update_self(struct gossip *g, const struct gmsg_alive *a)
@@ -429,7 +480,7 @@ int swim_update_self(struct gossip *g, const struct gmsg_alive *a)
         return ALLOT_ENOMEM;
     }
     g->self->inc++;
-    broadcast_alive(g, g->self);
+    broadcast_news(g, g->self);
     return 0;
 }
 
@@ -548,26 +599,27 @@ static bool final_acked(struct gossip *g, uint32_t seq)
 static void suspicion_start(struct gossip *g, struct member *m,
                             struct gmsg_str from)
 {
-    struct suspicion *s = calloc(1, sizeof *s);
+    size_t n = swim_live_count(g);
+    uint32_t mult = g->cfg.suspicion_mult;
+    /* gossip_config_check bounds mult to SUSP_CONFIRM_MAX + 2. */
+    uint32_t k = mult > 2 ? mult - 2 : 0;
+    if (n < (size_t)k + 2) {
+        /* Too few members to expect confirmations: use min directly. */
+        k = 0;
+    }
+    struct suspicion *s = calloc(1, sizeof *s + (k + 1) * sizeof s->from[0]);
     if (s == NULL) {
         return; /* no timer: the member stays suspect until it refutes */
     }
-    size_t n = swim_live_count(g);
     double scale = n > 10 ? log10((double)n) : 1.0;
-    uint32_t mult = g->cfg.suspicion_mult;
+    double min_ms = mult * scale * g->cfg.probe_interval_ms;
     s->m = m;
     s->inc = m->inc;
     s->start = core_now(g);
-    s->min_ms = (uint64_t)(mult * scale * g->cfg.probe_interval_ms);
-    s->max_ms = s->min_ms * g->cfg.suspicion_max_mult;
-    s->k = mult > 2 ? mult - 2 : 0;
-    if (s->k > SUSP_CONFIRM_MAX) {
-        s->k = SUSP_CONFIRM_MAX;
-    }
-    if (n < (size_t)s->k + 2) {
-        /* Too few members to expect confirmations: use min directly. */
-        s->k = 0;
-    }
+    s->min_ms = min_ms < UINT32_MAX ? (uint32_t)min_ms : UINT32_MAX;
+    uint64_t max_ms = (uint64_t)s->min_ms * g->cfg.suspicion_max_mult;
+    s->max_ms = max_ms < UINT32_MAX ? (uint32_t)max_ms : UINT32_MAX;
+    s->k = (uint8_t)k;
     s->from[s->n_from++] = name_hash(from.p, from.len);
     gtimer_init(&s->timer, on_suspicion_timeout);
     m->susp = s;
@@ -578,8 +630,8 @@ static void suspicion_start(struct gossip *g, struct member *m,
 static bool suspicion_confirm(struct gossip *g, struct suspicion *s,
                               struct gmsg_str from)
 {
-    if (s->n >= s->k || s->n_from >= SUSP_CONFIRM_MAX + 1) {
-        return false;
+    if (s->n >= s->k) {
+        return false; /* also keeps n_from <= k + 1, the size of from[] */
     }
     uint64_t h = name_hash(from.p, from.len);
     for (uint32_t i = 0; i < s->n_from; i++) {
@@ -614,7 +666,7 @@ void swim_on_alive(struct gossip *g, const struct gmsg_alive *a)
             gossip_count_drop(g, GOSSIP_DROP_OVERLOAD);
             return;
         }
-        broadcast_alive(g, m);
+        broadcast_news(g, m);
         notify(g, GOSSIP_EV_JOIN, m);
         return;
     }
@@ -630,7 +682,7 @@ void swim_on_alive(struct gossip *g, const struct gmsg_alive *a)
     m->inc = a->inc;
     suspicion_stop(g, m);
     set_state(g, m, GOSSIP_ALIVE);
-    broadcast_alive(g, m);
+    broadcast_news(g, m);
     if (prev == GOSSIP_DEAD || prev == GOSSIP_LEFT) {
         notify_as(g, GOSSIP_EV_JOIN, m, true);
     } else if (prev == GOSSIP_SUSPECT) {

@@ -79,7 +79,7 @@ struct node_ctx
     uint64_t last_version; /* newest keyed version delivered */
     uint64_t version_regressions;
     uint64_t merged; /* push-pull app states merged */
-    char name[16];
+    char name[64];
 };
 
 struct world
@@ -146,9 +146,10 @@ static void on_local_state(void *data, bool join, void **buf, size_t *len)
 {
     struct node_ctx *c = data;
     (void)join;
-    char *s = malloc(32);
+    size_t cap = sizeof "state-of-" + sizeof c->name;
+    char *s = malloc(cap);
     if (s != NULL) {
-        *len = (size_t)snprintf(s, 32, "state-of-%s", c->name);
+        *len = (size_t)snprintf(s, cap, "state-of-%s", c->name);
         *buf = s;
     }
 }
@@ -362,19 +363,26 @@ START_TEST(converge_1000)
 }
 END_TEST
 
+/* Start every member, wait until all are alive and kill `victim`: the
+ * time until every other member holds it dead. */
+static uint64_t time_to_bury(struct world *w, int victim)
+{
+    world_start_all(w);
+    ck_assert(sim_run_until_true(w->sim, 120000, 100, sim_all_alive, w));
+    uint64_t t0 = sim_now(w->sim);
+    sim_kill(w->sim, victim);
+    struct verdict v = {w, victim, GOSSIP_DEAD, 0, w->n};
+    ck_assert(sim_run_until_true(w->sim, 120000, 10, all_see, &v));
+    return sim_now(w->sim) - t0;
+}
+
 /* Kill one of n members probing every probe_ms; the time until all the
  * others declare it dead. */
 static uint64_t detection_ms(int n, uint32_t probe_ms, uint64_t seed)
 {
     struct world *w = world_new(n, seed);
     w->probe_interval_ms = probe_ms;
-    world_start_all(w);
-    ck_assert(sim_run_until_true(w->sim, 120000, 100, sim_all_alive, w));
-    uint64_t t0 = sim_now(w->sim);
-    sim_kill(w->sim, 1);
-    struct verdict v = {w, 1, GOSSIP_DEAD, 0, w->n};
-    ck_assert(sim_run_until_true(w->sim, 120000, 10, all_see, &v));
-    uint64_t t = sim_now(w->sim) - t0;
+    uint64_t t = time_to_bury(w, 1);
     ck_assert_uint_eq(total_dead_events(w), (uint64_t)n - 1);
     world_free(w);
     return t;
@@ -417,10 +425,49 @@ START_TEST(kill_detected)
     REPORT("kill_detected: N=50, first dead verdict after %" PRIu64
            " ms, all 49 after %" PRIu64 " ms (virtual)\n",
            first, sim_now(w->sim) - t0);
+    uint64_t all_dead = sim_now(w->sim);
     sim_run_for(w->sim, 30000);
+    /* How long each has stood in its state: n7 dead since the observer's
+     * verdict (after the kill, by the time all agreed), n0 alive since
+     * it started. */
+    struct gossip_member m;
+    ck_assert_int_eq(
+        gossip_member_find(sim_gossip(w->sim, 0), w->ctx[7].name, &m), 0);
+    ck_assert_uint_ge(m.state_ms, sim_now(w->sim) - all_dead);
+    ck_assert_uint_lt(m.state_ms, sim_now(w->sim) - t0);
+    ck_assert_int_eq(
+        gossip_member_find(sim_gossip(w->sim, 1), w->ctx[0].name, &m), 0);
+    ck_assert_uint_ge(m.state_ms, sim_now(w->sim) - t0);
     /* Exactly one verdict per observer, and about n7 only. */
     ck_assert_uint_eq(w->dead_about[7], 49);
     ck_assert_uint_eq(total_dead_events(w), 49);
+    world_free(w);
+}
+END_TEST
+
+/* An accuser whose name is too long for the suspicion to keep
+ * (SUSP_NEWS_FROM_MAX) has its SUSPECT relayed as a queued copy instead of
+ * encoded from the record. With every member so named, a killed member is
+ * declared dead exactly once by every other, and sooner than the longest
+ * suspicion timeout (6 x 4 x log10(N) probe intervals, 14 s here), and
+ * every one of them suspected it first: the relayed accusations reach
+ * them all. Without the copies only its own probe of the victim makes a
+ * member suspect it, and most hear of the death before that. */
+START_TEST(long_names)
+{
+    struct world *w = world_new(30, 21);
+    for (int i = 0; i < w->n; i++) {
+        snprintf(w->ctx[i].name, sizeof w->ctx[i].name,
+                 "n%d-named-longer-than-a-suspicion-keeps", i);
+    }
+    uint64_t t = time_to_bury(w, 3);
+    REPORT("long_names: %" PRIu64 " of %d suspected it first, all dead "
+           "after %" PRIu64 " ms\n",
+           w->suspect_about[3], w->n - 1, t);
+    ck_assert_uint_eq(w->suspect_about[3], (uint64_t)w->n - 1);
+    ck_assert_uint_lt(t, 14000);
+    sim_run_for(w->sim, 20000);
+    ck_assert_uint_eq(w->dead_about[3], (uint64_t)w->n - 1);
     world_free(w);
 }
 END_TEST
@@ -1028,6 +1075,7 @@ static Suite *gossip_sim_suite(void)
     tcase_add_test(tc, converge_small);
     tcase_add_test(tc, late_seed_no_islands);
     tcase_add_test(tc, kill_detected);
+    tcase_add_test(tc, long_names);
     tcase_add_test(tc, warm_start);
     tcase_add_test(tc, join_catchup);
     tcase_add_test(tc, detection_n30);
