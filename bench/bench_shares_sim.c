@@ -112,8 +112,7 @@ struct world
     int n; /* slots in use */
     enum quota_share policy;
     double limit;
-    uint64_t probation_ms;
-    uint64_t settle_ms;
+    struct shares_host timing; /* probation, settle, doubt: as liballot */
     /* Every host's view, kept from its member callbacks (n x n, row i is
      * host i's): building a view from the gossip table costs a cache miss
      * per member record, N^2 of them whenever the fleet changes, which
@@ -121,6 +120,8 @@ struct world
      * heard from host k (demand policy only, else NULL). */
     uint8_t *vs;
     double *vd;
+    /* vt: when host i's view of host k last turned suspect (ms; n x n). */
+    uint32_t *vt;
     bool verify;       /* --verify-views */
     uint64_t verified; /* views compared with the gossip table */
     double harm;       /* harmonic number of harm_n (skewed traffic) */
@@ -130,6 +131,7 @@ struct world
     struct shares_member tview[HOSTS_MAX];
     char view_names[HOSTS_MAX][GOSSIP_NAME_MAX + 1];
     size_t nv, known, suspect;
+    uint64_t suspect_age;
     int self;
 };
 
@@ -168,6 +170,9 @@ static void view_set(struct world *w, int i, int k, uint8_t st)
     uint8_t *c = &w->vs[(size_t)i * (size_t)w->n + (size_t)k];
     h->n_suspect -= *c == VIEW_SUSPECT;
     h->n_known -= *c != VIEW_NONE;
+    if (st == VIEW_SUSPECT && *c != VIEW_SUSPECT) {
+        w->vt[(size_t)i * (size_t)w->n + (size_t)k] = (uint32_t)sim_now(w->sim);
+    }
     *c = st;
     h->n_suspect += st == VIEW_SUSPECT;
     h->n_known += st != VIEW_NONE;
@@ -179,8 +184,7 @@ static void on_member(void *data, enum gossip_event ev,
     struct host *h = data;
     struct world *w = h->w;
     h->dirty = true;
-    if ((ev == GOSSIP_EV_SUSPECT || ev == GOSSIP_EV_DEAD ||
-         (ev == GOSSIP_EV_JOIN && m->returned)) &&
+    if ((ev == GOSSIP_EV_DEAD || (ev == GOSSIP_EV_JOIN && m->returned)) &&
         !m->self && strcmp(m->meta.fleet, FLEET) == 0) {
         shares_host_change(&h->sh, sim_now(w->sim));
     }
@@ -238,10 +242,8 @@ static void host_start(struct world *w, int i, uint64_t now, bool join)
     h->up = h->serving = true;
     h->kill_at = 0;
     h->dirty = true;
-    h->sh = (struct shares_host){.joined_ms = now,
-                                 .probation_ms = w->probation_ms,
-                                 .last_part = -1,
-                                 .settle_ms = w->settle_ms};
+    h->sh = (struct shares_host){.joined_ms = now, .last_part = -1};
+    shares_host_timing_copy(&h->sh, &w->timing);
 }
 
 static void host_kill(struct world *w, int i)
@@ -283,7 +285,12 @@ static void collect(void *data, const struct gossip_member *m)
     if (m->self) {
         w->self = (int)w->nv;
     }
-    w->suspect += m->state == GOSSIP_SUSPECT;
+    if (m->state == GOSSIP_SUSPECT) {
+        w->suspect++;
+        if (m->state_ms > w->suspect_age) {
+            w->suspect_age = m->state_ms;
+        }
+    }
     /* The name is the library's only during the callback: copied. */
     snprintf(w->view_names[w->nv], sizeof w->view_names[0], "%s", m->name);
     w->tview[w->nv] = (struct shares_member){
@@ -301,15 +308,16 @@ static int member_by_name(const void *a, const void *b)
 
 /* --verify-views: host i's row (view, nv of them, in name order) must be
  * what its gossip table lists, member for member; the run stops if not. */
-static void verify_view(struct world *w, int i, size_t nv)
+static void verify_view(struct world *w, int i, size_t nv, uint64_t age)
 {
     struct host *h = &w->h[i];
     w->nv = w->known = w->suspect = 0;
+    w->suspect_age = 0;
     w->self = -1;
     gossip_member_foreach(sim_gossip(w->sim, i), collect, w);
     qsort(w->tview, w->nv, sizeof w->tview[0], member_by_name);
     bool same = w->nv == nv && w->known == (size_t)h->n_known &&
-                w->suspect == (size_t)h->n_suspect;
+                w->suspect == (size_t)h->n_suspect && w->suspect_age == age;
     for (size_t k = 0; same && k < nv; k++) {
         same = strcmp(w->tview[k].name, w->view[k].name) == 0 &&
                w->tview[k].weight == w->view[k].weight &&
@@ -318,10 +326,11 @@ static void verify_view(struct world *w, int i, size_t nv)
     if (!same) {
         fprintf(stderr,
                 "error: host %d's view at %" PRIu64 " ms: %zu members, %d "
-                "known, %d suspect from its callbacks; its gossip table "
-                "lists %zu, %zu known, %zu suspect (or a member differs)\n",
-                i, sim_now(w->sim), nv, h->n_known, h->n_suspect, w->nv,
-                w->known, w->suspect);
+                "known, %d suspect (oldest %" PRIu64 " ms) from its "
+                "callbacks; its gossip table lists %zu, %zu known, %zu "
+                "suspect (oldest %" PRIu64 " ms), or a member differs\n",
+                i, sim_now(w->sim), nv, h->n_known, h->n_suspect, age, w->nv,
+                w->known, w->suspect, w->suspect_age);
         exit(1);
     }
     w->verified++;
@@ -355,6 +364,48 @@ static bool views_complete(struct world *w)
     return all;
 }
 
+/* Views still wrong at the end of a run: how many (host, member) pairs
+ * are missing or extra, over how many hosts, and the first few missing
+ * pairs with when each side started and what each knows of the other
+ * (enum VIEW_*), to tell a newcomer nobody told of from one that knows
+ * nobody. */
+static void views_report(struct world *w)
+{
+    size_t n = (size_t)w->n, missing = 0, extra = 0, hosts = 0, shown = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct host *h = &w->h[i];
+        if (!h->up || !h->serving) {
+            continue;
+        }
+        bool wrong = false;
+        const uint8_t *row = &w->vs[i * n];
+        for (size_t k = 0; k < n; k++) {
+            bool truth = w->h[k].up && w->h[k].serving;
+            if (truth == in_view(row[k])) {
+                continue;
+            }
+            wrong = true;
+            if (!truth) {
+                extra++;
+                continue;
+            }
+            missing++;
+            if (shown++ < 5) {
+                printf("  host %zu (started %.1f s) misses host %zu "
+                       "(started %.1f s), holds it as %u; host %zu holds "
+                       "it as %u\n",
+                       i, (double)h->sh.joined_ms / 1000.0, k,
+                       (double)w->h[k].sh.joined_ms / 1000.0, row[k], k,
+                       w->vs[k * n + i]);
+            }
+        }
+        hosts += wrong;
+    }
+    printf("  views wrong at the end: %zu hosts, %zu members missing, %zu "
+           "extra\n",
+           hosts, missing, extra);
+}
+
 /* The part changes only when the view does, or when a probation or settle
  * period ends: computing it every step for every host would cost O(N^2 log
  * N) per step at 1,000 hosts. */
@@ -378,8 +429,13 @@ static double host_part(struct world *w, int i, uint64_t now)
      * code needs no sort; weights as collect() reads them (1000 = 1). */
     size_t n = (size_t)w->n, nv = 0, self = SIZE_MAX;
     const uint8_t *row = &w->vs[(size_t)i * n];
+    const uint32_t *trow = &w->vt[(size_t)i * n];
     const double *drow = w->vd != NULL ? &w->vd[(size_t)i * n] : NULL;
+    uint64_t age = 0;
     for (size_t k = 0; k < n; k++) {
+        if (row[k] == VIEW_SUSPECT && now - trow[k] > age) {
+            age = now - trow[k];
+        }
         if (in_view(row[k])) {
             if (k == (size_t)i) {
                 self = nv;
@@ -389,13 +445,14 @@ static double host_part(struct world *w, int i, uint64_t now)
         }
     }
     if (w->verify) {
-        verify_view(w, i, nv);
+        verify_view(w, i, nv, age);
     }
     double part = 0;
     struct shares_view v = {.m = w->view,
                             .n = nv,
                             .self = self != SIZE_MAX ? self : 0,
                             .suspect = (size_t)h->n_suspect,
+                            .suspect_age_ms = age,
                             .known = (size_t)h->n_known};
     if (self == SIZE_MAX ||
         shares_host_part(&h->sh, w->policy, w->limit, &v, now, &part) != 0) {
@@ -413,8 +470,8 @@ static void publish_demand(struct world *w, int i, uint64_t now)
     if (w->policy != QUOTA_SHARE_DEMAND || now - h->published_at < DEMAND_MS) {
         return;
     }
-    double d = h->demand, p = h->published;
-    if (fabs(d - p) <= 0.2 * (p > 0 ? p : 1)) {
+    double d = h->demand;
+    if (!shares_demand_moved(h->published, d)) {
         return;
     }
     h->published = d;
@@ -633,10 +690,12 @@ static bool run(const struct scenario *sc, const struct opts *o)
     int n = o->hosts;
     w->n = n;
     w->vs = calloc((size_t)n * (size_t)n, 1);
+    w->vt = calloc((size_t)n * (size_t)n, sizeof *w->vt);
     if (w->policy == QUOTA_SHARE_DEMAND) {
         w->vd = calloc((size_t)n * (size_t)n, sizeof *w->vd);
     }
-    if (w->vs == NULL || (w->policy == QUOTA_SHARE_DEMAND && w->vd == NULL)) {
+    if (w->vs == NULL || w->vt == NULL ||
+        (w->policy == QUOTA_SHARE_DEMAND && w->vd == NULL)) {
         fprintf(stderr, "error: no memory for %d views\n", n);
         exit(2);
     }
@@ -644,12 +703,9 @@ static bool run(const struct scenario *sc, const struct opts *o)
      * full size and the gossip defaults the hosts run with. */
     struct gossip_config gc;
     gossip_config_init(&gc);
-    struct shares_host timing;
-    shares_host_timing(&timing, (size_t)n, gc.gossip_interval_ms,
+    shares_host_timing(&w->timing, (size_t)n, gc.gossip_interval_ms,
                        gc.gossip_nodes, gc.probe_interval_ms,
                        gc.retransmit_mult, gc.suspicion_mult);
-    w->probation_ms = timing.probation_ms;
-    w->settle_ms = timing.settle_ms;
     for (int i = 0; i < n; i++) {
         sim_add(w->sim);
         snprintf(w->h[i].name, NAME_LEN, "host-%04d", i);
@@ -744,13 +800,15 @@ static bool run(const struct scenario *sc, const struct opts *o)
         }
     } else if (over != UINT64_MAX) {
         snprintf(view, sizeof view, "not complete");
+        views_report(w);
     }
     /* The targets (docs/shares.md): steady state within 1% of L, peak
      * over-admission at most 5% (none for scale-in and crashes), the
      * fleet's rate converged within 2 s of the views holding the change -
      * plus, after deaths, the quiet period hosts wait on purpose. */
     bool crashes = strcmp(sc->name, "crash") == 0;
-    double conv_max = 2.0 + (crashes ? (double)w->settle_ms / 1000.0 : 0);
+    double conv_max =
+        2.0 + (crashes ? (double)w->timing.settle_ms / 1000.0 : 0);
     const char *verdict = "-";
     bool ok = true;
     if (sc->checked) {
@@ -796,6 +854,7 @@ static bool run(const struct scenario *sc, const struct opts *o)
     }
     free(s);
     free(w->vs);
+    free(w->vt);
     free(w->vd);
     sim_free(w->sim);
     free(w);

@@ -1032,8 +1032,7 @@ void rules_reshare(struct allot *a, const struct shares_view *v,
     shares_host_timing(&a->share_weighted, n, gc.gossip_interval_ms,
                        gc.gossip_nodes, gc.probe_interval_ms,
                        gc.retransmit_mult, gc.suspicion_mult);
-    a->share_equal.probation_ms = a->share_weighted.probation_ms;
-    a->share_equal.settle_ms = a->share_weighted.settle_ms;
+    shares_host_timing_copy(&a->share_equal, &a->share_weighted);
     double fe, fw;
     if (shares_host_part(&a->share_equal, QUOTA_SHARE_EQUAL, 1.0, v, now_ms,
                          &fe) != 0 ||
@@ -1188,8 +1187,7 @@ void rules_reshare_demand(struct allot *a, const struct shares_view *view,
         struct enf_demand *d = demand_slot(a, h);
         double part;
         if (d != NULL) {
-            d->sh.probation_ms = a->share_weighted.probation_ms;
-            d->sh.settle_ms = a->share_weighted.settle_ms;
+            shares_host_timing_copy(&d->sh, &a->share_weighted);
             if (shares_host_part(&d->sh, QUOTA_SHARE_DEMAND, rate, &dv, now_ms,
                                  &part) == 0 &&
                 part / rate != d->frac) {

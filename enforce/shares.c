@@ -278,7 +278,8 @@ int shares_host_part(struct shares_host *h, enum quota_share policy,
         part = part < floor_part ? part : floor_part;
         h->state = SHARES_STATE_PROBATION;
     } else if (h->last_part >= 0 && part > h->last_part &&
-               (2 * n <= v->known || v->suspect > 0 ||
+               (2 * n <= v->known ||
+                (v->suspect > 0 && v->suspect_age_ms >= h->doubt_ms) ||
                 (h->change_at != 0 && now_ms - h->change_at < h->settle_ms))) {
         part = h->last_part;
         h->state = SHARES_STATE_HOLDING;
@@ -328,6 +329,19 @@ void shares_host_timing(struct shares_host *h, size_t n, uint32_t gossip_ms,
     uint64_t round =
         (uint64_t)(n < SHARES_ROUND_CAP ? n : SHARES_ROUND_CAP) * probe_ms;
     h->settle_ms = t_min > round ? t_min : round;
+    /* A false suspicion lasts until its member hears of it and its
+     * refutation spreads back: two spreads. Never past t_min, so every
+     * suspicion that ends in a death holds growth before the death. */
+    uint64_t doubt = 2u * h->probation_ms;
+    h->doubt_ms = doubt < t_min ? doubt : t_min;
+}
+
+void shares_host_timing_copy(struct shares_host *h,
+                             const struct shares_host *src)
+{
+    h->probation_ms = src->probation_ms;
+    h->settle_ms = src->settle_ms;
+    h->doubt_ms = src->doubt_ms;
 }
 
 uint32_t shares_fnv1a(uint32_t h, const void *p, size_t len)
@@ -442,6 +456,12 @@ int shares_blob_decode(const uint8_t *buf, size_t len, struct shares_blob *out)
         return ALLOT_EINVALID;
     }
     return 0;
+}
+
+bool shares_demand_moved(double was, double now)
+{
+    double big = fmax(fmax(was, now), QUOTA_RATE_MIN);
+    return fabs(now - was) > 0.2 * big;
 }
 
 double shares_blob_demand(const struct shares_blob *b, uint32_t hash)

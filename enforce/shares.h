@@ -12,6 +12,7 @@
 #ifndef ALLOT_ENFORCE_SHARES_H
 #define ALLOT_ENFORCE_SHARES_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -81,15 +82,20 @@ int shares_slots(const double *part, uint64_t total,
  *     the floor part (SHARES_RATE_FLOOR of an equal part, over a view of
  *     at least SHARES_PROBATION_VIEW members): the others do not count it
  *     yet, so a full part would overshoot;
- *   - no growth while the view moves: while any member of its view is
- *     suspect, and for settle_ms after a member turned suspect or dead or
- *     came back (shares_host_change), a host does not grow past its last
- *     part. A partition is seen as a trickle of suspicions, then of
- *     deaths, over a suspicion timeout or more; growing at the first
- *     deaths would let both sides grow before either knows how much it
- *     lost. Its heal is a trickle of members coming back: growing when the
- *     first ones give back a majority would take the parts of those not
- *     seen yet, which still enforce theirs;
+ *   - no growth while the view moves: while a member of its view has
+ *     been suspect for doubt_ms or longer, and for settle_ms after a
+ *     member died or came back (shares_host_change), a host does not grow
+ *     past its last part. A partition is seen as a trickle of suspicions,
+ *     then of deaths, over a suspicion timeout or more; growing at the
+ *     first deaths would let both sides grow before either knows how much
+ *     it lost. Every death follows a suspicion at least as long as the
+ *     smallest suspicion timeout, which doubt_ms does not exceed, so the
+ *     hold covers it. A younger suspicion does not hold: under packet loss
+ *     false ones (refuted within a second or two) are always somewhere in
+ *     a large fleet, and holding for them stopped all growth. Its heal is
+ *     a trickle of members coming back: growing when the first ones give
+ *     back a majority would take the parts of those not seen yet, which
+ *     still enforce theirs;
  *   - no growth without a majority: when the members it can reach (alive
  *     or suspect, itself included) are not a strict majority of the members
  *     it knows that did not leave (dead ones included), the host is on the
@@ -104,38 +110,48 @@ struct shares_host
     uint64_t probation_ms; /* how long a newcomer stays on the floor */
     double last_part;      /* the part enforced last; < 0: none yet */
     uint64_t settle_ms;    /* quiet time after a change before growing */
+    uint64_t doubt_ms;     /* a younger suspicion does not hold growth */
     uint64_t change_at;    /* the last change seen (0: none) */
     uint32_t state;        /* SHARES_STATE_* of the last part */
 };
 
-/* Set h's probation and quiet period for a view of n members, from the
- * gossip timings its members run with: probation = twice the time one
+/* Set h's probation, quiet period and doubt for a view of n members, from
+ * the gossip timings its members run with: probation = twice the time one
  * member keeps retransmitting an ALIVE message (retransmit_mult *
  * ceil(log10(n + 1)) sends, gossip_nodes per gossip round); quiet period = the
  * larger of the smallest suspicion timeout (suspicion_mult * ceil(log10(n))
  * probe intervals, n taken as at least 2) and one probe round of min(n, 20)
  * members: it bridges the gap between one member's death and the next
- * member's first suspicion in a partition (docs/shares.md, "While the
+ * member's first suspicion in a partition; doubt = the smaller of twice the
+ * probation (a suspicion's way to its member and the refutation's way
+ * back) and the smallest suspicion timeout (docs/shares.md, "While the
  * fleet changes"). */
 void shares_host_timing(struct shares_host *h, size_t n, uint32_t gossip_ms,
                         uint32_t gossip_nodes, uint32_t probe_ms,
                         uint32_t retransmit_mult, uint32_t suspicion_mult);
 
-/* A member of this host's view turned suspect or dead, or came back after
- * it was dead or left, at now_ms. A graceful leave is not a change (the
- * others may grow at once), nor is a newcomer (it only shrinks parts, and
- * quieting every host at each join would hold a scaling fleet's newcomers
- * on the floor until the joins stop). */
+/* Give h the timings src was set to (shares_host_timing). */
+void shares_host_timing_copy(struct shares_host *h,
+                             const struct shares_host *src);
+
+/* A member of this host's view died, or came back after it was dead or
+ * left, at now_ms. A graceful leave is not a change (the others may grow
+ * at once), nor is a newcomer (it only shrinks parts, and quieting every
+ * host at each join would hold a scaling fleet's newcomers on the floor
+ * until the joins stop), nor a suspicion (the view's suspect_age_ms
+ * covers it). */
 void shares_host_change(struct shares_host *h, uint64_t now_ms);
 
 /* One host's view of a rule's fleet: m[0..n) the members alive or
  * suspect (the host itself at index self), suspect of them suspect now,
  * known >= n the members it knows that did not leave (dead ones
- * included). The caller owns m. */
+ * included), suspect_age_ms how long the longest-standing of the suspects
+ * has been suspect (0 when none). The caller owns m. */
 struct shares_view
 {
     const struct shares_member *m;
     size_t n, self, suspect, known;
+    uint64_t suspect_age_ms;
 };
 
 /* This host's rate part from its view v. Updates h->last_part. 0, or
@@ -196,5 +212,15 @@ int shares_blob_decode(const uint8_t *buf, size_t len, struct shares_blob *out);
 /* Member i's demand for the rule hashed `hash` in a decoded blob; 0 when
  * it published none. */
 double shares_blob_demand(const struct shares_blob *b, uint32_t hash);
+
+/* Is a demand that moved from `was` to `now` worth publishing again? Every
+ * publication is a broadcast to the whole fleet, so small moves are not:
+ * true when it moved by more than a fifth of the larger of the two (and of
+ * QUOTA_RATE_MIN, so noise around zero stays quiet). Relative, not in
+ * units: with 10,000 hosts sharing 1,000 units/s each host's demand is a
+ * tenth of a unit, and a threshold of a fifth of a unit kept every such
+ * demand from ever being published (a 10,000-host demand shift stayed at
+ * equal parts). */
+bool shares_demand_moved(double was, double now);
 
 #endif /* ALLOT_ENFORCE_SHARES_H */

@@ -217,6 +217,7 @@ struct fleet_view
     const uint8_t **app;
     size_t *app_len;
     size_t n, cap, known, self, suspect;
+    uint64_t suspect_age_ms;
     bool have_self, full;
 };
 
@@ -236,7 +237,12 @@ static void add_fleet_member(void *data, const struct gossip_member *m)
         v->self = v->n;
         v->have_self = true;
     }
-    v->suspect += m->state == GOSSIP_SUSPECT;
+    if (m->state == GOSSIP_SUSPECT) {
+        v->suspect++;
+        if (m->state_ms > v->suspect_age_ms) {
+            v->suspect_age_ms = m->state_ms;
+        }
+    }
     snprintf(v->names[v->n], sizeof v->names[0], "%s", m->name);
     size_t alen = m->meta.app_len <= GOSSIP_APP_MAX ? m->meta.app_len : 0;
     if (alen > 0) {
@@ -272,6 +278,7 @@ static void reshare(struct enf_gossip *s)
                 .n = v.n,
                 .self = v.self,
                 .suspect = v.suspect,
+                .suspect_age_ms = v.suspect_age_ms,
                 .known = v.known,
             };
             rules_reshare(s->a, &sv, now);
@@ -297,8 +304,7 @@ static bool blob_moved(const struct shares_blob *o, const struct shares_blob *b)
     }
     for (size_t i = 0; i < b->n; i++) {
         if (o->d[i].hash != b->d[i].hash ||
-            fabs(o->d[i].demand - b->d[i].demand) >
-                0.2 * fmax(o->d[i].demand, 1.0)) {
+            shares_demand_moved(o->d[i].demand, b->d[i].demand)) {
             return true;
         }
     }
@@ -335,8 +341,7 @@ static void on_member(void *data, enum gossip_event ev,
 {
     struct enf_gossip *s = data;
     s->view_changed = true;
-    if ((ev == GOSSIP_EV_SUSPECT || ev == GOSSIP_EV_DEAD ||
-         (ev == GOSSIP_EV_JOIN && m->returned)) &&
+    if ((ev == GOSSIP_EV_DEAD || (ev == GOSSIP_EV_JOIN && m->returned)) &&
         m->meta.role == GOSSIP_ROLE_AGENT && !m->self &&
         strcmp(m->meta.fleet, s->a->fleet) == 0) {
         rules_fleet_change(s->a, clock_mono_ns() / 1000000u);

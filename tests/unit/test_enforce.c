@@ -854,12 +854,12 @@ START_TEST(fleet_parts)
     struct shares_member m[4] = {
         {"host-a", 1, 0}, {"host-b", 1, 0}, {"host-c", 2, 0}, {"host-d", 1, 0}};
     uint64_t t0 = a->share_equal.joined_ms;
-    rules_reshare(a, &(struct shares_view){m, 3, 0, 0, 3},
+    rules_reshare(a, &(struct shares_view){m, 3, 0, 0, 3, 0},
                   t0 + 100); /* on probation: the floor */
     allot_rule_stats(eq, &rs);
     ck_assert_double_eq_tol(
         rs.local_rate, 300 * SHARES_RATE_FLOOR / SHARES_PROBATION_VIEW, 1e-9);
-    rules_reshare(a, &(struct shares_view){m, 3, 0, 0, 3}, t0 + 60000);
+    rules_reshare(a, &(struct shares_view){m, 3, 0, 0, 3, 0}, t0 + 60000);
     allot_rule_stats(eq, &rs);
     ck_assert_double_eq_tol(rs.local_rate, 100, 1e-9);
     ck_assert_uint_eq(rs.local_burst, 10);
@@ -871,20 +871,22 @@ START_TEST(fleet_parts)
     ck_assert_double_eq_tol(rs.local_rate, 500, 1e-9); /* not our fleet */
 
     /* A fourth host: the parts shrink at once. */
-    rules_reshare(a, &(struct shares_view){m, 4, 0, 0, 4}, t0 + 61000);
+    rules_reshare(a, &(struct shares_view){m, 4, 0, 0, 4, 0}, t0 + 61000);
     allot_rule_stats(eq, &rs);
     ck_assert_double_eq_tol(rs.local_rate, 75, 1e-9);
-    /* It dies: no growth while it is suspect, nor during the quiet period
-     * after, then 100 again. */
+    /* It dies: no growth while it has been suspect for long (2 s: past
+     * the doubt period), nor during the quiet period after its death,
+     * then 100 again. */
     rules_fleet_change(a, t0 + 69000);
-    rules_reshare(a, &(struct shares_view){m, 4, 0, 1, 4}, t0 + 69500);
+    rules_reshare(a, &(struct shares_view){m, 4, 0, 1, 4, 2000}, t0 + 69500);
     allot_rule_stats(eq, &rs);
     ck_assert_double_eq_tol(rs.local_rate, 75, 1e-9);
     rules_fleet_change(a, t0 + 70000);
-    rules_reshare(a, &(struct shares_view){m, 3, 0, 0, 4}, t0 + 70000);
+    rules_reshare(a, &(struct shares_view){m, 3, 0, 0, 4, 0}, t0 + 70000);
     allot_rule_stats(eq, &rs);
     ck_assert_double_eq_tol(rs.local_rate, 75, 1e-9);
-    rules_reshare(a, &(struct shares_view){m, 3, 0, 0, 4}, t0 + 70000 + 60000);
+    rules_reshare(a, &(struct shares_view){m, 3, 0, 0, 4, 0},
+                  t0 + 70000 + 60000);
     allot_rule_stats(eq, &rs);
     ck_assert_double_eq_tol(rs.local_rate, 100, 1e-9);
 
@@ -909,7 +911,7 @@ START_TEST(fleet_parts)
     allot_release(s2);
     allot_release(s3);
     /* The fourth member back: 10 over 1, 1, 2, 1 -> 2 each, 4 for host-c. */
-    rules_reshare(a, &(struct shares_view){m, 4, 0, 0, 4}, t0 + 200000);
+    rules_reshare(a, &(struct shares_view){m, 4, 0, 0, 4, 0}, t0 + 200000);
     allot_rule_stats(cap, &rs);
     ck_assert_uint_eq(rs.local_max_apps, 2);
     ck_assert_uint_eq(rs.local_max_memory_mb, 200);
@@ -985,14 +987,14 @@ START_TEST(demand_parts)
         {"host-a", 1, 0}, {"host-b", 1, 0}, {"host-c", 1, 0}};
     const uint8_t *app[3] = {blob[0], blob[1], blob[2]};
     uint64_t t0 = a->share_weighted.joined_ms;
-    rules_reshare(a, &(struct shares_view){m, 3, 0, 0, 3}, t0 + 60000);
-    rules_reshare_demand(a, &(struct shares_view){m, 3, 0, 0, 3}, app, len,
+    rules_reshare(a, &(struct shares_view){m, 3, 0, 0, 3, 0}, t0 + 60000);
+    rules_reshare_demand(a, &(struct shares_view){m, 3, 0, 0, 3, 0}, app, len,
                          t0 + 60000);
     struct allot_rule_stats rs;
     allot_rule_stats(r, &rs);
     ck_assert_double_eq_tol(rs.local_rate, 5.0 / 3 + 65, 1e-4);
     rules_view_state(a, &view, &state);
-    struct shares_view sv = {m, 3, 0, 0, 3};
+    struct shares_view sv = {m, 3, 0, 0, 3, 0};
     ck_assert_uint_eq(view, shares_view_version(&sv));
     ck_assert_uint_eq(state, 0);
     struct allot_stats st;
@@ -1009,7 +1011,7 @@ START_TEST(demand_parts)
     /* Without demand blobs every host wants nothing: equal thirds. */
     const uint8_t *none[3] = {NULL, NULL, NULL};
     size_t zero[3] = {0, 0, 0};
-    rules_reshare_demand(a, &(struct shares_view){m, 3, 0, 0, 3}, none, zero,
+    rules_reshare_demand(a, &(struct shares_view){m, 3, 0, 0, 3, 0}, none, zero,
                          t0 + 61000);
     allot_rule_stats(r, &rs);
     ck_assert_double_eq_tol(rs.local_rate, 100.0 / 3, 1e-4);

@@ -245,12 +245,17 @@ START_TEST(slot_parts)
 }
 END_TEST
 
+/* age: how long the oldest suspect has been suspect (ms). */
 static int host_part(struct shares_host *h, const struct shares_member *m,
-                     size_t n, size_t self, size_t suspect, size_t known,
-                     uint64_t now, double *p)
+                     size_t n, size_t self, size_t suspect, uint64_t age,
+                     size_t known, uint64_t now, double *p)
 {
-    struct shares_view v = {
-        .m = m, .n = n, .self = self, .suspect = suspect, .known = known};
+    struct shares_view v = {.m = m,
+                            .n = n,
+                            .self = self,
+                            .suspect = suspect,
+                            .known = known,
+                            .suspect_age_ms = age};
     return shares_host_part(h, QUOTA_SHARE_EQUAL, 100, &v, now, p);
 }
 
@@ -262,40 +267,40 @@ START_TEST(host_rules)
     struct shares_host h = {.joined_ms = 0,
                             .probation_ms = 5000,
                             .last_part = -1,
-                            .settle_ms = 1000};
+                            .settle_ms = 1000,
+                            .doubt_ms = 500};
     double p;
     /* Probation: the floor of its view, then the full part. */
-    ck_assert_int_eq(host_part(&h, m, 10, 0, 0, 10, 1000, &p), 0);
+    ck_assert_int_eq(host_part(&h, m, 10, 0, 0, 0, 10, 1000, &p), 0);
     ck_assert_double_eq_tol(p, SHARES_RATE_FLOOR * 100 / SHARES_PROBATION_VIEW,
                             1e-12);
     ck_assert_uint_eq(h.state, SHARES_STATE_PROBATION);
-    ck_assert_int_eq(host_part(&h, m, 10, 0, 0, 10, 6000, &p), 0);
+    ck_assert_int_eq(host_part(&h, m, 10, 0, 0, 0, 10, 6000, &p), 0);
     ck_assert_double_eq_tol(p, 10, 1e-12);
     ck_assert_uint_eq(h.state, 0);
-    /* One member suspect, then dead: no growth while any member is
-     * suspect, nor during the quiet period after the last loss. */
-    shares_host_change(&h, 7000);
-    ck_assert_int_eq(host_part(&h, m, 10, 0, 1, 10, 7000, &p), 0);
-    ck_assert_double_eq_tol(p, 10, 1e-12);
+    /* A member dies: no growth during the quiet period after it, nor
+     * while another member has been suspect for doubt_ms or longer; a
+     * younger suspicion (maybe false, soon refuted) does not hold. */
     shares_host_change(&h, 20000);
-    ck_assert_int_eq(host_part(&h, m, 9, 0, 1, 10, 30000, &p), 0);
+    ck_assert_int_eq(host_part(&h, m, 9, 0, 0, 0, 10, 20999, &p), 0);
+    ck_assert_double_eq_tol(p, 10, 1e-12); /* quiet period */
+    ck_assert_uint_eq(h.state, SHARES_STATE_HOLDING);
+    ck_assert_int_eq(host_part(&h, m, 9, 0, 1, 500, 10, 30000, &p), 0);
     ck_assert_double_eq_tol(p, 10, 1e-12); /* another one suspect */
     ck_assert_uint_eq(h.state, SHARES_STATE_HOLDING);
-    ck_assert_int_eq(host_part(&h, m, 9, 0, 0, 10, 20999, &p), 0);
-    ck_assert_double_eq_tol(p, 10, 1e-12); /* quiet period */
-    ck_assert_int_eq(host_part(&h, m, 9, 0, 0, 10, 21000, &p), 0);
+    ck_assert_int_eq(host_part(&h, m, 9, 0, 1, 499, 10, 30000, &p), 0);
     ck_assert_double_eq_tol(p, 100.0 / 9, 1e-12);
     ck_assert_uint_eq(h.state, 0);
     /* Half the fleet unreachable, long after the losses: no majority, the
      * last part is kept. */
-    ck_assert_int_eq(host_part(&h, m, 5, 0, 0, 10, 90000, &p), 0);
+    ck_assert_int_eq(host_part(&h, m, 5, 0, 0, 0, 10, 90000, &p), 0);
     ck_assert_double_eq_tol(p, 100.0 / 9, 1e-12);
     ck_assert_uint_eq(h.state, SHARES_STATE_HOLDING);
     /* More members: the part shrinks at once, suspects or not. */
-    ck_assert_int_eq(host_part(&h, m, 20, 0, 3, 20, 90100, &p), 0);
+    ck_assert_int_eq(host_part(&h, m, 20, 0, 3, 0, 20, 90100, &p), 0);
     ck_assert_double_eq_tol(p, 5, 1e-12);
-    ck_assert_int_eq(host_part(&h, m, 20, 20, 0, 20, 0, &p), ALLOT_EINVALID);
-    ck_assert_int_eq(host_part(&h, m, 20, 0, 21, 20, 0, &p), ALLOT_EINVALID);
+    ck_assert_int_eq(host_part(&h, m, 20, 20, 0, 0, 20, 0, &p), ALLOT_EINVALID);
+    ck_assert_int_eq(host_part(&h, m, 20, 0, 21, 0, 20, 0, &p), ALLOT_EINVALID);
     /* Timings from the gossip settings: 100 members, 200 ms rounds to 3
      * members, 1 s probes, multipliers 4: probation twice the rounds one
      * member sends an ALIVE, 2*ceil(4*ceil(log10 101)/3)*200 ms; quiet
@@ -304,17 +309,23 @@ START_TEST(host_rules)
     shares_host_timing(&h, 100, 200, 3, 1000, 4, 4);
     ck_assert_uint_eq(h.probation_ms, 1600);
     ck_assert_uint_eq(h.settle_ms, 20000);
+    /* Doubt: twice the probation, at most the smallest suspicion
+     * timeout (8 s here). */
+    ck_assert_uint_eq(h.doubt_ms, 3200);
     shares_host_timing(&h, 1000, 200, 3, 400, 4, 4);
     ck_assert_uint_eq(h.probation_ms, 2400); /* 16 sends: 6 rounds */
     ck_assert_uint_eq(h.settle_ms, 8000);    /* 20 probes of 400 ms > 4.8 s */
+    ck_assert_uint_eq(h.doubt_ms, 4800);
     shares_host_timing(&h, 10000, 200, 3, 400, 4, 4);
     ck_assert_uint_eq(h.probation_ms, 2800); /* 20 sends: 7 rounds */
+    ck_assert_uint_eq(h.doubt_ms, 5600);
     shares_host_timing(&h, 10, 200, 3, 400, 4, 4);
     ck_assert_uint_eq(h.settle_ms, 4000); /* a round of 10 > 1.6 s */
+    ck_assert_uint_eq(h.doubt_ms, 1600);  /* the suspicion timeout */
     shares_host_timing(&h, 1, 200, 1, 1000, 4, 4);
     ck_assert_uint_eq(h.probation_ms, 1600); /* one member a round */
     ck_assert_uint_eq(h.settle_ms, 4000);
-    ck_assert_int_eq(host_part(&h, m, 20, 0, 0, 19, 0, &p), ALLOT_EINVALID);
+    ck_assert_int_eq(host_part(&h, m, 20, 0, 0, 0, 19, 0, &p), ALLOT_EINVALID);
 }
 END_TEST
 
@@ -336,6 +347,22 @@ START_TEST(view_versions)
     /* The hash of a path is FNV-1a 32 (the same on every host). */
     ck_assert_uint_eq(shares_rule_hash("a"), 0xe40c292cu);
     ck_assert_uint_ne(shares_rule_hash("org/a"), shares_rule_hash("org/b"));
+}
+END_TEST
+
+/* When a demand is worth a broadcast: a fifth of the larger value, at any
+ * scale (a tenth of a unit is a host's demand in a 10,000-host fleet). */
+START_TEST(demand_moves)
+{
+    ck_assert(!shares_demand_moved(100, 110));
+    ck_assert(shares_demand_moved(100, 130));
+    ck_assert(shares_demand_moved(130, 100));
+    ck_assert(!shares_demand_moved(0.1, 0.11));
+    ck_assert(shares_demand_moved(0.036, 0.144)); /* units below 1 count */
+    ck_assert(shares_demand_moved(0, 0.036));
+    ck_assert(shares_demand_moved(0.036, 0));
+    ck_assert(!shares_demand_moved(0, 0.0001)); /* below QUOTA_RATE_MIN */
+    ck_assert(!shares_demand_moved(0, 0));
 }
 END_TEST
 
@@ -475,6 +502,7 @@ int main(void)
     tcase_add_test(tc, slot_parts);
     tcase_add_test(tc, host_rules);
     tcase_add_test(tc, view_versions);
+    tcase_add_test(tc, demand_moves);
     tcase_add_test(tc, blobs);
     tcase_add_test(tc, refusals);
     suite_add_tcase(su, tc);
